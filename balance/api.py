@@ -1,0 +1,43 @@
+"""The notebook API: ``run(config)`` trains to the end and returns the metrics as a DataFrame and the status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import pandas as pd
+
+from balance.config import RunConfig
+from balance.trainer import RunStatus, Trainer
+
+
+class RunResult(NamedTuple):
+    metrics: pd.DataFrame
+    status: RunStatus
+
+
+def frame(columns: list[str], rows: list[list[float]]) -> pd.DataFrame:
+    """Rows as a float64 DataFrame; ``step`` as int64."""
+    df = pd.DataFrame(rows, columns=columns, dtype="float64")
+    return df.astype({"step": "int64"})
+
+
+def run(config: RunConfig, on_step: Callable[[int], None] | None = None) -> RunResult:
+    """Train ``config`` to its last step (or divergence, or its wall-time limit).
+
+    ``on_step(k)`` is called after every step (the CLI's progress bar). Returns ``(metrics, status)``; a diverged
+    run keeps its rows up to and including the step that went wrong.
+    """
+    trainer = Trainer(config)
+    rows: list[list[float]] = []
+    deadline = time.monotonic() + config.max_seconds
+    while trainer.status.state == "running":
+        rows += trainer.step()
+        if on_step is not None:
+            on_step(trainer.step_index)
+        if trainer.step_index % 64 == 0 and time.monotonic() > deadline and trainer.status.state == "running":
+            rows.append(trainer.row())
+            limit = config.max_seconds
+            trainer.status = RunStatus("stopped", trainer.step_index, f"stopped at the wall-time limit of {limit:g} s")
+    return RunResult(frame(trainer.columns, rows), trainer.status)
