@@ -31,6 +31,7 @@ LOSSES = ("squared", "logistic", "cross_entropy")  # config.LOSSES without 'auto
 MAX_CSV_BYTES = 50 * 2**20
 MAX_CSV_ROWS = 100_000
 IMAGE_CLASSES = 4
+MAX_CLASSES = 256  # as config's output_dim
 _F64 = torch.float64
 
 # build(cfg, generator, resolved loss, image_input) -> (inputs or None, targets), all float64 or int64 on the CPU.
@@ -155,7 +156,7 @@ def _lowrank(cfg: DataConfig, gen: torch.Generator, loss: str, image_input: bool
 
 
 def _teacher(cfg: DataConfig, gen: torch.Generator, loss: str, image_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``y = W2 relu(W1 x) + noise * e``: x ~ N(0, I) ``[N, D]``, W1 ``[h, D]`` ~ N(0, 1/D), W2 ``[out, h]`` ~ N(0, 1/h).
+    """``y = W2 relu(W1 x) + noise e``: x ~ N(0, I) ``[N, D]``, W1 ``[h, D]`` ~ N(0, 1/D), W2 ``[out, h]`` ~ N(0, 1/h).
 
     With ``image_input`` x is ``[N, 1, s, s]`` and the teacher reads it flattened (D = s^2; input_dim unused).
     """
@@ -326,6 +327,8 @@ def _csv_target(path: Path, column: pd.Series, loss: str) -> torch.Tensor:
     y = y[:, 0]
     if (y != y.round()).any() or (y < 0).any() or y.max() < 1:
         raise _csv_error(path, f"cross_entropy needs integer class labels 0..C-1 (C >= 2) in {name!r}")
+    if y.max() >= MAX_CLASSES:  # one logit per class: a stray huge label would make a huge output layer
+        raise _csv_error(path, f"cross_entropy allows at most {MAX_CLASSES} classes; {name!r} has label {int(y.max())}")
     return y.long()
 
 

@@ -97,8 +97,14 @@ class Trainer:
         x, y = (task.inputs, task.targets) if index is None else (task.inputs[index], task.targets[index])
         return loss_value(model(x), y, task.loss, task.name)
 
+    def _loss_and_gradients(self, index: torch.Tensor | None = None) -> tuple[float, list[torch.Tensor]]:
+        if self.task.inputs is None:  # matrix factorisation: closed form, tested against autograd
+            return self.model.loss_and_gradients(self.task.targets)
+        loss = self._objective(index)
+        return float(loss.detach()), list(torch.autograd.grad(loss, self.params))
+
     def _full_gradient(self) -> list[torch.Tensor]:
-        return list(torch.autograd.grad(self._objective(), self.params))
+        return self._loss_and_gradients()[1]
 
     def _next_batch(self) -> torch.Tensor | None:
         size = self.config.optim.batch_size
@@ -112,10 +118,7 @@ class Trainer:
 
     def _evaluate(self) -> None:
         """Loss and gradient at the current parameters (on this step's mini-batch, if any)."""
-        index = self._next_batch()
-        loss = self._objective(index)
-        self.grads = torch.autograd.grad(loss, self.params)
-        self.batch_loss = float(loss.detach())
+        self.batch_loss, self.grads = self._loss_and_gradients(self._next_batch())
         self.loss = self.batch_loss
         self.grad_sq = np.array([float(np.vdot(g, g)) for g in (g.numpy() for g in self.grads)])
 

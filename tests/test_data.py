@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from balance.config import ConfigError, DataConfig
 from balance.data import DATASETS, LOSSES, _orthonormal, loss_value, make_task
@@ -127,7 +126,9 @@ def test_logistic_loss() -> None:
     terms = [800.0, math.log1p(math.exp(-2.0)), math.log(2.0), 3.0 + math.log1p(math.exp(-3.0)), 0.0]
     torch.testing.assert_close(loss_value(f, y, "logistic").item(), sum(terms) / 5, rtol=1e-14, atol=0)
     # log(1 + e^-50) = e^-50 to double precision: the stable form keeps it, the naive one rounds to 0
-    tiny = loss_value(torch.tensor([[50.0]], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64), "logistic")
+    tiny = loss_value(
+        torch.tensor([[50.0]], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64), "logistic"
+    )
     assert tiny.item() == pytest.approx(math.exp(-50.0), rel=1e-12)
 
 
@@ -267,6 +268,7 @@ def _huge(tmp_path: Path) -> str:
         ("a,y\n1,0\n3,1\n4,2\n", {"loss": "logistic"}, "exactly 2 distinct values in 'y', found 3"),
         ("a,y\n1,0\n3,1.5\n", {"loss": "cross_entropy"}, "integer class labels 0..C-1"),
         ("a,y\n1,-1\n3,1\n", {"loss": "cross_entropy"}, "integer class labels 0..C-1"),
+        ("a,y\n1,0\n3,300\n", {"loss": "cross_entropy"}, "at most 256 classes; 'y' has label 300"),
     ],
 )
 def test_csv_errors(tmp_path: Path, content: str | bytes | None, changes: dict, words: str) -> None:

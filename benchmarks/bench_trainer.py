@@ -1,0 +1,108 @@
+"""Throughput of ``balance.run`` (every metric at every step) against a plain PyTorch loop, in one process.
+
+The plain loop is what one would write by hand: forward, backward, an in-place SGD update, and a record of the
+loss and the layer norms each step. Both run the same model, data and step count; runs alternate and the median
+of several repeats is reported, so the printed ratio is robust to a shared machine.
+
+    python benchmarks/bench_trainer.py [--repeats 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import balance
+from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.trainer import DTYPES, Trainer
+
+CASES = {
+    "mf 100x100 r5": (
+        RunConfig(
+            data=DataConfig(name="lowrank", d1=100, d2=100, rank=5),
+            model=ModelConfig(name="mf", init_scale=0.01),
+            optim=OptimConfig(name="gd", lr=0.01),
+            steps=3000,
+        )
+    ),
+    "mlp 3x100 n512": (
+        RunConfig(
+            data=DataConfig(name="teacher", samples=512, input_dim=100),
+            model=ModelConfig(name="mlp", depth=3, width=100, init_scale=0.1),
+            optim=OptimConfig(name="gd", lr=0.05),
+            steps=600,
+        )
+    ),
+}
+
+
+def plain_loop(config: RunConfig) -> float:
+    """The hand-written loop on the same task and initial weights; returns seconds for ``config.steps`` steps."""
+    trainer = Trainer(config)  # only to get identical data and initial weights
+    task, model = trainer.task, trainer.model
+    params = [p.detach().clone().requires_grad_(True) for p in model.params]
+    lr = config.optim.lr
+    record = []
+    start = time.perf_counter()
+    if config.model.name == "mf":
+        W1, W2 = params
+        M = task.targets
+        for _ in range(config.steps):
+            loss = 0.5 * ((W2 @ W1 - M) ** 2).sum()
+            loss.backward()
+            with torch.no_grad():
+                for p in params:
+                    p -= lr * p.grad
+                    p.grad = None
+            record.append((loss.item(), W1.norm().item(), W2.norm().item()))
+    else:
+        x, y = task.inputs, task.targets
+        for _ in range(config.steps):
+            z = x
+            for W in params[:-1]:
+                z = torch.relu(z @ W.T)
+            loss = 0.5 * ((z @ params[-1].T - y) ** 2).sum(dim=1).mean()
+            loss.backward()
+            with torch.no_grad():
+                for p in params:
+                    p -= lr * p.grad
+                    p.grad = None
+            record.append((loss.item(), *(W.norm().item() for W in params)))
+    return time.perf_counter() - start
+
+
+def balance_run(config: RunConfig) -> float:
+    start = time.perf_counter()
+    df, status = balance.run(config)
+    elapsed = time.perf_counter() - start
+    assert status.state == "finished" and len(df) == config.steps + 1, status
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} alternating runs")
+    print(f"{'case':<16} {'dtype':<8} {'plain steps/s':>14} {'balance steps/s':>16} {'ratio':>7}")
+    for name, base in CASES.items():
+        for dtype in DTYPES:
+            config = base.replace(dtype=dtype)
+            balance_run(config.replace(steps=20))  # warm-up: imports, first-call costs
+            plain_loop(config.replace(steps=20))
+            plain, ours = [], []
+            for _ in range(args.repeats):
+                plain.append(plain_loop(config))
+                ours.append(balance_run(config))
+            p, b = config.steps / statistics.median(plain), config.steps / statistics.median(ours)
+            print(f"{name:<16} {dtype:<8} {p:>14.0f} {b:>16.0f} {b / p:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
