@@ -1,5 +1,6 @@
 """balance: see, teach and check how gradient descent balances the layers of deep homogeneous models."""
 
+from balance import plots
 from balance.api import RunResult, run
 from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
 from balance.presets import PRESETS, preset
@@ -15,6 +16,7 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "Trainer",
+    "plots",
     "preset",
     "run",
 ]

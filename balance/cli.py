@@ -1,0 +1,352 @@
+"""The ``balance`` command line over the same library: run a config, list presets, print a resolved config.
+
+Every setting of ``RunConfig`` is a flag, built from ``balance.config.schema()`` so a new field appears by itself;
+precedence is defaults < ``--preset`` or ``--config FILE.toml`` < flags. Exit codes: 0 finished, 2 bad input
+(one line on stderr), 3 diverged, 4 stopped at the wall-time limit, 130 interrupted.
+
+A subcommand is one ``Command`` entry in ``COMMANDS``; ``add_config_arguments`` and ``config_from_args`` are
+shared by every subcommand that takes a config. Only the command-line modules print; the library logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pandas as pd
+
+from balance.config import ConfigError, RunConfig, choices_of, parse_value, schema
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+EXIT_BY_STATE = {"finished": EXIT_OK, "diverged": EXIT_DIVERGED, "stopped": EXIT_STOPPED}
+WRITERS: dict[str, Callable[[pd.DataFrame, str], None]] = {
+    # floats are written in their shortest round-trip form, so every float64 survives the file exactly
+    ".csv": lambda df, path: df.to_csv(path, index=False),
+    ".parquet": lambda df, path: df.to_parquet(path, index=False),
+}
+_DEST = "config:"  # namespace prefix of the setting flags, so they never clash with a subcommand's own options
+
+EXIT_CODES = """\
+exit codes: 0 finished, 2 bad input (one line on stderr), 3 diverged, 4 stopped at the wall-time limit
+(--max-seconds), 130 interrupted"""
+
+
+class UsageError(Exception):
+    """Bad command-line input that is not a config value (a bad flag, an output path); exits 2 with one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reports errors as one line (raised, so ``main`` decides how to exit)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+# --- settings as flags --------------------------------------------------------------------------------------
+
+
+def flag_of(key: str, f: dataclasses.Field) -> str:
+    """The flag of the dotted setting ``key``: the field's ``cli`` metadata, else ``--`` + name with ``-``."""
+    return f.metadata.get("cli") or "--" + key.rpartition(".")[2].replace("_", "-")
+
+
+def _metavar(key: str, f: dataclasses.Field) -> str:
+    choices = choices_of(f)
+    if key == "data.name":  # csv takes its path in the same flag
+        choices = tuple(f"{c}:PATH" if c == "csv" else c for c in choices or ())
+    if choices:
+        return "{" + ",".join(choices) + "}"
+    kind = {"int": "INT", "float": "X", "tuple[float, ...]": "X,Y,...", "tuple[int, ...]": "N,M,..."}
+    return kind.get(f.type, "PATH" if key.endswith("_path") else "TEXT")
+
+
+def _help(f: dataclasses.Field) -> str:
+    meta, default = f.metadata, f.default
+    text = meta["help"]
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None or hi is not None:
+        text += f"; {lo:g} to {hi:g}" if isinstance(lo, float) else f"; {lo} to {hi}"
+    if default not in ((), ""):
+        shown = (
+            str(default).lower()
+            if isinstance(default, bool)
+            else f"{default:g}"
+            if isinstance(default, float)
+            else default
+        )
+        text += f"; default {shown}"
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` / ``--config`` and one flag per setting of ``schema()``, grouped by section."""
+    from balance.presets import PRESETS
+
+    base = parser.add_argument_group("starting point (defaults < preset or config file < flags)")
+    one = base.add_mutually_exclusive_group()
+    one.add_argument("--preset", metavar="NAME", help=f"start from a preset: {', '.join(PRESETS)}")
+    one.add_argument("--config", metavar="FILE.toml", help="start from a TOML file (see: balance config)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, f in schema():
+        section = key.rpartition(".")[0] or "run"
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} settings")
+        options: dict[str, Any] = {"dest": _DEST + key, "default": argparse.SUPPRESS, "help": _help(f)}
+        if f.type == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["metavar"] = _metavar(key, f)
+        groups[section].add_argument(flag_of(key, f), **options)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The config the flags describe: the preset, the config file or the defaults, then each given flag.
+
+    Raises ``ConfigError`` for an unknown preset, an unreadable or invalid file, a bad value or a refused combination.
+    """
+    changes: dict[str, Any] = {}
+    for key, _ in schema():
+        if not hasattr(args, _DEST + key):
+            continue
+        value = getattr(args, _DEST + key)
+        changes[key] = value if isinstance(value, bool) else parse_value(key, value)
+    name = changes.get("data.name", "")
+    if name.startswith("csv:"):
+        if "data.csv_path" in changes:
+            raise ConfigError("give the CSV path once: --dataset csv:PATH or --csv-path PATH")
+        changes["data.name"], changes["data.csv_path"] = "csv", name[len("csv:") :]
+    return _base_config(args).replace(**changes)
+
+
+def _base_config(args: argparse.Namespace) -> RunConfig:
+    from balance.presets import preset
+
+    if getattr(args, "preset", None):
+        return preset(args.preset)
+    if getattr(args, "config", None):
+        return load_config(args.config)
+    return RunConfig()
+
+
+def load_config(path: str) -> RunConfig:
+    """A ``RunConfig`` from a TOML file; every problem (missing, unreadable, not TOML, bad key) is a ConfigError."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not a UTF-8 text file") from None
+    try:
+        return RunConfig.from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+# --- balance run --------------------------------------------------------------------------------------------
+
+
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", metavar="PATH", help="write the metrics to PATH (.csv or .parquet); else only summarise")
+    out.add_argument("--no-store", action="store_true", help="do not record the run in the run store")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from balance.api import run
+
+    config = config_from_args(args)
+    if args.out:
+        check_output(args.out)
+    with _progress(config.steps) as on_step:
+        result = run(config, on_step)
+    if not args.no_store:
+        from balance.cli_runs import record_run
+
+        record_run(config, result.metrics, result.status)
+    if args.out:
+        write_metrics(result.metrics, args.out)
+    print(summary(result.metrics, result.status.state, result.status.step, result.status.message))
+    return EXIT_BY_STATE[result.status.state]
+
+
+class _progress:
+    """A tqdm bar on stderr when it is a terminal; yields the ``on_step`` callback (None without a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.bar = total, None
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        if not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, unit="step", file=sys.stderr, dynamic_ncols=True)
+        return lambda k: self.bar.update(k - self.bar.n)  # type: ignore[union-attr]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def check_output(path: str) -> None:
+    """Refuse, before any training, an output path of unknown format or one that cannot be written."""
+    target = Path(path).expanduser()
+    if target.suffix.lower() not in WRITERS:
+        raise UsageError(f"--out {path}: the file name must end in {' or '.join(WRITERS)}")
+    if target.is_dir():
+        raise UsageError(f"--out {path}: is a directory")
+    try:  # the only reliable test of writability is to write
+        fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def write_metrics(metrics: pd.DataFrame, path: str) -> None:
+    """Write ``metrics`` by the suffix of ``path``, through a temporary file and a rename: never half a file."""
+    target = Path(path).expanduser()
+    writer = WRITERS[target.suffix.lower()]
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(metrics, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: writing failed ({exc.strerror or exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def summary(metrics: pd.DataFrame, state: str, steps: int, message: str = "") -> str:
+    """One line: status, steps, final loss and the final gap drift against its prediction.
+
+    Of several layer pairs the one with the largest measured drift is shown, with the largest mismatch over all.
+    """
+    last = metrics.iloc[-1]
+    text = f"{state}: {steps} step{'' if steps == 1 else 's'}, final loss {last['loss']:.6g}"
+    pairs = [c.removeprefix("gap_drift_") for c in metrics.columns if c.startswith("gap_drift_")]
+    if pairs:
+        drift = {h: (last[f"gap_drift_{h}"], last[f"pred_gap_drift_{h}"]) for h in pairs}
+        h = max(pairs, key=lambda h: abs(drift[h][0]))
+        mismatch = max(abs(m - p) for m, p in drift.values())
+        text += f", gap drift {drift[h][0]:.6g} vs predicted {drift[h][1]:.6g} (gap_{h}; max mismatch {mismatch:.2g})"
+    return f"{text}; {message}" if message else text
+
+
+# --- balance presets, balance config ------------------------------------------------------------------------
+
+
+def _add_presets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--show", metavar="NAME", help="print the preset's config as TOML")
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from balance.presets import PRESETS, preset
+
+    if args.show:
+        print(preset(args.show).to_toml(), end="")
+        return EXIT_OK
+    width = max(map(len, PRESETS))
+    for name, (description, _) in PRESETS.items():
+        print(f"{name:<{width}}  {description}")
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(config_from_args(args).to_toml(), end="")
+    return EXIT_OK
+
+
+# --- the parser and main ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, a one-line help, a function adding its arguments, and its handler -> exit code."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+    epilog: str = ""
+
+
+COMMANDS: list[Command] = [
+    Command("run", "train one config; write its metrics and print a summary", _add_run, _cmd_run, EXIT_CODES),
+    Command("presets", "list the presets, or print one as TOML", _add_presets, _cmd_presets),
+    Command("config", "print the resolved config as TOML (a start for --config)", add_config_arguments, _cmd_config),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from balance import __version__
+
+    parser = _Parser(
+        prog="balance",
+        description="See, teach and check how gradient descent balances the layers of deep homogeneous models.",
+        epilog=f"Run 'balance COMMAND --help' for a command's options.\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"balance {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the library's log messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=command.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # a new setting must never make an existing abbreviation ambiguous
+        )
+        command.add_arguments(p)
+        p.set_defaults(handler=command.handler)
+    from balance.cli_runs import register
+
+    register(sub)  # balance runs list|show|export|import|delete
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"balance: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return the exit code."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help and --version
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
+        if args.verbose:
+            logging.basicConfig(level=logging.INFO, format="balance: %(name)s: %(message)s")
+        return args.handler(args)
+    except (UsageError, ConfigError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("balance: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

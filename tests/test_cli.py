@@ -1,0 +1,277 @@
+"""Tests of balance.cli: flags from the schema, output files, exit codes, one-line errors, precedence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import balance.api
+from balance import cli
+from balance.cli import config_from_args, flag_of, main
+from balance.config import RunConfig, schema, tomllib
+from balance.presets import PRESETS, preset
+from balance.trainer import Trainer
+
+# a 6 x 4 rank-2 matrix: every run below takes a fraction of a second; the run store has its own tests
+MF = ["--d1", "6", "--d2", "4", "--rank", "2", "--lr", "0.05", "--init-scale", "0.5", "--steps", "40", "--no-store"]
+MLP = ["--model", "mlp", "--dataset", "teacher", "--samples", "16", "--input-dim", "3", "--width", "5"]
+MLP += ["--depth", "3", "--lr", "0.05", "--init-scale", "0.4", "--steps", "30", "--no-store"]
+DIVERGES = [*MF, "--lr", "5", "--init-scale", "3"]  # explodes at step 1
+
+# the flags the issue names, spelled as it spells them
+ISSUE_FLAGS = [
+    "--preset", "--config", "--out", "--model", "--activation", "--depth", "--width", "--d1", "--d2", "--rank",
+    "--factor-rank", "--bias", "--no-bias", "--batch-norm", "--dataset", "--samples", "--input-dim",
+    "--singular-values", "--init", "--init-scale", "--layer-scales", "--optimizer", "--lr", "--momentum",
+    "--weight-decay", "--schedule", "--batch-size", "--steps", "--dtype", "--seed", "--log-every", "--no-store",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A run that is recorded goes to a throwaway store, never to ~/.balance."""
+    monkeypatch.setenv("BALANCE_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+def _config(argv: list[str]) -> RunConfig:
+    """The config ``balance run ARGV`` would train."""
+    return config_from_args(cli.build_parser().parse_args(["run", *argv]))
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- help and the parser ------------------------------------------------------------------------------------
+
+
+def test_run_help_mentions_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "run", "--help")
+    assert code == 0
+    flags = {flag_of(key, f) for key, f in schema()}
+    flags |= {"--no-" + flag_of(key, f)[2:] for key, f in schema() if f.type == "bool"}
+    assert set(ISSUE_FLAGS) - flags == {"--preset", "--config", "--out", "--no-store"}
+    for flag in flags | set(ISSUE_FLAGS):
+        assert flag in out, flag
+    assert "csv:PATH" in out and "{mf,linear,mlp,cnn}" in out and "exit codes" in out
+
+
+def test_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "--help")
+    assert code == 0
+    assert all(name in out for name in ("run", "presets", "config", "exit codes"))
+
+
+def test_flags_map_to_fields() -> None:
+    flags = ["--rank", "3", "--bias", "--init", "uniform", "--layer-scales", "1,0.5,2", "--seed", "7", "--optimizer",
+             "momentum", "--momentum", "0.5", "--weight-decay", "0.01", "--dtype", "float32"]  # fmt: skip
+    config = _config([*MLP, *flags])
+    assert (config.model.name, config.data.name, config.model.width, config.data.rank) == ("mlp", "teacher", 5, 3)
+    assert config.model.bias and config.model.init == "uniform" and config.model.layer_scales == (1.0, 0.5, 2.0)
+    assert (config.optim.name, config.optim.momentum, config.optim.weight_decay) == ("momentum", 0.5, 0.01)
+    assert (config.seed, config.dtype) == (7, "float32")
+    assert _config(["--factor-rank", "1", "--singular-values", "3,1", *MF]).model.rank == 1
+    assert not _config(["--preset", "mlp-relu", "--bias", "--no-bias"]).model.bias
+    csv = _config(["--model", "mlp", "--dataset", "csv:/some/file.csv"]).data
+    assert (csv.name, csv.csv_path) == ("csv", "/some/file.csv")
+
+
+# --- precedence ---------------------------------------------------------------------------------------------
+
+
+def test_precedence_preset_then_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "config", "--preset", "fig1-small", "--init-scale", "0.25", "--steps", "9")
+    assert code == 0
+    config = RunConfig.from_dict(tomllib.loads(out))
+    assert config == preset("fig1-small").replace(**{"model.init_scale": 0.25, "steps": 9})
+    assert _config([]).model.init_scale == RunConfig().model.init_scale  # no preset: the defaults
+
+
+def test_precedence_config_file_then_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(preset("fig1-large").replace(steps=7, **{"optim.lr": 0.5}).to_toml())
+    config = _config(["--config", str(path), "--lr", "0.25"])
+    assert (config.steps, config.optim.lr, config.model.init_scale) == (7, 0.25, 0.5)
+
+
+def test_presets_lists_and_shows(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "presets")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == list(PRESETS) and "fig1-small" in names and "fig1-large" in names
+    code, out, _ = _run(capsys, "presets", "--show", "fig1-large")
+    assert code == 0 and RunConfig.from_toml(out) == preset("fig1-large")
+
+
+# --- output files -------------------------------------------------------------------------------------------
+
+
+def test_mf_csv_columns_and_exact_numbers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "mf.csv"
+    code, out, err = _run(capsys, "run", *MF, "--out", str(path))
+    assert code == 0 and err == ""
+    assert out.startswith("finished: 40 steps, final loss") and "gap drift" in out and len(out.splitlines()) == 1
+    df = pd.read_csv(path)
+    assert list(df.columns) == [
+        "step", "t", "lr", "loss", "sqnorm_1", "sqnorm_2", "grad_norm_1", "grad_norm_2", "gap_1", "gap_drift_1",
+        "pred_gap_drift_1", "ratio_1", "neuron_drift_max", "neuron_drift_mean", "matrix_inv_1", "matrix_drift_1",
+    ]  # fmt: skip
+    assert list(df["step"]) == list(range(41))
+    # the file holds every float64 exactly: the same as the in-memory run
+    config = _config(MF)
+    pd.testing.assert_frame_equal(df, balance.api.run(config).metrics, check_exact=True)
+    # layer 1 is V, layer 2 is U
+    model = Trainer(config).model
+    assert df["sqnorm_1"][0] == pytest.approx(float((model.V.detach() ** 2).sum()), rel=1e-15)
+    assert df["sqnorm_2"][0] == pytest.approx(float((model.U.detach() ** 2).sum()), rel=1e-15)
+    # the identity can be checked from the file: measured gap drift = the exact per-step prediction
+    assert (df["gap_drift_1"] - df["pred_gap_drift_1"]).abs().max() < 1e-10
+    assert df["gap_drift_1"].abs().max() > 1e-4  # a real drift, not 0 = 0
+
+
+def test_mlp_csv_columns(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "mlp.csv"
+    assert _run(capsys, "run", *MLP, "--out", str(path))[0] == 0
+    df = pd.read_csv(path)
+    for name in ("step", "t", "loss", "neuron_drift_max", "sqnorm_1", "sqnorm_2", "sqnorm_3"):
+        assert name in df.columns, name
+    for stem in ("gap", "gap_drift", "pred_gap_drift", "ratio"):
+        assert f"{stem}_1" in df.columns and f"{stem}_2" in df.columns and f"{stem}_3" not in df.columns
+    assert "sqnorm_4" not in df.columns and len(df) == 31
+    for h in (1, 2):
+        assert (df[f"gap_drift_{h}"] - df[f"pred_gap_drift_{h}"]).abs().max() < 1e-10
+
+
+def test_parquet_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "mf.parquet"
+    assert _run(capsys, "run", *MF, "--out", str(path))[0] == 0
+    expected = balance.api.run(_config(MF)).metrics
+    pd.testing.assert_frame_equal(pd.read_parquet(path), expected, check_exact=True)
+
+
+def test_csv_dataset_by_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(12)))
+    code, out, _ = _run(capsys, "run", "--model", "mlp", "--width", "4", "--steps", "5", "--dataset", f"csv:{data}")
+    assert code == 0 and out.startswith("finished: 5 steps")
+
+
+def test_failed_write_leaves_no_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def half_then_fail(df: pd.DataFrame, path: str) -> None:
+        Path(path).write_text("step,t\n0,")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(cli.WRITERS, ".csv", half_then_fail)
+    path = tmp_path / "mf.csv"
+    code, _, err = _run(capsys, "run", *MF, "--out", str(path))
+    assert code == 2 and err == f"balance: error: --out {path}: writing failed (No space left on device)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- exit codes ---------------------------------------------------------------------------------------------
+
+
+def test_diverged_run_exits_3(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "diverged.csv"
+    code, out, _ = _run(capsys, "run", *DIVERGES, "--out", str(path))
+    assert code == 3 and out.startswith("diverged: 1 step, final loss") and "try a step size below" in out
+    assert len(pd.read_csv(path)) == 2  # the rows up to and including the step that went wrong
+
+
+def test_wall_time_limit_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "run", *MF, "--steps", "100000000", "--max-seconds", "0.1")
+    assert code == 4 and out.startswith("stopped:")
+
+
+def test_interrupt_exits_130(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(balance.api, "run", interrupted)
+    assert _run(capsys, "run", *MF) == (130, "", "balance: interrupted\n")
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], bool]]:
+    """Each case: argv, and whether ``balance config`` refuses it too (output and data files are run-time only)."""
+    (tmp / "malformed.toml").write_text("steps = \n[model\n")
+    (tmp / "unknown.toml").write_text("[model]\nwidht = 3\n")
+    (tmp / "binary.toml").write_bytes(b"\xff\xfe\x00")
+    (tmp / "folder.csv").mkdir()
+    return {
+        "width 0": (["--width", "0"], True),
+        "negative lr": (["--lr", "-1"], True),
+        "unknown model": (["--model", "nope"], True),
+        "not a number": (["--steps", "1e3"], True),
+        "unknown preset": (["--preset", "nope"], True),
+        "preset and config": (["--preset", "fig1-small", "--config", str(tmp / "unknown.toml")], True),
+        "malformed toml": (["--config", str(tmp / "malformed.toml")], True),
+        "unknown key": (["--config", str(tmp / "unknown.toml")], True),
+        "missing toml": (["--config", str(tmp / "missing.toml")], True),
+        "binary toml": (["--config", str(tmp / "binary.toml")], True),
+        "sgd without batch": (["--optimizer", "sgd"], True),
+        "mf on teacher": (["--dataset", "teacher"], True),
+        "unknown flag": (["--widht", "3"], True),
+        "missing value": (["--lr"], True),
+        "bad suffix": (["--out", str(tmp / "foo.txt")], False),
+        "no such folder": (["--out", str(tmp / "no" / "such" / "out.csv")], False),
+        "out is a folder": (["--out", str(tmp / "folder.csv")], False),
+        "missing csv": (["--model", "mlp", "--dataset", "csv:/nonexistent.csv"], False),
+    }
+
+
+BAD_INPUTS = [  # the case names, for test ids
+    "width 0", "negative lr", "unknown model", "not a number", "unknown preset", "preset and config",
+    "malformed toml", "unknown key", "missing toml", "binary toml", "sgd without batch", "mf on teacher",
+    "unknown flag", "missing value", "bad suffix", "no such folder", "out is a folder", "missing csv",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, case: str) -> None:
+    cases = _bad_inputs(tmp_path)
+    assert sorted(cases) == sorted(BAD_INPUTS)
+    argv, config_refuses = cases[case]
+    for command in ("run", "config") if config_refuses else ("run",):
+        code, out, err = _run(capsys, command, "--steps", "2", *argv)
+        assert code == 2, (command, err)
+        assert out == "" and err.startswith("balance: error: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.toml", "folder.csv", "malformed.toml", "unknown.toml"]
+
+
+def test_no_command_and_unknown_preset_show(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys)
+    assert code == 2 and err.startswith("balance: error:") and err.count("\n") == 1
+    code, _, err = _run(capsys, "presets", "--show", "nope")
+    assert code == 2 and "preset 'nope'" in err
+
+
+# --- progress bar -------------------------------------------------------------------------------------------
+
+
+def test_progress_bar_only_on_a_terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _run(capsys, "run", *MF)[2] == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = _run(capsys, "run", *MF)
+    assert code == 0 and "40/40" in err and "finished" not in err and out.startswith("finished")
+
+
+# --- the installed command ----------------------------------------------------------------------------------
+
+
+def test_console_script_and_module(tmp_path: Path) -> None:
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "balance"]
+    assert script.value == "balance.cli:main"
+    path = tmp_path / "mf.csv"
+    argv = [sys.executable, "-m", "balance.cli", "run", *DIVERGES, "--out", str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 3 and done.stdout.startswith("diverged") and path.exists(), done.stderr
