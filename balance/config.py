@@ -325,27 +325,38 @@ class RunConfig(_Validated):
         Returns the config and the list of problems (empty when strict).
         """
         problems: list[str] = []
-        raw: dict[str, Any] = {}
+        values: dict[str, Any] = {}  # dotted key -> parsed value, each valid on its own
         for key, text in query.items():
             section, _, name = key.rpartition(".")
             try:
                 owner = SECTIONS.get(section, RunConfig if section == "" else None)
                 if owner is None or name not in {f.name for f in _own_fields(owner)}:
                     raise ConfigError(f"{key}: unknown setting")
-                value = _parse(section or "run", _field(owner, name), str(text))
-                (raw.setdefault(section, {}) if section else raw)[name] = value
-                cls.from_dict(raw)  # validate as we go so a lenient parse can drop exactly the bad key
+                f = _field(owner, name)
+                values[key] = _parse(section or "run", f, str(text))
+                _check_field(section or "run", f, _coerce(section or "run", f, values[key]))
             except ConfigError as exc:
                 if strict:
                     raise
                 problems.append(str(exc))
-                (raw.get(section, {}) if section else raw).pop(name, None)
+                values.pop(key, None)
+        # Validated as a whole, not key by key: {data.name: teacher, model.name: mlp} is only valid together.
         try:
-            return cls.from_dict(raw), problems
-        except ConfigError as exc:  # a combination only invalid as a whole
+            return cls.from_dict(_unflatten(values)), problems
+        except ConfigError as exc:  # a combination invalid as a whole
             if strict:
                 raise
-            return cls(), [*problems, str(exc)]
+            why = str(exc)
+        for key in reversed(values):  # usually one key conflicts with the rest: drop the latest such key
+            rest = {k: v for k, v in values.items() if k != key}
+            if _consistent(rest):
+                return cls.from_dict(_unflatten(rest)), [*problems, f"{why} (dropped {key})"]
+        kept: dict[str, Any] = {}
+        for key, value in values.items():
+            if _consistent({**kept, key: value}):
+                kept[key] = value
+        dropped = ", ".join(k for k in values if k not in kept)
+        return cls.from_dict(_unflatten(kept)), [*problems, f"{why} (dropped {dropped})"]
 
     def replace(self, **changes: Any) -> RunConfig:
         """Copy with changes given as dotted names, e.g. ``replace(**{"optim.lr": 0.1, "steps": 10})``."""
@@ -358,6 +369,14 @@ class RunConfig(_Validated):
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig}
+
+
+def _consistent(flat: Mapping[str, Any]) -> bool:
+    try:
+        RunConfig.from_dict(_unflatten(flat))
+    except ConfigError:
+        return False
+    return True
 
 
 def _own_fields(cls: type) -> list[dataclasses.Field]:

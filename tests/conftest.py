@@ -1,0 +1,227 @@
+"""Shared model families, config builders and hypothesis strategies for the oracle tests.
+
+``FAMILIES`` lists every homogeneous model family the invariants must hold for; ``TANH`` is the control that must
+break them. ``explicit_layers`` and ``explicit_neurons`` spell out, per family and from the modules themselves
+(not from the models' ``layers`` / ``neurons`` metadata), which tensors are W_h, b_h and which slices belong to
+hidden unit i, so tests can check the library against an independent reading of the architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hypothesis import settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.data import Task, loss_value, make_task
+from balance.models import CNN, MLP, MODELS, HomogeneousModel, MatrixFactorisation, build_model
+
+# The tensors here are tiny: intra-op threads only add synchronisation (100x slower on a busy 2-core machine).
+torch.set_num_threads(1)
+
+# Hypothesis: few, reproducible examples (derandomize) and no deadline (first torch calls are slow).
+FEW = settings(max_examples=8, deadline=None, derandomize=True)
+SOME = settings(max_examples=25, deadline=None, derandomize=True)
+
+TEACHER = {"name": "teacher", "samples": 12, "input_dim": 3, "output_dim": 2, "teacher_width": 4}
+IMAGES = {"name": "images", "samples": 8, "image_size": 5}
+LOWRANK = {"name": "lowrank", "d1": 5, "d2": 4, "rank": 2}
+
+
+@dataclass(frozen=True)
+class Family:
+    id: str
+    model: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=lambda: dict(TEACHER))
+
+    @property
+    def bias(self) -> bool:
+        return bool(self.model.get("bias"))
+
+    @property
+    def linear(self) -> bool:
+        """Identity activations: the matrix invariant applies."""
+        return self.model["name"] in ("mf", "linear") or self.model.get("activation") == "linear"
+
+
+FAMILIES = [
+    Family("mf", {"name": "mf"}, dict(LOWRANK)),
+    Family("linear", {"name": "linear"}),
+    Family("linear-bias", {"name": "linear", "bias": True}),
+    Family("mlp-relu", {"name": "mlp", "activation": "relu"}),
+    Family("mlp-relu-bias", {"name": "mlp", "activation": "relu", "bias": True}),
+    Family("mlp-leaky", {"name": "mlp", "activation": "leaky_relu", "negative_slope": 0.2}),
+    Family("mlp-leaky-bias", {"name": "mlp", "activation": "leaky_relu", "negative_slope": 0.2, "bias": True}),
+    Family("mlp-linear", {"name": "mlp", "activation": "linear"}),
+    Family("mlp-linear-bias", {"name": "mlp", "activation": "linear", "bias": True}),
+    Family("cnn", {"name": "cnn", "activation": "relu"}, dict(IMAGES)),
+    Family("cnn-bias", {"name": "cnn", "activation": "relu", "bias": True}, dict(IMAGES)),
+]
+FAMILY_IDS = [f.id for f in FAMILIES]
+TANH = Family("mlp-tanh", {"name": "mlp", "activation": "tanh", "bias": True})
+BATCH_NORM = Family("mlp-bn", {"name": "mlp", "activation": "relu", "bias": True, "batch_norm": True})
+
+
+def make_config(
+    family: Family,
+    *,
+    optim: OptimConfig | None = None,
+    steps: int = 10,
+    seed: int = 0,
+    dtype: str = "float64",
+    data: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+) -> RunConfig:
+    """A small run of ``family``: depth 3, width 4 (mf: rank 2) unless overridden."""
+    shape = {} if family.model["name"] == "mf" else {"depth": 3, "width": 4}
+    return RunConfig(
+        data=DataConfig(**{**family.data, **(data or {})}),
+        model=ModelConfig(**{"init_scale": 0.5, **shape, **family.model, **(model or {})}),
+        optim=optim or OptimConfig(name="gd", lr=0.1),
+        steps=steps,
+        seed=seed,
+        dtype=dtype,
+    )
+
+
+@st.composite
+def family_configs(draw: st.DrawFn, family: Family) -> RunConfig:
+    """A random small instance of ``family``: random sizes, seeds and init scale (always valid)."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    scale = draw(st.sampled_from([0.3, 0.6, 1.0]))
+    name = family.model["name"]
+    if name == "mf":
+        d1, d2 = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+        rank = draw(st.integers(1, min(d1, d2)))
+        factor_rank = draw(st.integers(0, min(d1, d2)))
+        data = {"d1": d1, "d2": d2, "rank": rank, "seed": seed}
+        model = {"rank": factor_rank, "init_scale": scale}
+    else:
+        depth = draw(st.integers(2, 3 if name == "cnn" else 4))
+        widths = tuple(draw(st.lists(st.integers(1, 4), min_size=depth - 1, max_size=depth - 1)))
+        model = {"depth": depth, "widths": widths, "init_scale": scale}
+        if name == "cnn":
+            data = {"image_size": draw(st.integers(4, 7)), "samples": draw(st.integers(4, 8)), "seed": seed}
+        else:
+            data = {
+                "input_dim": draw(st.integers(1, 4)),
+                "output_dim": draw(st.integers(1, 3)),
+                "samples": draw(st.integers(4, 12)),
+                "seed": seed,
+            }
+    return make_config(family, seed=seed, data=data, model=model)
+
+
+@dataclass
+class Instance:
+    """A built model with random (nonzero) biases and its task, float64, plus the loss as a closure."""
+
+    config: RunConfig
+    model: HomogeneousModel
+    task: Task
+
+    def loss(self) -> Tensor:
+        return objective(self.model, self.task)
+
+    def grads(self) -> list[Tensor]:
+        return list(torch.autograd.grad(self.loss(), self.model.params))
+
+
+def objective(model: HomogeneousModel, task: Task) -> Tensor:
+    if task.inputs is None:
+        R = model() - task.targets
+        return 0.5 * (R * R).sum()
+    return loss_value(model(task.inputs), task.targets, task.loss, task.name)
+
+
+def instance(config: RunConfig, dtype: torch.dtype = torch.float64, randomise: bool = True) -> Instance:
+    """Build ``config``; with ``randomise`` the biases (and BatchNorm's gamma, beta) get random values.
+
+    The library initialises biases at 0, where the bias terms of every identity vanish; random values make a
+    wrong bias grouping visible.
+    """
+    task = make_task(config.data, dtype, image_input=MODELS[config.model.name].image_input)
+    gen = torch.Generator().manual_seed(config.seed)
+    model = build_model(config, task, gen, dtype)
+    if randomise:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or (".norms." in f".{name}" and name.endswith("weight")):
+                    shift = 1.0 if name.endswith("weight") else 0.0  # gamma around 1
+                    p.copy_(shift + 0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype))
+    return Instance(config, model, task)
+
+
+# --- an explicit reading of each architecture ------------------------------------------------------------------
+
+
+def _lookup(model: HomogeneousModel, tensors: list[Tensor] | None) -> Any:
+    params = list(model.parameters())
+    by_id = {id(p): t for p, t in zip(params, [p.detach() for p in params] if tensors is None else tensors)}
+    return lambda p: None if p is None else by_id[id(p)]
+
+
+def explicit_layers(model: HomogeneousModel, tensors: list[Tensor] | None = None) -> list[tuple[Tensor, Tensor | None]]:
+    """(W_h, b_h) for h = 1 .. L, input side first, read from the modules (mf: V^T then U).
+
+    ``tensors`` is anything laid out like ``model.params`` (gradients, updated copies); default the parameters.
+    """
+    get = _lookup(model, tensors)
+    if isinstance(model, MatrixFactorisation):
+        return [(get(model.W1), None), (get(model.W2), None)]
+    if isinstance(model, MLP):
+        return [(get(lin.weight), get(lin.bias)) for lin in model.linears]
+    assert isinstance(model, CNN)
+    return [(get(m.weight), get(m.bias)) for m in [*model.convs, model.head]]
+
+
+def explicit_neurons(model: HomogeneousModel, tensors: list[Tensor] | None = None) -> list[list[tuple]]:
+    """For every hidden layer, for every unit i: (incoming slices, outgoing slice) of ``tensors``.
+
+    ``tensors`` is anything laid out like ``model.params`` (parameters, gradients, updated copies); by default the
+    parameters. Incoming: row i of W_h (conv filter i) and b_h[i], or BatchNorm's gamma_i, beta_i; outgoing:
+    column i of W_{h+1}, input channel i of the next conv, or the head's columns of channel i (the flatten is
+    channel-major: columns i*s*s .. (i+1)*s*s - 1).
+    """
+    get = _lookup(model, tensors)
+    out = []
+    if isinstance(model, MatrixFactorisation):
+        Vt, U = get(model.W1), get(model.W2)
+        return [[([Vt[i]], U[:, i]) for i in range(Vt.shape[0])]]
+    if isinstance(model, MLP):
+        for h in range(len(model.linears) - 1):
+            if model.norms is not None:
+                into = [get(model.norms[h].weight), get(model.norms[h].bias)]
+            else:
+                into = [get(model.linears[h].weight), get(model.linears[h].bias)]
+            nxt = get(model.linears[h + 1].weight)
+            out.append([([t[i] for t in into if t is not None], nxt[:, i]) for i in range(nxt.shape[1])])
+        return out
+    assert isinstance(model, CNN)
+    modules = [*model.convs, model.head]
+    for h, conv in enumerate(model.convs):
+        W, b = get(conv.weight), get(conv.bias)
+        nxt = get(modules[h + 1].weight)
+        units = W.shape[0]
+        units_out = []
+        for i in range(units):
+            if h + 1 < len(model.convs):
+                o = nxt[:, i]
+            else:
+                block = nxt.shape[1] // units
+                o = nxt[:, i * block : (i + 1) * block]
+            units_out.append(([W[i]] + ([b[i]] if b is not None else []), o))
+        out.append(units_out)
+    return out
+
+
+def sq(t: Tensor) -> Tensor:
+    return (t * t).sum()
+
+
+def dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum()
