@@ -1,0 +1,367 @@
+"""Tests of balance.runner: background runs against the foreground, control, limits, faults, kills and leaks.
+
+One module-wide runner with four warm worker processes serves most tests (starting a worker costs a Python start
+and a torch import); the leak test and the process-kill test start their own.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from multiprocessing import resource_tracker
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import balance
+from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.runner import Runner, RunStatusView
+from balance.store import RunStore, StoreError
+from balance.trainer import Trainer
+
+MF = RunConfig(
+    data=DataConfig(name="lowrank", d1=6, d2=5, rank=2),
+    model=ModelConfig(name="mf", init_scale=0.1),
+    optim=OptimConfig(name="gd", lr=0.05),
+    steps=300,
+)
+MLP = RunConfig(
+    data=DataConfig(name="teacher", samples=32, input_dim=4),
+    model=ModelConfig(name="mlp", depth=3, width=8, init_scale=0.3),
+    optim=OptimConfig(name="gd", lr=0.05),
+    steps=200,
+)
+FOREVER = MF.replace(steps=10**8)  # runs until stopped
+WAIT = 60.0  # generous: the machine is shared; a healthy run takes a fraction of this
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    with RunStore(tmp_path_factory.mktemp("runner-store")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def runner(store: RunStore) -> Runner:
+    r = Runner(store, max_workers=4)
+    r.warm()
+    yield r
+    r.shutdown()
+
+
+def _until(check, timeout: float = WAIT, every: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every)
+    return value
+
+
+def _running(runner: Runner, run_id: str) -> RunStatusView:
+    view = runner.wait(run_id, WAIT, states=("running", "paused"))
+    assert view.state in ("running", "paused"), view
+    return view
+
+
+# --- results --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [MF, MLP], ids=["mf", "mlp"])
+def test_a_background_run_records_what_the_foreground_computes(runner, store, config):
+    run_id = runner.start(config, name="bg")
+    view = runner.wait(run_id, WAIT)
+    assert view.state == "finished" and view.step == config.steps and view.steps_per_second == 0
+    expected = balance.run(config)
+    got = store.metrics(run_id)
+    assert list(got.columns) == list(expected.metrics.columns)
+    np.testing.assert_allclose(got.to_numpy(), expected.metrics.to_numpy(), rtol=1e-9, atol=1e-15)
+    assert view.loss == pytest.approx(expected.metrics["loss"].iloc[-1], rel=1e-9)
+    record = store.get_run(run_id)
+    assert (record.state, record.step, record.name, record.config) == ("finished", config.steps, "bg", config)
+    steps = store.neuron_steps(run_id)
+    assert steps[0] == 0 and steps[-1] == config.steps and 100 <= len(steps) <= 202
+    assert len(store.neurons(run_id)) == len(Trainer(config).neuron_table()["layer"])
+
+
+def test_four_runs_at_once_and_the_fifth_waits(runner, store):
+    ids = [runner.start(FOREVER.replace(seed=s)) for s in range(5)]
+    _until(lambda: sum(runner.status(i).state == "running" for i in ids) == 4)
+    assert runner.status(ids[4]).state == "queued"
+    _until(lambda: all(len(store.metrics(i)) > 50 for i in ids[:4]))  # all four write at once
+    runner.stop(ids[0])
+    assert runner.wait(ids[0], WAIT).state == "stopped"
+    _running(runner, ids[4])  # took the free worker
+    for i in ids[1:]:
+        runner.stop(i)
+    views = [runner.wait(i, WAIT) for i in ids]
+    assert [v.state for v in views] == ["stopped"] * 5
+    for i, view in zip(ids, views):
+        rows = store.metrics(i)
+        assert rows["step"].iloc[-1] == view.step == store.get_run(i).step  # the state it stopped in is kept
+        assert rows["step"].is_monotonic_increasing
+
+
+def test_rows_stream_within_half_a_second_and_a_cursor_reads_only_new_rows(runner, store):
+    run_id = runner.start(FOREVER)
+    _until(lambda: len(store.metrics(run_id)) > 0)
+    seen, cursor, arrivals = [], -1, []
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        new = store.metrics(run_id, after=cursor)
+        if len(new):
+            arrivals.append(time.monotonic())
+            seen += new["step"].tolist()
+            cursor = seen[-1]
+        time.sleep(0.05)
+    runner.stop(run_id)
+    assert len(seen) == len(set(seen)) and seen == sorted(seen)  # nothing twice, nothing out of order
+    assert max(np.diff(arrivals)) < 0.5  # new rows at least every half second
+    view = runner.wait(run_id, WAIT)
+    assert view.state == "stopped" and view.message == f"stopped at step {view.step}"
+
+
+def test_pause_step_learning_rate_resume(runner, store):
+    run_id = runner.start(FOREVER)
+    _running(runner, run_id)
+    assert runner.pause(run_id)
+    view = runner.wait(run_id, WAIT, states=("paused",))
+    k0 = view.step
+    assert view.state == "paused" and store.metrics(run_id)["step"].iloc[-1] == k0  # shows where it stopped
+    assert store.get_run(run_id).state == "paused"
+    assert runner.step(run_id, 5)
+    _until(lambda: runner.status(run_id).step == k0 + 5)
+    time.sleep(0.2)
+    assert runner.status(run_id).step == k0 + 5 and runner.status(run_id).state == "paused"
+    assert store.metrics(run_id)["step"].iloc[-1] == k0 + 5
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        runner.set_learning_rate(run_id, -1.0)
+    assert runner.set_learning_rate(run_id, 0.02)
+    runner.step(run_id, 3)
+    _until(lambda: runner.status(run_id).step == k0 + 8)
+    rows = store.metrics(run_id, columns=["lr"])
+    assert rows.set_index("step")["lr"].loc[k0 : k0 + 8].tolist() == [0.05] * 5 + [0.02] * 4
+    events = store.events(run_id)
+    assert events[["step", "kind", "value"]].values.tolist() == [[k0 + 5, "lr", 0.02]]
+    assert runner.status(run_id).lr == 0.02
+    runner.resume(run_id)
+    _until(lambda: runner.status(run_id).step > k0 + 100)
+    assert runner.status(run_id).state == "running" and runner.status(run_id).steps_per_second > 0
+    runner.stop(run_id)
+    assert runner.wait(run_id, WAIT).state == "stopped"
+    assert not runner.pause(run_id)  # ended: commands are refused, not errors
+    with pytest.raises(ValueError, match="n = 0"):
+        runner.step(run_id, 0)
+
+
+def test_limits_divergence_wall_time_and_bad_configs(runner, store):
+    diverging = runner.start(MF.replace(**{"optim.lr": 50.0}))
+    slow = runner.start(FOREVER.replace(max_seconds=0.3))
+    broken = runner.start(MLP.replace(**{"data.name": "csv", "data.csv_path": "/nonexistent.csv"}))
+    view = runner.wait(diverging, WAIT)
+    assert view.state == "diverged" and "diverged at step" in view.message
+    view = runner.wait(slow, WAIT)
+    assert view.state == "stopped" and view.message == "stopped at the wall-time limit of 0.3 s"
+    view = runner.wait(broken, WAIT)
+    assert view.state == "failed" and view.message.startswith("failed to start:") and "nonexistent.csv" in view.message
+    assert store.get_run(broken).message == view.message
+    assert runner.wait(runner.start(MF), WAIT).state == "finished"  # and the runner carries on
+
+
+def test_delete_a_running_run(runner, store):
+    run_id = runner.start(FOREVER)
+    _running(runner, run_id)
+    runner.delete(run_id)
+    with pytest.raises(StoreError, match="no run"):
+        runner.status(run_id)
+    assert run_id not in runner.active()
+    assert run_id not in store.list_runs()["id"].tolist()
+    time.sleep(0.3)  # the worker's next write finds the run gone
+    assert run_id not in store.list_runs()["id"].tolist()
+    assert runner.wait(runner.start(MF), WAIT).state == "finished"
+
+
+def test_another_runner_sees_runs_it_does_not_drive(runner, store):
+    run_id = runner.start(MF)
+    runner.wait(run_id, WAIT)
+    other = Runner(store, max_workers=1)  # e.g. the app after a restart; starts no worker until asked
+    try:
+        view = other.status(run_id)
+        assert (view.state, view.step) == ("finished", MF.steps) and math.isfinite(view.loss)
+        assert not other.stop(run_id)
+        with pytest.raises(StoreError, match="no run"):
+            other.status("feedbeef")
+    finally:
+        other.shutdown()
+
+
+# --- faults ---------------------------------------------------------------------------------------------------
+
+
+def test_kill_9_of_a_worker_interrupts_its_run_and_keeps_its_rows(runner, store):
+    run_id = runner.start(FOREVER)
+    _until(lambda: len(store.metrics(run_id)) > 100)
+    pid = runner._runs[run_id].worker.proc.pid
+    os.kill(pid, signal.SIGKILL)
+    view = runner.wait(run_id, WAIT)
+    assert view.state == "interrupted" and "worker process died (signal 9)" in view.message
+    kept = store.metrics(run_id)
+    assert len(kept) > 100 and kept["step"].tolist() == list(range(len(kept)))
+    with RunStore(store.home) as fresh:  # what a restarted app reads
+        assert fresh.get_run(run_id).state == "interrupted"
+    assert runner.wait(runner.start(MF), WAIT).state == "finished"
+
+
+_APP = """
+import sys, time
+from balance.config import RunConfig
+from balance.runner import Runner
+from balance.store import RunStore
+if __name__ == "__main__":
+    runner = Runner(RunStore(sys.argv[1]), max_workers=1)
+    config = RunConfig.from_toml(sys.stdin.read())
+    print(runner.start(config), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_kill_9_of_the_app_leaves_no_orphan_and_the_run_interrupted(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(_APP))
+    app = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        app.stdin.write(FOREVER.to_toml())
+        app.stdin.close()
+        run_id = app.stdout.readline().strip()
+        with RunStore(tmp_path) as s:
+            _until(lambda: len(s.metrics(run_id)) > 100, every=0.05)
+            worker = int(s._read("SELECT owner FROM runs WHERE id = ?", (run_id,))[0][0].split(":")[-2])
+    finally:
+        app.kill()
+        app.wait()
+        app.stdout.close()
+    _until(lambda: not _alive(worker))  # the worker saw its parent go, saved, and exited
+    with RunStore(tmp_path) as s:
+        record = s.get_run(run_id)
+        assert record.state == "interrupted" and "the app that ran it stopped" in record.message
+        kept = s.metrics(run_id)
+        assert kept["step"].iloc[-1] == record.step and kept["step"].is_monotonic_increasing
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def test_a_run_that_raises_fails_and_the_runner_stays_up(tmp_path, monkeypatch):
+    step = Trainer.step
+
+    def faulty(self: Trainer) -> list:
+        if self.config.seed == 7 and self.step_index == 5:
+            raise FloatingPointError("boom")
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "step", faulty)  # the thread backend runs this very class
+    with RunStore(tmp_path) as s:
+        runner = Runner(s, max_workers=1, backend="thread")
+        try:
+            bad = runner.start(MF.replace(seed=7))
+            view = runner.wait(bad, WAIT)
+            assert view.state == "failed" and view.message == "failed at step 5: FloatingPointError: boom"
+            assert s.get_run(bad).state == "failed" and s.metrics(bad)["step"].tolist() == list(range(5))
+            assert runner.wait(runner.start(MF), WAIT).state == "finished"
+        finally:
+            runner.shutdown()
+
+
+def test_a_full_disk_fails_the_run_not_the_runner(tmp_path):
+    with RunStore(tmp_path, max_bytes=160 * 1024) as s:
+        runner = Runner(s, max_workers=1, backend="thread")
+        try:
+            run_id = runner.start(FOREVER)
+            view = runner.wait(run_id, WAIT)
+            assert view.state == "failed" and "the disk is full" in view.message
+            assert s.get_run(run_id).state == "failed"
+            assert len(s.metrics(run_id)) > 0  # what fitted is kept
+            assert runner.status(run_id).state == "failed"
+        finally:
+            runner.shutdown()
+
+
+# --- no leaks -------------------------------------------------------------------------------------------------
+
+
+def _resources() -> dict[str, int]:
+    children = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            children |= set(f.read().split())
+    return {
+        "threads": len(os.listdir("/proc/self/task")),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "children": len(children),
+        "mp_children": len(multiprocessing.active_children()),
+    }
+
+
+def test_200_start_stop_cycles_leak_nothing_and_shutdown_cleans_up(tmp_path, monkeypatch):
+    page = tmp_path / "page.py"  # as under Streamlit, __main__ is a page script that must not run in a worker
+    page.write_text("open(__file__ + '.ran', 'w').close()\nraise SystemExit('a worker ran the page script')\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    resource_tracker.ensure_running()  # started once per process by the first spawn; not a leak
+    store = RunStore(tmp_path)
+    before = _resources()
+    runner = Runner(store, max_workers=1)
+    runner.warm()
+    runner.wait(runner.start(MF), WAIT)
+    warm = _resources()
+    assert warm["mp_children"] == before["mp_children"] + 1
+    assert not Path(f"{page}.ran").exists()
+    for i in range(200):
+        run_id = runner.start(FOREVER)
+        if i % 2:  # half stopped while training, half while queued or starting
+            _running(runner, run_id)
+        runner.stop(run_id)
+        assert runner.wait(run_id, WAIT).state == "stopped"
+    assert _resources() == warm
+    assert runner.active() == []
+    # shutting down interrupts what is going and waiting, and releases everything
+    going, waiting = runner.start(FOREVER), runner.start(FOREVER)
+    _running(runner, going)
+    runner.shutdown()
+    runner.shutdown()
+    assert _resources() == before
+    assert store.get_run(going).state == "interrupted" and "shut down at step" in store.get_run(going).message
+    assert store.get_run(waiting).message == "the runner shut down before it started"
+    with pytest.raises(RuntimeError, match="shut down"):
+        runner.start(MF)
+    store.close()
+
+
+def test_thread_backend_shutdown_leaves_no_threads(tmp_path):
+    before = _resources()
+    with RunStore(tmp_path) as s:
+        runner = Runner(s, max_workers=2, backend="thread")
+        ids = [runner.start(FOREVER), runner.start(MF)]
+        _running(runner, ids[0])
+        runner.shutdown()
+    assert _resources()["threads"] == before["threads"]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend"):
+        Runner(RunStore.__new__(RunStore), backend="fork")

@@ -1,0 +1,459 @@
+"""Tests of balance.store and balance.archive: round trips, cursors, limits, faults, interrupted runs, import checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import balance
+from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.store import NEURON_SNAPSHOTS, RunStore, StoreError, owner_alive, owner_token
+
+TINY = RunConfig(
+    data=DataConfig(name="lowrank", d1=6, d2=5, rank=2),
+    model=ModelConfig(name="mf", init_scale=0.1),
+    optim=OptimConfig(name="gd", lr=0.05),
+    steps=40,
+)
+LIST_COLUMNS = [
+    "id", "name", "state", "step", "message", "created", "updated", "model", "dataset", "optimizer", "lr",
+    "init_scale", "steps", "sweep",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def result() -> balance.RunResult:
+    return balance.run(TINY)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    with RunStore(tmp_path / "home") as s:
+        yield s
+
+
+def _recorded(store: RunStore, result: balance.RunResult, name: str = "") -> str:
+    run_id = store.create_run(TINY, list(result.metrics.columns), name=name)
+    store.claim_run(run_id, list(result.metrics.columns))
+    store.append_rows(run_id, result.metrics.to_numpy().tolist())
+    store.set_status(run_id, result.status.state, result.status.step, result.status.message)
+    return run_id
+
+
+# --- round trips --------------------------------------------------------------------------------------------
+
+
+def test_metrics_round_trip_exactly_with_cursor_and_columns(store, result):
+    run_id = _recorded(store, result, name="first")
+    pd.testing.assert_frame_equal(store.metrics(run_id), result.metrics)
+    tail = store.metrics(run_id, after=30)
+    assert tail["step"].tolist() == list(range(31, 41))
+    some = store.metrics(run_id, after=-1, columns=["loss", "gap_1"])
+    assert list(some.columns) == ["step", "loss", "gap_1"]
+    assert some["step"].dtype == np.int64 and some["loss"].dtype == np.float64
+    assert store.metrics(run_id, after=40).empty
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        store.metrics(run_id, columns=["nope"])
+
+
+def test_records_list_status_and_events(store, result):
+    run_id = _recorded(store, result, name="first")
+    record = store.get_run(run_id)
+    assert record.config == TINY and record.state == "finished" and record.step == 40 and record.name == "first"
+    assert record.columns == list(result.metrics.columns)
+    assert record.created <= record.updated
+    runs = store.list_runs()
+    assert list(runs.columns) == LIST_COLUMNS
+    row = runs.iloc[0]
+    assert (row.id, row.model, row.dataset, row.optimizer, row.lr, row.steps) == (
+        run_id,
+        "mf",
+        "lowrank",
+        "gd",
+        0.05,
+        40,
+    )
+    assert str(runs["created"].dtype) == "datetime64[ns, UTC]"
+    store.record_event(run_id, 12, "lr", 0.02)
+    store.record_event(run_id, 20, "note", "hello")
+    events = store.events(run_id)
+    assert events["step"].tolist() == [12, 20] and events["kind"].tolist() == ["lr", "note"]
+    assert events["value"].iloc[0] == 0.02 and np.isnan(events["value"].iloc[1]) and events["text"].iloc[1] == "hello"
+    assert store.last_row(run_id)["step"] == 40.0
+
+
+def test_queued_run_has_no_columns_until_claimed(store):
+    run_id = store.create_run(TINY, [])
+    assert store.get_run(run_id).state == "queued"
+    assert list(store.metrics(run_id).columns) == ["step"]
+    assert store.last_row(run_id) == {}
+    store.claim_run(run_id, ["step", "loss"])
+    store.append_rows(run_id, [[0, 1.5], [1, 1.25]])
+    assert store.get_run(run_id).state == "running"
+    assert store.metrics(run_id)["loss"].tolist() == [1.5, 1.25]
+    with pytest.raises(ValueError, match="expected 2"):
+        store.append_rows(run_id, [[2, 1.0, 3.0]])
+
+
+def test_neuron_snapshots_stay_bounded_and_spread(store):
+    run_id = store.create_run(TINY, ["step", "loss"])
+    table = {"layer": np.array([1, 1]), "neuron": np.array([0, 1]), "in_sqnorm": np.ones(2), "out_sqnorm": np.ones(2)}
+    for k in range(0, 1000):
+        store.save_neurons(run_id, k, {**table, "in_sqnorm": np.full(2, float(k))})
+    steps = store.neuron_steps(run_id)
+    assert steps[0] == 0 and steps[-1] == 999 and len(steps) <= NEURON_SNAPSHOTS + 2
+    assert max(np.diff(steps)) <= 3 * 999 / (NEURON_SNAPSHOTS + 1)  # evenly spread
+    snap = store.neurons(run_id, 500)
+    assert snap["step"].iloc[0] <= 500 and snap["in_sqnorm"].iloc[0] == snap["step"].iloc[0]
+    assert snap["layer"].dtype == np.int64 and snap["neuron"].tolist() == [0, 1]
+    assert store.neurons(run_id)["step"].iloc[0] == 999
+    assert store.neurons(run_id, 0)["step"].iloc[0] == 0
+
+
+def test_delete_and_unknown_ids(store, result):
+    run_id = _recorded(store, result)
+    store.record_event(run_id, 1, "lr", 0.1)
+    store.delete_run(run_id)
+    assert store.list_runs().empty
+    for call in (store.get_run, store.metrics, store.events, store.delete_run, store.neurons):
+        with pytest.raises(StoreError, match="no run") as info:
+            call(run_id)
+        assert info.value.kind == "missing"
+    with pytest.raises(StoreError, match="no run"):
+        store.set_status("nope", "running", 0)
+
+
+def test_home_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("BALANCE_HOME", str(tmp_path / "env-home"))
+    with RunStore() as s:
+        assert s.path == tmp_path / "env-home" / "runs.db"
+        assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --- faults -------------------------------------------------------------------------------------------------
+
+
+def test_a_corrupt_file_is_a_clear_error_fast(tmp_path):
+    (tmp_path / "runs.db").write_bytes(b"this is not a database" * 500)
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="corrupt or not a database") as info:
+        RunStore(tmp_path)
+    assert info.value.kind == "corrupt" and time.monotonic() - start < 2
+
+
+def test_a_damaged_database_is_a_clear_error(tmp_path, result):
+    with RunStore(tmp_path) as s:
+        run_id = _recorded(s, result)
+        s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray((tmp_path / "runs.db").read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # keep the header, destroy every page after the first
+    (tmp_path / "runs.db").write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="corrupt") as info:
+        RunStore(tmp_path).metrics(run_id)
+    assert info.value.kind == "corrupt"
+
+
+def test_another_sqlite_file_is_refused(tmp_path):
+    with sqlite3.connect(tmp_path / "runs.db") as conn:
+        conn.execute("CREATE TABLE songs (title TEXT)")
+    conn.close()
+    with pytest.raises(StoreError, match="not a balance store"):
+        RunStore(tmp_path)
+
+
+def test_a_locked_store_fails_after_its_timeout_not_never(tmp_path):
+    RunStore(tmp_path).close()
+    holder = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with RunStore(tmp_path, timeout=0.2) as s:
+            start = time.monotonic()
+            with pytest.raises(StoreError, match="locked by another process") as info:
+                s.create_run(TINY, [])
+            assert info.value.kind == "locked" and time.monotonic() - start < 2
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_what_was_written(tmp_path, result):
+    with RunStore(tmp_path, max_bytes=96 * 1024) as s:
+        run_id = s.create_run(TINY, list(result.metrics.columns))
+        rows = result.metrics.to_numpy()
+        with pytest.raises(StoreError, match="disk is full") as info:
+            for _ in range(200):
+                s.append_rows(run_id, rows)
+                rows = rows.copy()
+                rows[:, 0] += len(rows)  # the next steps
+        assert info.value.kind == "full"
+        assert len(s.metrics(run_id)) > 0 and s.get_run(run_id).state == "queued"
+
+
+def test_reads_during_writes_see_whole_batches_in_order(tmp_path):
+    """A writer appends batches from another connection while a reader polls with a cursor."""
+    with RunStore(tmp_path) as reader:
+        run_id = reader.create_run(TINY, ["step", "x"])
+        batches, size = 60, 50
+
+        def write() -> None:
+            with RunStore(tmp_path) as writer:
+                for b in range(batches):
+                    writer.append_rows(run_id, [[k, k * 0.5] for k in range(b * size, (b + 1) * size)])
+                    time.sleep(0.002)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        seen, cursor = [], -1
+        while thread.is_alive() or cursor < batches * size - 1:
+            new = reader.metrics(run_id, after=cursor)
+            if len(new):
+                assert len(new) % size == 0  # a batch is one transaction: never half of one
+                seen += new["step"].tolist()
+                cursor = seen[-1]
+        thread.join()
+    assert seen == list(range(batches * size))
+
+
+_WRITER = """
+import sys, time
+from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.store import RunStore
+store = RunStore(sys.argv[1])
+run_id = store.create_run(RunConfig(), ["step", "loss"])
+store.claim_run(run_id, ["step", "loss"])
+print(run_id, flush=True)
+k = 0
+while True:
+    with store.transaction():
+        store.append_rows(run_id, [[k + i, 1.0 / (k + i + 1)] for i in range(10)])
+        store.set_status(run_id, "running", k + 9)
+    k += 10
+    time.sleep(0.01)
+"""
+
+
+def test_a_writer_killed_mid_run_is_interrupted_with_its_rows_kept(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = proc.stdout.readline().strip()
+        with RunStore(tmp_path) as s:
+            while len(s.metrics(run_id)) < 100:
+                time.sleep(0.02)
+            assert s.get_run(run_id).state == "running"
+            assert s.mark_interrupted() == []  # alive: left alone
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    with RunStore(tmp_path) as s:  # the next start
+        record = s.get_run(run_id)
+        assert record.state == "interrupted" and f"pid {proc.pid}" in record.message
+        rows = s.metrics(run_id)
+        assert len(rows) >= 100 and len(rows) % 10 == 0 and rows["step"].tolist() == list(range(len(rows)))
+        assert record.step == rows["step"].iloc[-1]
+
+
+def test_owner_tokens():
+    assert owner_alive(owner_token())
+    assert not owner_alive("elsewhere-or-garbage")
+    assert not owner_alive(f"{owner_token().rsplit(':', 2)[0]}:999999999:1")
+    assert owner_alive("some-other-host:1:1")  # another machine's run is never touched
+
+
+# --- export and import --------------------------------------------------------------------------------------
+
+
+def test_export_import_round_trip(store, result, tmp_path):
+    run_id = _recorded(store, result, name="exported")
+    store.record_event(run_id, 5, "lr", 0.01)
+    store.save_neurons(run_id, 0, {"layer": np.array([1]), "neuron": np.array([0]), "in_sqnorm": np.array([0.5])})
+    store.save_neurons(run_id, 40, {"layer": np.array([1]), "neuron": np.array([0]), "in_sqnorm": np.array([0.7])})
+    path = tmp_path / "run.zip"
+    store.export_run(run_id, path)
+    with RunStore(tmp_path / "elsewhere") as other:
+        new_id = other.import_run(path)
+        assert new_id == run_id  # a free id is kept
+        pd.testing.assert_frame_equal(other.metrics(new_id), store.metrics(run_id))
+        pd.testing.assert_frame_equal(other.neurons(new_id, 40), store.neurons(run_id, 40))
+        assert other.events(new_id)[["step", "kind", "value"]].equals(store.events(run_id)[["step", "kind", "value"]])
+        record = other.get_run(new_id)
+        assert (record.config, record.state, record.name) == (TINY, "finished", "exported")
+    assert store.import_run(path) != run_id  # a taken id is not
+
+
+def test_an_exported_running_run_imports_as_interrupted(store, tmp_path):
+    run_id = store.create_run(TINY, ["step", "loss"])
+    store.claim_run(run_id, ["step", "loss"])
+    store.append_rows(run_id, [[0, 1.0]])
+    store.export_run(run_id, tmp_path / "r.zip")
+    record = store.get_run(store.import_run(tmp_path / "r.zip"))
+    assert record.state == "interrupted" and "imported while running" in record.message
+
+
+def _manifest(**changes: object) -> dict:
+    base = {
+        "format": "balance-run", "version": 1, "id": "abcd1234", "name": "", "sweep": "", "state": "finished",
+        "step": 2, "message": "", "created": 1.7e9, "updated": 1.7e9, "columns": ["step", "loss"],
+        "config": TINY.to_dict(),
+    }  # fmt: skip
+    base.update(changes)
+    return base
+
+
+def _parquet(table: dict) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(table), sink)
+    return sink.getvalue().to_pybytes()
+
+
+GOOD_METRICS = {"step": np.array([0, 1, 2]), "loss": np.array([1.0, 0.5, 0.25])}
+
+
+def _archive(path: Path, members: dict[str, bytes | str | dict]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, json.dumps(data) if isinstance(data, dict) else data)
+    return path
+
+
+def _good() -> dict:
+    return {"run.json": _manifest(), "metrics.parquet": _parquet(GOOD_METRICS)}
+
+
+def test_a_hand_made_good_archive_imports(store, tmp_path):
+    run_id = store.import_run(_archive(tmp_path / "ok.zip", _good()))
+    assert store.metrics(run_id)["loss"].tolist() == [1.0, 0.5, 0.25]
+
+
+MALFORMED = {
+    "path trick": ({"../../evil.sh": "echo"}, "unexpected member '../../evil.sh'"),
+    "absolute path": ({"/etc/cron.d/x": "x"}, "unexpected member '/etc/cron.d/x'"),
+    "extra member": ({"payload.pkl": b"\x80\x04K\x01."}, "unexpected member 'payload.pkl'"),
+    "missing metrics": ({"metrics.parquet": None}, "metrics.parquet is missing"),
+    "wrong format": ({"run.json": _manifest(format="other")}, "not a balance run"),
+    "newer version": ({"run.json": _manifest(version=99)}, "version 99"),
+    "unknown key": ({"run.json": _manifest(evil=1)}, "unknown keys"),
+    "bad config": ({"run.json": _manifest(config={"model": {"width": -3}})}, "bad config: model.width = -3"),
+    "config wrong type": ({"run.json": _manifest(config="rm -rf /")}, "bad config"),
+    "bad state": ({"run.json": _manifest(state="hacked")}, "state 'hacked'"),
+    "bad id": ({"run.json": _manifest(id="../x")}, "not a run id"),
+    "columns mismatch": ({"run.json": _manifest(columns=["step", "gap"])}, "do not match"),
+    "columns not step first": ({"run.json": _manifest(columns=["loss", "step"])}, "'step' first"),
+    "text column": (
+        {"metrics.parquet": _parquet({"step": [0, 1], "loss": ["a", "b"]})},
+        "column 'loss' is string, not a number",
+    ),
+    "null values": ({"metrics.parquet": _parquet({"step": [0, 1], "loss": [1.0, None]})}, "missing values"),
+    "steps go back": ({"metrics.parquet": _parquet({"step": [0, 2, 1], "loss": [1.0, 1.0, 1.0]})}, "increase"),
+    "negative steps": ({"metrics.parquet": _parquet({"step": [-1, 0], "loss": [1.0, 1.0]})}, "whole numbers >= 0"),
+    "not parquet": ({"metrics.parquet": b"PAR1 but not really"}, "not a valid Parquet file"),
+    "not json": ({"run.json": "{'python': True}"}, "run.json is not valid JSON"),
+    "nan in json": ({"run.json": '{"format": NaN}'}, "not valid JSON"),
+    "huge json": ({"run.json": " " * (2 << 20)}, "the limit is 1048576"),
+    "bad events": ({"events.json": json.dumps([{"step": "x"}])}, "each event needs"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_archives_are_refused_with_a_clear_message(store, tmp_path, case):
+    changes, message = MALFORMED[case]
+    members = {**_good(), **changes}
+    members = {k: v for k, v in members.items() if v is not None}
+    path = _archive(tmp_path / "bad.zip", members)
+    with pytest.raises(StoreError, match="refused") as info:
+        store.import_run(path)
+    assert info.value.kind == "invalid"
+    assert message in str(info.value)
+    assert store.list_runs().empty  # nothing half-imported
+
+
+def test_files_that_are_not_archives_are_refused(store, tmp_path):
+    (tmp_path / "text.zip").write_text("hello")
+    with pytest.raises(StoreError, match="not a valid zip archive"):
+        store.import_run(tmp_path / "text.zip")
+    with pytest.raises(StoreError, match="cannot read it"):
+        store.import_run(tmp_path / "absent.zip")
+
+
+def test_a_zip_bomb_is_refused_before_decompressing(store, tmp_path, monkeypatch):
+    import balance.archive as archive
+
+    monkeypatch.setitem(archive.LIMITS, "metrics.parquet", 1 << 20)  # the same check as at 256 MiB, smaller
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("run.json", json.dumps(_manifest()))
+        zf.writestr("metrics.parquet", bytes(16 << 20))  # 16 MiB of zeros, 16 KiB compressed
+    assert path.stat().st_size < 64 << 10
+    with pytest.raises(StoreError, match=r"metrics\.parquet would be 16777216 bytes; the limit is 1048576"):
+        store.import_run(path)
+
+
+def test_a_lying_size_header_is_refused(store, tmp_path, monkeypatch):
+    import balance.archive as archive
+
+    monkeypatch.setitem(archive.LIMITS, "run.json", 100)
+    path = _archive(tmp_path / "liar.zip", {"run.json": "x" * 50, "metrics.parquet": _parquet(GOOD_METRICS)})
+    data = bytearray(path.read_bytes())  # patch the declared sizes of run.json down to 10 bytes
+    for header, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.find(header)
+        data[at + offset : at + offset + 4] = (10).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="refused"):
+        store.import_run(path)
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+def test_balance_run_records_unless_no_store_and_runs_subcommands(tmp_path, monkeypatch, capsys):
+    from balance.cli import main
+
+    monkeypatch.setenv("BALANCE_HOME", str(tmp_path))
+    tiny = ["--dataset", "lowrank", "--d1", "6", "--d2", "5", "--rank", "2", "--steps", "5"]
+    assert main(["run", *tiny]) == 0
+    assert main(["run", *tiny, "--no-store"]) == 0
+    with RunStore(tmp_path) as s:
+        runs = s.list_runs()
+        assert len(runs) == 1 and runs["state"][0] == "finished" and len(s.metrics(runs["id"][0])) == 6
+    run_id = runs["id"][0]
+    capsys.readouterr()
+
+    def ok(*argv: str) -> str:
+        assert main(list(argv)) == 0
+        return capsys.readouterr().out
+
+    def refused(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("balance: error: ") and "\n" not in err
+        return err
+
+    assert run_id in ok("runs", "list")
+    assert "finished at step 5" in ok("runs", "show", run_id[:5])
+    ok("runs", "export", run_id, str(tmp_path / "r.zip"))
+    new_id = ok("runs", "import", str(tmp_path / "r.zip")).strip()
+    assert new_id != run_id and new_id in ok("runs", "list")
+    ok("runs", "delete", run_id)
+    assert "is not a run" in refused("runs", "show", run_id)
+    assert "is not a run" in refused("runs", "export", "zzzz", str(tmp_path / "x.zip"))
+    assert "cannot read it" in refused("runs", "import", str(tmp_path / "absent.zip"))
+    (tmp_path / "bad.zip").write_text("not a zip")
+    assert "not a valid zip archive" in refused("runs", "import", str(tmp_path / "bad.zip"))
+    assert "no runs" in ok("runs", "--home", str(tmp_path / "other"), "list")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "runs.db").write_bytes(b"garbage" * 1000)
+    assert "corrupt" in refused("runs", "list", "--home", str(tmp_path / "broken"))
