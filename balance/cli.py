@@ -31,7 +31,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
-EXIT_BY_STATE = {"finished": EXIT_OK, "diverged": EXIT_DIVERGED, "stopped": EXIT_STOPPED}
+EXIT_BY_STATE = {"finished": EXIT_OK, "diverged": EXIT_DIVERGED, "stopped": EXIT_STOPPED, "failed": 1}
 WRITERS: dict[str, Callable[[pd.DataFrame, str], None]] = {
     # floats are written in their shortest round-trip form, so every float64 survives the file exactly
     ".csv": lambda df, path: df.to_csv(path, index=False),

@@ -106,6 +106,9 @@ class Adam(Optimizer):
         return {}
 
 
+FLOAT32_RTOL = 1e-6  # asking float32 gradients for more makes the flow solver's error control crawl
+
+
 class Flow(Optimizer):
     """Gradient flow: d theta/dt = -grad L(theta), integrated by SciPy's DOP853 at rtol (atol = rtol / 100).
 
@@ -119,6 +122,9 @@ class Flow(Optimizer):
         self.gradient = gradient  # gradient at the current params
         self.solver: DOP853 | None = None
         self.t = 0.0
+        # A smooth flow needs a handful of solver steps per optimiser step. Thousands mean the solver is crawling
+        # (a ReLU pre-activation sliding along its kink, where the flow is not smooth): fail instead of hanging.
+        self.max_solver_steps = 20_000
 
     def _set(self, flat: np.ndarray) -> None:
         offset = 0
@@ -140,10 +146,20 @@ class Flow(Optimizer):
         if self.solver is None:
             y0 = self._flat(self.params)
             rtol = self.cfg.rtol
+            if self.params and self.params[0].dtype == torch.float32:  # its gradients carry ~1e-7 round-off
+                rtol = max(rtol, FLOAT32_RTOL)
             self.solver = DOP853(self._rhs, 0.0, y0, t_bound=np.inf, rtol=rtol, atol=rtol / 100)
         target = self.t + lr
+        taken = 0
         while self.solver.t < target:
+            if taken == self.max_solver_steps:
+                raise FloatingPointError(
+                    f"gradient flow stalled at t = {self.solver.t:.6g}: {taken} solver steps (the last "
+                    f"{self.solver.step_size:.2g} long) without reaching t = {target:.6g}; typically a ReLU "
+                    "pre-activation sliding along its kink, where the flow is not smooth. Use gd with a small step size"
+                )
             message = self.solver.step()
+            taken += 1
             if self.solver.status == "failed":
                 raise FloatingPointError(f"the gradient-flow solver failed: {message}")
         self._set(self.solver.dense_output()(target))

@@ -39,7 +39,7 @@ def should_log(k: int, last: int, log_every: int = 1) -> bool:
 
 @dataclass
 class RunStatus:
-    state: str  # running | finished | diverged | stopped
+    state: str  # running | finished | diverged | stopped | failed
     step: int
     message: str = ""
 
@@ -177,7 +177,11 @@ class Trainer:
             self._finish(why)
             return rows
         lr = self.lr_at(k)
-        extras = self.optimizer.step(self.grads, lr)
+        try:
+            extras = self.optimizer.step(self.grads, lr)
+        except FloatingPointError as exc:  # the gradient-flow solver gave up (e.g. stuck on a ReLU kink)
+            self.status = RunStatus("failed", k, f"failed at step {k} (t = {self.t:.4g}): {exc}")
+            return rows
         self.predictor.update(lr, self.grad_sq, extras)
         self.step_index, self.t = k + 1, self.t + lr
         self._evaluate()
