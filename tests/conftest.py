@@ -25,7 +25,6 @@ torch.set_num_threads(1)
 
 # Hypothesis: few, reproducible examples (derandomize) and no deadline (first torch calls are slow).
 FEW = settings(max_examples=8, deadline=None, derandomize=True)
-SOME = settings(max_examples=25, deadline=None, derandomize=True)
 
 TEACHER = {"name": "teacher", "samples": 12, "input_dim": 3, "output_dim": 2, "teacher_width": 4}
 IMAGES = {"name": "images", "samples": 8, "image_size": 5}

@@ -1,0 +1,168 @@
+"""The dashboard in a real browser: press Start, see the charts update live, no exception; screenshots.
+
+Screenshots go to tests/browser/artifacts/ (gitignored); with BALANCE_DOCS_SCREENSHOTS=1 also to docs/screenshots/,
+the ones the README shows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+
+import pytest
+from harness import ARTIFACTS, ROOT, Server, wait_idle
+
+pytestmark = pytest.mark.browser
+
+SIZES = [(1280, 800), (1024, 768)]
+DOCS = ROOT / "docs" / "screenshots"
+# A run long enough to watch for a few seconds: the Figure 1 analogue, small init, many steps.
+LONG_RUN = "/?model.init_scale=0.001&optim.lr=0.002&steps=200000"
+TRACES = """() => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')._fullData.length"""
+LAST_X = """() => {
+    const plot = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+    if (!plot || !plot._fullData || !plot._fullData.length) return null;
+    const x = plot._fullData[0].x;  // data[0].x is Plotly's base64 array spec; _fullData holds the decoded one
+    return x && x.length ? Number(x[x.length - 1]) : null;
+}"""
+
+
+def shoot(page: object, name: str) -> None:
+    w = page.viewport_size["width"]
+    path = ARTIFACTS / f"{name}-{w}.png"
+    page.mouse.move(w - 5, 5)  # no tooltip in the picture
+    page.screenshot(path=str(path))
+    if os.environ.get("BALANCE_DOCS_SCREENSHOTS"):
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS / path.name)
+
+
+def button(page: object, name: str) -> object:
+    """A button of the page (not the header's Stop of Streamlit's own status widget)."""
+    return page.get_by_test_id("stMainBlockContainer").get_by_role("button", name=name, exact=True)
+
+
+def click(page: object, name: str) -> None:
+    """Click a button, then move the mouse away so that no tooltip hides the page in a screenshot."""
+    button(page, name).click()
+    page.mouse.move(page.viewport_size["width"] - 5, page.viewport_size["height"] - 5)
+
+
+def assert_no_exception(page: object) -> None:
+    errors = page.locator('[data-testid="stException"]')
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def chart_updates(page: object, count: int, timeout: float = 60.0) -> list[float]:
+    """Wait until the first chart's last x value has taken ``count`` different values (it redraws live)."""
+    seen: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < count and time.monotonic() < deadline:
+        x = page.evaluate(LAST_X)
+        if x is not None and (not seen or x != seen[-1]):
+            seen.append(x)
+        page.wait_for_timeout(100)
+    return seen
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_start_watch_stop(server: Server, browser: object, size: tuple[int, int]) -> None:
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.goto(server.url + LONG_RUN)
+    wait_idle(page)
+    assert_no_exception(page)
+    shoot(page, "explore-idle")
+    click(page, "Start")
+    seen = chart_updates(page, 3)
+    assert len(seen) >= 3, f"the charts updated {len(seen) - 1} times: {seen}"
+    assert seen == sorted(seen)
+    page.wait_for_selector("text=steps/s")
+    assert_no_exception(page)
+    assert "run=" in page.url and "model.init_scale=0.001" in page.url and "optim.lr=0.002" in page.url
+    # freeze: the charts stop redrawing (so a zoom survives) while the status line and training go on
+    page.get_by_role("switch", name="freeze charts").check(force=True)
+    wait_idle(page)
+    page.wait_for_timeout(1000)
+    frozen, status = page.evaluate(LAST_X), page.get_by_text("steps/s").inner_text()
+    page.wait_for_timeout(2000)
+    assert page.evaluate(LAST_X) == frozen
+    assert page.get_by_text("steps/s").inner_text() != status
+    shoot(page, "explore-running")
+    page.set_viewport_size({"width": size[0], "height": 2400})
+    page.wait_for_timeout(1000)
+    shoot(page, "explore-running-full")
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    click(page, "Stop")
+    page.wait_for_selector("text=stopped at step", timeout=30_000)
+    wait_idle(page)
+    assert_no_exception(page)
+    run_url = page.url
+    page.get_by_text("Share this experiment").click()
+    link = page.get_by_test_id("stCode").inner_text()
+    assert link.startswith(server.url) and "model.init_scale=0.001" in link and "seed=0" in link
+    assert "run=" not in link
+    # a reload is a new session: it reattaches to the run in the URL
+    page.goto(run_url)
+    wait_idle(page)
+    page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=30_000)
+    assert page.get_by_text("stopped at step").count() >= 1
+    assert_no_exception(page)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def stored_runs(server: Server) -> list[str]:
+    """Two finished runs of one config at two step sizes, written straight into the server's store."""
+    from balance import run
+    from balance.presets import preset
+    from balance.store import RunStore
+
+    ids = []
+    with RunStore(server.home) as store:
+        for lr in (0.01, 0.02):
+            config = preset("fig1-small").replace(**{"optim.lr": lr, "steps": 300, "data.d1": 30, "data.d2": 10})
+            metrics, status = run(config)
+            run_id = store.create_run(config, list(metrics.columns), name=f"fig1 small, lr {lr}")
+            store.claim_run(run_id, list(metrics.columns))
+            store.append_rows(run_id, metrics.to_numpy())
+            store.set_status(run_id, status.state, status.step, status.message)
+            ids.append(run_id)
+    return ids
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_other_pages(server: Server, browser: object, stored_runs: list[str], size: tuple[int, int]) -> None:
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.goto(server.url + "/runs")
+    wait_idle(page)
+    page.wait_for_selector('[data-testid="stDataFrame"]')
+    # pick the two stored runs in the multiselect: their loss curves overlay
+    for name in ("lr 0.01", "lr 0.02"):
+        page.get_by_test_id("stMultiSelect").last.click()
+        page.get_by_role("option", name=re.compile(name)).click()
+    page.keyboard.press("Escape")
+    page.wait_for_selector('[data-testid="stPlotlyChart"]')
+    wait_idle(page)
+    assert page.evaluate(TRACES) == 2
+    assert_no_exception(page)
+    shoot(page, "runs")
+    page.goto(server.url + "/about")
+    wait_idle(page)
+    assert_no_exception(page)
+    shoot(page, "about")
+    page.goto(server.url + "/?optim.lr=10&steps=1000")
+    wait_idle(page)
+    click(page, "Start")
+    page.wait_for_selector("text=Diverged at step", timeout=60_000)
+    wait_idle(page)
+    assert_no_exception(page)
+    shoot(page, "explore-diverged")
+    page.goto(server.url + "/?optim.lr=abc&model.depth=999")
+    wait_idle(page)
+    page.wait_for_selector("text=could not be used")
+    assert page.get_by_text("optim.lr = 'abc'").count() == 1
+    assert_no_exception(page)
+    shoot(page, "explore-bad-link")
+    page.close()
