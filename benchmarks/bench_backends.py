@@ -139,9 +139,7 @@ def main() -> None:
                 runner.shutdown()
     page = results.pop(("page alone",))
     print(f"page alone (no runs): {fmt(page)}")
-    print(
-        f"{'model':<15} {'backend':<8} {'solo':>7} {'2 runs':>7} {'+ page':>7}  (median steps/s of a run)   page time"
-    )
+    print(f"{'model':<15} {'backend':<8} {'solo':>7} {'2 runs':>7} {'+ page':>7} (steps/s of one run)  page time")
     for name in MODELS:
         for backend in ("process", "thread"):
             cells = [statistics.median(results[(name, backend, c)]) for c in ("solo", "2 runs", "2 runs + page")]

@@ -8,7 +8,8 @@ recipe of tests/browser. Measures:
 1. Start -> first chart: from the click on Start to a Plotly chart with data in the page (first run of the
    server, then later runs on a warm worker).
 2. Throughput: steps per second of one run with the Explore page open and refreshing, against the same config
-   trained by a ``Runner`` with no server and no browser (target: at least 0.7x).
+   trained by a ``Runner`` with no server and no browser (target: at least 0.7x); and with the charts frozen (the
+   status line still polling), which separates the cost of the live charts from that of an open page.
 3. Chart refresh: distinct chart updates per second seen in the browser while a run trains (target: >= 2).
 4. Click latency while two runs train: click "log x" and wait until the chart's x axis is logarithmic; click
    Pause and wait for the status line to say so (target: under 1 s).
@@ -158,11 +159,16 @@ def main() -> None:
                     time.sleep(2)
                     with_page = steps_per_second(lambda run_id=run_id: store.get_run(run_id).step, args.window)
                     rate = refresh_rate(page, args.window / 2)
+                    page.get_by_role("switch", name="freeze charts").check(force=True)  # status line only
+                    wait_idle(page)
+                    frozen = steps_per_second(lambda run_id=run_id: store.get_run(run_id).step, args.window)
+                    page.get_by_role("switch", name="freeze charts").uncheck(force=True)
                     button(page, "Stop").click()
                     page.get_by_text("stopped at step").first.wait_for(timeout=30_000)
                     alone = headless(config, args.window, Path(tmp) / f"alone-{len(throughput)}")
                     throughput[name] = {
                         "page_open": with_page,
+                        "page_open_charts_frozen": frozen,
                         "headless": alone,
                         "ratio": with_page / alone,
                         "chart_updates_per_s": rate,
@@ -196,7 +202,8 @@ def main() -> None:
     for name, r in throughput.items():
         print(
             f"{name}: {r['page_open']:,.0f} steps/s with the page open, {r['headless']:,.0f} headless "
-            f"({r['ratio']:.2f}x); charts updated {r['chart_updates_per_s']:.1f} times/s"
+            f"({r['ratio']:.2f}x), {r['page_open_charts_frozen']:,.0f} with the charts frozen; "
+            f"charts updated {r['chart_updates_per_s']:.1f} times/s"
         )
     for what, times in clicks.items():
         print(f"click '{what}' with {active} runs training: median {statistics.median(times):.2f} s, "

@@ -1,7 +1,10 @@
 """Browser-test helpers: a `streamlit run app.py` on loopback, Chromium launch flags, Streamlit waits.
 
-Recipe and waits: /work/shared/reference/browser-testing.md. Skipped (not failed) only where /usr/bin/chromium is
-absent; `make test` installs it.
+(Not a conftest.py: the other tests import `conftest` by name, and a second one on sys.path would shadow theirs.)
+
+The system Chromium (never `playwright install`), launched headless with the flags that work as root and offline.
+Wait for Streamlit, not for the page load: the app root's connection state, then its script state. The tests are
+skipped (not failed) only where /usr/bin/chromium is absent; `make test` installs it.
 """
 
 from __future__ import annotations

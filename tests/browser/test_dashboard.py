@@ -10,9 +10,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 
 import pytest
-from harness import ARTIFACTS, ROOT, Server, wait_idle
+from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, ROOT, Server, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -27,6 +28,27 @@ LAST_X = """() => {
     const x = plot._fullData[0].x;  // data[0].x is Plotly's base64 array spec; _fullData holds the decoded one
     return x && x.length ? Number(x[x.length - 1]) : null;
 }"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not CHROMIUM.exists():
+        pytest.skip("browser tests need /usr/bin/chromium (apt-get install chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    home = tmp_path_factory.mktemp("balance-home")
+    s = Server(home, ARTIFACTS / "streamlit.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(server: Server) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield b
+        b.close()
 
 
 def shoot(page: object, name: str) -> None:
