@@ -104,9 +104,14 @@ def test_start_watch_stop(server: Server, browser: object, size: tuple[int, int]
     assert_no_exception(page)
     assert "run=" in page.url and "model.init_scale=0.001" in page.url and "optim.lr=0.002" in page.url
     # freeze: the charts stop redrawing (so a zoom survives) while the status line and training go on
-    page.get_by_role("switch", name="freeze charts").check(force=True)
-    wait_idle(page)
-    page.wait_for_timeout(1000)
+    switch = page.get_by_role("switch", name="freeze charts")
+    for _ in range(3):  # the switch lives in a fragment that reruns twice a second: a click can land mid-rerun
+        switch.check(force=True)
+        wait_idle(page)
+        page.wait_for_timeout(1000)
+        if switch.is_checked():
+            break
+    assert switch.is_checked()
     frozen, status = page.evaluate(LAST_X), page.get_by_text("steps/s").inner_text()
     page.wait_for_timeout(2000)
     assert page.evaluate(LAST_X) == frozen
