@@ -580,7 +580,7 @@ def live_section(prefix: str) -> None:
     if not run_id:
         st.info("Choose settings in the sidebar (or a preset) and press **Start**.")
         return
-    state = run_status(run_id).state
+    first = run_status(run_id)
     with st.container(horizontal=True, vertical_alignment="center"):
         st.toggle(
             "freeze charts",
@@ -588,19 +588,20 @@ def live_section(prefix: str) -> None:
             help="stop redrawing the charts (training goes on) so you can zoom, pan and read values",
         )
         st.toggle("log x", key=f"{prefix}.log_x", help="logarithmic step axis")
-    frozen = st.session_state.get(f"{prefix}.freeze", False)
+    # A paused run's charts change only by Step n, which reruns the page (below): no need to redraw them per tick.
+    still = st.session_state.get(f"{prefix}.freeze", False) or first.state == "paused"
 
-    @st.fragment(run_every=REFRESH_S if state in ACTIVE else None)
+    @st.fragment(run_every=REFRESH_S if first.state in ACTIVE else None)
     def live() -> None:
         status = run_status(run_id)
         status_line(status)
-        if status.state != state:
+        if status.state != first.state or (first.state == "paused" and status.step != first.step):
             st.rerun(scope="app")
-        if not frozen:
+        if not still:
             render_charts(prefix, run_id)
 
     live()
-    if frozen:
+    if still:
         render_charts(prefix, run_id)
 
 

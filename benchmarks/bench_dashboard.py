@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -111,23 +112,38 @@ def refresh_rate(page, window: float) -> float:
 
 
 def click_latency(page, repeats: int) -> dict[str, list[float]]:
-    """With the page's run and a second run training: toggle log x, and Pause / Resume."""
+    """With the page's run and a second run training: toggle log x, and Pause / Resume.
+
+    Each click waits for the page to be idle first (a click on an element being redrawn can be lost); a click that
+    gets no answer within 30 s counts as infinity.
+    """
+    from playwright.sync_api import TimeoutError as Timeout
+
     out: dict[str, list[float]] = {"log x": [], "pause": []}
     toggle = page.get_by_test_id("stMainBlockContainer").get_by_text("log x", exact=True)
+
+    def timed(click, answered) -> float:
+        wait_idle(page)
+        t0 = time.monotonic()
+        click()
+        try:
+            answered()
+        except Timeout:
+            return math.inf
+        return time.monotonic() - t0
+
     for _ in range(repeats):
         want = "linear" if page.evaluate(AXIS_TYPE) == "log" else "log"
-        t0 = time.monotonic()
-        toggle.click()
-        page.wait_for_function(f"({AXIS_TYPE})() === '{want}'", timeout=30_000)
-        out["log x"].append(time.monotonic() - t0)
+        done = f"({AXIS_TYPE})() === '{want}'"
+        out["log x"].append(timed(toggle.click, lambda done=done: page.wait_for_function(done, timeout=30_000)))
         page.wait_for_timeout(500)
     for _ in range(repeats):
-        t0 = time.monotonic()
-        button(page, "Pause").click()
-        page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Resume", exact=True).wait_for()
-        out["pause"].append(time.monotonic() - t0)
-        button(page, "Resume").click()
-        button(page, "Pause").wait_for()
+        resume = button(page, "Resume")
+        out["pause"].append(timed(button(page, "Pause").click, lambda r=resume: r.wait_for(timeout=30_000)))
+        if resume.is_visible():
+            wait_idle(page)
+            resume.click()
+            button(page, "Pause").wait_for(timeout=30_000)
         page.wait_for_timeout(500)
     return out
 

@@ -226,6 +226,9 @@ def test_step_size_changes_while_running_without_a_reset() -> None:
     time.sleep(0.5)
     assert ui.runner().status(run_id).step == before + 10
     assert ui.runner().status(run_id).state == "paused"
+    at.run()
+    assert at.session_state["explore.cursor"] == before + 10  # the charts show the stepped state
+    assert any(f"step **{before + 10:,}**" in m.value for m in at.markdown)
     at.button(key="explore.reset").click().run()
     assert not at.exception
     assert at.session_state["explore.run"] is None
