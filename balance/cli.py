@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import os
 import sys
@@ -289,6 +290,9 @@ class Command:
     epilog: str = ""
 
 
+# Subcommands with their own module: each has ``register(subparsers)`` (runs, sweep, claims, lecture).
+EXTENSIONS = ("balance.cli_runs", "balance.cli_sweep", "balance.cli_claims", "balance.cli_lecture")
+
 COMMANDS: list[Command] = [
     Command("run", "train one config; write its metrics and print a summary", _add_run, _cmd_run, EXIT_CODES),
     Command("presets", "list the presets, or print one as TOML", _add_presets, _cmd_presets),
@@ -320,9 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_arguments(p)
         p.set_defaults(handler=command.handler)
-    from balance.cli_runs import register
-
-    register(sub)  # balance runs list|show|export|import|delete
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -681,6 +681,9 @@ def navigation() -> Any:
     pages = [
         st.Page(PAGES / "explore.py", title="Explore", icon=":material/monitoring:", default=True),
         st.Page(PAGES / "runs.py", title="Runs", icon=":material/table_rows:"),
+        st.Page(PAGES / "sweep.py", title="Sweeps", icon=":material/grid_on:"),
+        st.Page(PAGES / "claims.py", title="Claims", icon=":material/fact_check:"),
+        st.Page(PAGES / "lecture.py", title="Lecture", icon=":material/school:"),
         st.Page(PAGES / "about.py", title="About", icon=":material/menu_book:"),
     ]
     return st.navigation(pages, position="top")

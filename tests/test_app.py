@@ -7,6 +7,7 @@ AppTest runs a ``run_every`` fragment once per ``run()`` and does not rewrite th
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,3 +293,14 @@ def test_error_field_names_the_setting() -> None:
     assert ui.error_field("model.batch_norm = True: batch norm is available for mlp only") == "model.batch_norm"
     assert ui.error_field("run.steps = -1: out of range") == "steps"
     assert ui.error_field("config: something else") == ""
+
+
+def test_only_the_ui_modules_import_streamlit() -> None:
+    """The core never imports the UI (STYLE rule 1): streamlit only in app.py, app_pages/ and balance/ui*.py."""
+    allowed = {"ui.py"} | {p.name for p in (ROOT / "balance").glob("ui_*.py")}
+    offenders = [
+        p.name
+        for p in (ROOT / "balance").glob("*.py")
+        if p.name not in allowed and re.search(r"^\s*(import|from) streamlit", p.read_text(), re.M)
+    ]
+    assert offenders == []

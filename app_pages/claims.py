@@ -1,0 +1,5 @@
+"""Claims: each reviewer's doubt as a live experiment with a verdict computed from runs."""
+
+from balance import ui_claims
+
+ui_claims.page("claims")

@@ -1,0 +1,7 @@
+"""The Claims page's widgets and layout (scaffold: being built)."""
+
+import streamlit as st
+
+
+def page(prefix: str) -> None:
+    st.info("Claims: being built.")
