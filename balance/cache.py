@@ -1,0 +1,109 @@
+"""Runs computed once and reused: the claims' experiments and the lecture's demos look their runs up in the store.
+
+A cached run is an ordinary run in the run store (it shows on the Runs page and opens in Explore) whose name ends
+in ``#KEY``, where KEY hashes the full config and the source of the modules that produce the numbers. Change either
+and the key changes, so a stale result is never reused. Only runs that ended on their own (finished or diverged)
+are reused; a run stopped at a wall-time limit, failed or interrupted is trained again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from balance.api import run as train
+from balance.config import RunConfig
+from balance.store import RunStore
+from balance.trainer import RunStatus
+
+# the modules whose code decides a run's numbers (not the UI, the store or the plots)
+CODE_MODULES = ("config", "data", "models", "invariants", "optim", "theory", "trainer", "api")
+REUSABLE = ("finished", "diverged")
+
+
+class CachedRun(NamedTuple):
+    run_id: str
+    config: RunConfig
+    metrics: pd.DataFrame
+    status: RunStatus
+
+
+@functools.cache
+def code_version() -> str:
+    """12 hex digits of the SHA-256 of the numerical modules' source."""
+    digest = hashlib.sha256()
+    for name in CODE_MODULES:
+        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cache_key(config: RunConfig) -> str:
+    """16 hex digits naming ``config`` trained by this code version."""
+    text = json.dumps(config.to_dict(), sort_keys=True) + code_version()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def find_cached(store: RunStore, configs: Sequence[RunConfig]) -> list[str | None]:
+    """The id of a reusable stored run of each config, or None."""
+    runs = store.list_runs()
+    runs = runs[runs["state"].isin(REUSABLE)]
+    by_key = {name.rpartition("#")[2]: run_id for run_id, name in zip(runs["id"], runs["name"]) if "#" in name}
+    return [by_key.get(cache_key(c)) for c in configs]
+
+
+def load(store: RunStore, run_id: str) -> CachedRun:
+    record = store.get_run(run_id)
+    return CachedRun(run_id, record.config, store.metrics(run_id), RunStatus(record.state, record.step, record.message))
+
+
+def cached_runs(
+    configs: Sequence[RunConfig],
+    label: str,
+    store: RunStore,
+    runner: object | None = None,
+    on_done: Callable[[int, int], None] | None = None,
+) -> list[CachedRun]:
+    """Each config's run, from the store when a reusable one is there, else trained now and recorded.
+
+    ``label`` names the runs (``"claim 3: eta=0.01 #KEY"`` style names come from the caller's label) and is their
+    sweep, so the Runs page can show one experiment's runs together. With a ``balance.runner.Runner`` the missing
+    runs train in its worker processes, in parallel; without one, here, one after another. ``on_done(done, total)``
+    reports progress.
+    """
+    found = find_cached(store, configs)
+    total, done = len(configs), sum(run_id is not None for run_id in found)
+    if on_done is not None:
+        on_done(done, total)
+    missing = [i for i, run_id in enumerate(found) if run_id is None]
+    if runner is not None:
+        started = {i: runner.start(configs[i], name=f"{label} #{cache_key(configs[i])}", sweep=label) for i in missing}
+        for i, run_id in started.items():
+            runner.wait(run_id)
+            found[i] = run_id
+            done += 1
+            if on_done is not None:
+                on_done(done, total)
+    else:
+        for i in missing:
+            found[i] = _train_and_record(store, configs[i], label)
+            done += 1
+            if on_done is not None:
+                on_done(done, total)
+    return [load(store, run_id) for run_id in found]  # type: ignore[arg-type]
+
+
+def _train_and_record(store: RunStore, config: RunConfig, label: str) -> str:
+    metrics, status = train(config)
+    columns = list(metrics.columns)
+    with store.transaction():  # all or nothing: a crash leaves no half-recorded run to be reused
+        run_id = store.create_run(config, columns, name=f"{label} #{cache_key(config)}", sweep=label)
+        store.claim_run(run_id, columns)
+        store.append_rows(run_id, metrics.to_numpy(dtype="float64"))
+        store.set_status(run_id, status.state, status.step, status.message)
+    return run_id

@@ -1,0 +1,68 @@
+"""Cached runs: reused while the config and the code are the same, trained again otherwise; both paths agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from balance import cache
+from balance.api import run
+from balance.config import RunConfig
+from balance.runner import Runner
+from balance.store import RunStore
+
+TINY = RunConfig.from_dict(
+    {"data": {"name": "lowrank", "d1": 6, "d2": 5, "rank": 2}, "model": {"name": "mf", "init_scale": 0.1},
+     "optim": {"lr": 0.05}, "steps": 30, "dtype": "float64"}
+)  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = RunStore(tmp_path)
+    yield s
+    s.close()
+
+
+def test_first_call_trains_and_records_then_reuses(store: RunStore) -> None:
+    calls = []
+    first = cache.cached_runs([TINY], "test", store, on_done=lambda d, n: calls.append((d, n)))
+    assert calls == [(0, 1), (1, 1)]
+    pd.testing.assert_frame_equal(first[0].metrics, run(TINY).metrics)
+    assert first[0].status.state == "finished"
+    again = cache.cached_runs([TINY], "test", store, on_done=lambda d, n: calls.append((d, n)))
+    assert calls[-1] == (1, 1)  # found at once, nothing trained
+    assert again[0].run_id == first[0].run_id
+    assert len(store.list_runs()) == 1
+
+
+def test_another_config_or_code_version_is_not_reused(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    (a,) = cache.cached_runs([TINY], "test", store)
+    (b,) = cache.cached_runs([TINY.replace(**{"optim.lr": 0.04})], "test", store)
+    assert a.run_id != b.run_id
+    monkeypatch.setattr(cache, "code_version", lambda: "edited")
+    assert cache.find_cached(store, [TINY]) == [None]
+
+
+def test_only_runs_that_ended_on_their_own_are_reused(store: RunStore) -> None:
+    (a,) = cache.cached_runs([TINY], "test", store)
+    store.set_status(a.run_id, "stopped", 10, "stopped at the wall-time limit")
+    assert cache.find_cached(store, [TINY]) == [None]
+    diverging = TINY.replace(**{"model.init_scale": 3.0, "optim.lr": 5.0})
+    (d,) = cache.cached_runs([diverging], "test", store)
+    assert d.status.state == "diverged"
+    assert cache.find_cached(store, [diverging]) == [d.run_id]
+
+
+def test_the_runner_path_gives_the_same_numbers(store: RunStore) -> None:
+    configs = [TINY, TINY.replace(seed=1)]
+    runner = Runner(store, max_workers=2)
+    try:
+        background = cache.cached_runs(configs, "test", store, runner=runner)
+    finally:
+        runner.shutdown()
+    for config, got in zip(configs, background):
+        want = run(config).metrics
+        np.testing.assert_array_equal(got.metrics.to_numpy(), want.to_numpy())
+    assert cache.find_cached(store, configs) == [r.run_id for r in background]
