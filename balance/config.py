@@ -7,7 +7,9 @@ Every field carries its own schema in ``dataclasses.field(metadata=...)``:
 - ``choices``: allowed strings, or a zero-argument callable returning them (a registry's keys, looked up lazily
   so that adding a model or dataset is one registry entry);
 - ``log``: the widget should offer log-spaced values;
-- ``cli``: the command-line flag (default: ``--`` + field name with ``-``).
+- ``cli``: the command-line flag (default: ``--`` + field name with ``-``);
+- ``applies``: when the setting matters, as a predicate over the flat settings ``{"model.name": "mf", ...}``
+  (absent: always). A setting that does not apply is kept and validated but has no effect; the dashboard hides it.
 
 ``RunConfig.from_dict`` / ``to_dict``, ``to_toml`` / ``from_toml`` and ``to_query`` / ``from_query`` are lossless
 round trips (floats are written with ``repr``, which round-trips every float64).
@@ -37,6 +39,34 @@ class ConfigError(ValueError):
 
 def _spec(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
+
+
+def _is(key: str, *values: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda flat: flat[key] in values
+
+
+def _data(*names: str) -> Callable[[Mapping[str, Any]], bool]:
+    return _is("data.name", *names)
+
+
+def _not_data(*names: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda flat: flat["data.name"] not in names
+
+
+def _model(*names: str) -> Callable[[Mapping[str, Any]], bool]:
+    return _is("model.name", *names)
+
+
+def _not_model(*names: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda flat: flat["model.name"] not in names
+
+
+def _optim(*names: str) -> Callable[[Mapping[str, Any]], bool]:
+    return _is("optim.name", *names)
+
+
+def _not_optim(*names: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda flat: flat["optim.name"] not in names
 
 
 def _datasets() -> tuple[str, ...]:
@@ -143,21 +173,32 @@ class DataConfig(_Validated):
 
     _section = "data"
     name: str = _spec("lowrank", "dataset", choices=_datasets, cli="--dataset")
-    d1: int = _spec(100, "rows of the target matrix M (lowrank)", min=1, max=2000)
-    d2: int = _spec(25, "columns of the target matrix M (lowrank)", min=1, max=2000)
-    rank: int = _spec(5, "rank r of the target matrix (lowrank)", min=1, max=500)
+    d1: int = _spec(100, "rows of the target matrix M (lowrank)", min=1, max=2000, applies=_data("lowrank"))
+    d2: int = _spec(25, "columns of the target matrix M (lowrank)", min=1, max=2000, applies=_data("lowrank"))
+    rank: int = _spec(5, "rank r of the target matrix (lowrank)", min=1, max=500, applies=_data("lowrank"))
     singular_values: tuple[float, ...] = _spec(
-        (), "singular values of M, largest first (default r, r-1, ..., 1)", min=0.0, max=1e6
+        (), "singular values of M, largest first (default r, r-1, ..., 1)", min=0.0, max=1e6, applies=_data("lowrank")
     )
-    samples: int = _spec(256, "number of samples (sample sets)", min=4, max=100_000)
-    input_dim: int = _spec(10, "input dimension (teacher)", min=1, max=4096)
-    output_dim: int = _spec(1, "output dimension (teacher)", min=1, max=256)
-    teacher_width: int = _spec(16, "hidden width of the teacher network (teacher)", min=1, max=1024)
-    noise: float = _spec(0.1, "label noise (teacher) or point jitter (2-D sets)", min=0.0, max=10.0)
-    image_size: int = _spec(8, "side of the generated square images (images)", min=4, max=32)
-    csv_path: str = _spec("", "path of a CSV file: numeric features and a target column (csv)")
-    target: str = _spec("", "target column of the CSV (default: the last)")
-    loss: str = _spec("auto", "loss; auto picks squared error or logistic / cross-entropy", choices=LOSSES)
+    samples: int = _spec(
+        256, "number of samples (sample sets)", min=4, max=100_000, applies=_not_data("lowrank", "csv")
+    )
+    input_dim: int = _spec(10, "input dimension (teacher)", min=1, max=4096, applies=_data("teacher"))
+    output_dim: int = _spec(1, "output dimension (teacher)", min=1, max=256, applies=_data("teacher"))
+    teacher_width: int = _spec(
+        16, "hidden width of the teacher network (teacher)", min=1, max=1024, applies=_data("teacher")
+    )
+    noise: float = _spec(
+        0.1, "label noise (teacher) or point jitter (2-D sets)", min=0.0, max=10.0, applies=_not_data("lowrank", "csv")
+    )
+    image_size: int = _spec(8, "side of the generated square images (images)", min=4, max=32, applies=_data("images"))
+    csv_path: str = _spec("", "path of a CSV file: numeric features and a target column (csv)", applies=_data("csv"))
+    target: str = _spec("", "target column of the CSV (default: the last)", applies=_data("csv"))
+    loss: str = _spec(
+        "auto",
+        "loss; auto picks squared error or logistic / cross-entropy",
+        choices=LOSSES,
+        applies=_not_data("lowrank"),
+    )
     seed: int = _spec(0, "seed of the data (separate from the run seed)", min=0, max=2**31 - 1, cli="--data-seed")
 
     def _check(self) -> None:
@@ -175,16 +216,35 @@ class ModelConfig(_Validated):
 
     _section = "model"
     name: str = _spec("mf", "model family", choices=_models, cli="--model")
-    depth: int = _spec(3, "number of weight layers (linear, mlp; cnn: conv layers + head)", min=2, max=32)
-    width: int = _spec(32, "hidden width (linear, mlp) or channels (cnn)", min=1, max=4096)
-    widths: tuple[int, ...] = _spec((), "hidden widths, one per hidden layer (overrides width)", min=1, max=4096)
-    rank: int = _spec(0, "factor rank of U and V (mf; 0: the target's rank)", min=0, max=2000, cli="--factor-rank")
-    activation: str = _spec("relu", "activation of hidden layers (mlp, cnn)", choices=ACTIVATIONS)
-    negative_slope: float = _spec(0.1, "slope of leaky_relu for negative inputs", min=0.0, max=1.0)
-    bias: bool = _spec(False, "hidden and output layers have biases")
-    batch_norm: bool = _spec(False, "BatchNorm after every hidden linear layer (mlp)")
+    depth: int = _spec(
+        3, "number of weight layers (linear, mlp; cnn: conv layers + head)", min=2, max=32, applies=_not_model("mf")
+    )
+    width: int = _spec(32, "hidden width (linear, mlp) or channels (cnn)", min=1, max=4096, applies=_not_model("mf"))
+    widths: tuple[int, ...] = _spec(
+        (), "hidden widths, one per hidden layer (overrides width)", min=1, max=4096, applies=_not_model("mf")
+    )
+    rank: int = _spec(
+        0,
+        "factor rank of U and V (mf; 0: the target's rank)",
+        min=0,
+        max=2000,
+        cli="--factor-rank",
+        applies=_model("mf"),
+    )
+    activation: str = _spec(
+        "relu", "activation of hidden layers (mlp, cnn)", choices=ACTIVATIONS, applies=_model("mlp", "cnn")
+    )
+    negative_slope: float = _spec(
+        0.1,
+        "slope of leaky_relu for negative inputs",
+        min=0.0,
+        max=1.0,
+        applies=lambda v: v["model.name"] in ("mlp", "cnn") and v["model.activation"] == "leaky_relu",
+    )
+    bias: bool = _spec(False, "hidden and output layers have biases", applies=_not_model("mf"))
+    batch_norm: bool = _spec(False, "BatchNorm after every hidden linear layer (mlp)", applies=_model("mlp"))
     regularizer: float = _spec(
-        0.0, "lambda of the balancing term lambda/8 ||U^T U - V^T V||_F^2 (mf)", min=0.0, max=1e3
+        0.0, "lambda of the balancing term lambda/8 ||U^T U - V^T V||_F^2 (mf)", min=0.0, max=1e3, applies=_model("mf")
     )
     init: str = _spec("gaussian", "initial weight distribution (same standard deviation)", choices=INITS)
     init_scale: float = _spec(0.1, "standard deviation of each initial weight", min=1e-8, max=100.0, log=True)
@@ -215,16 +275,50 @@ class OptimConfig(_Validated):
     _section = "optim"
     name: str = _spec("gd", "optimiser", choices=_optimizers, cli="--optimizer")
     lr: float = _spec(0.01, "step size eta (flow: time per step)", min=1e-8, max=100.0, log=True)
-    momentum: float = _spec(0.9, "momentum beta (momentum, nesterov; adam: beta1)", min=0.0, max=0.9999)
-    beta2: float = _spec(0.999, "adam's second-moment decay", min=0.0, max=0.999999)
-    eps: float = _spec(1e-8, "adam's epsilon", min=1e-16, max=1.0, log=True)
-    weight_decay: float = _spec(0.0, "coupled L2 weight decay lambda (gradient + lambda * W)", min=0.0, max=10.0)
-    schedule: str = _spec("constant", "step-size schedule", choices=_schedules)
-    decay_power: float = _spec(0.25, "delta of the theorem schedule eta0 (k+1)^-(1/2+delta)", min=0.0, max=0.5)
-    decay_every: int = _spec(1000, "steps between step-decay drops", min=1, max=10**8)
-    decay_factor: float = _spec(0.5, "factor of each step-decay drop", min=1e-6, max=1.0)
-    batch_size: int = _spec(0, "mini-batch size (0: full batch)", min=0, max=100_000)
-    rtol: float = _spec(1e-10, "relative tolerance of the gradient-flow solver", min=1e-14, max=1e-2, log=True)
+    momentum: float = _spec(
+        0.9,
+        "momentum beta (momentum, nesterov; adam: beta1)",
+        min=0.0,
+        max=0.9999,
+        applies=_optim("momentum", "nesterov", "adam"),
+    )
+    beta2: float = _spec(0.999, "adam's second-moment decay", min=0.0, max=0.999999, applies=_optim("adam"))
+    eps: float = _spec(1e-8, "adam's epsilon", min=1e-16, max=1.0, log=True, applies=_optim("adam"))
+    weight_decay: float = _spec(
+        0.0, "coupled L2 weight decay lambda (gradient + lambda * W)", min=0.0, max=10.0, applies=_not_optim("flow")
+    )
+    schedule: str = _spec("constant", "step-size schedule", choices=_schedules, applies=_not_optim("flow"))
+    decay_power: float = _spec(
+        0.25,
+        "delta of the theorem schedule eta0 (k+1)^-(1/2+delta)",
+        min=0.0,
+        max=0.5,
+        applies=lambda v: v["optim.name"] != "flow" and v["optim.schedule"] == "theorem",
+    )
+    decay_every: int = _spec(
+        1000,
+        "steps between step-decay drops",
+        min=1,
+        max=10**8,
+        applies=lambda v: v["optim.name"] != "flow" and v["optim.schedule"] == "step",
+    )
+    decay_factor: float = _spec(
+        0.5,
+        "factor of each step-decay drop",
+        min=1e-6,
+        max=1.0,
+        applies=lambda v: v["optim.name"] != "flow" and v["optim.schedule"] == "step",
+    )
+    batch_size: int = _spec(
+        0,
+        "mini-batch size (0: full batch)",
+        min=0,
+        max=100_000,
+        applies=lambda v: v["optim.name"] not in ("gd", "flow") and v["data.name"] != "lowrank",
+    )
+    rtol: float = _spec(
+        1e-10, "relative tolerance of the gradient-flow solver", min=1e-14, max=1e-2, log=True, applies=_optim("flow")
+    )
 
     def _check(self) -> None:
         if self.name == "sgd" and self.batch_size == 0:
@@ -300,6 +394,10 @@ class RunConfig(_Validated):
             parts[name] = _build(section_cls, name, sub)
         top = {k: _coerce("run", _field(RunConfig, k), v) for k, v in raw.items() if k in run_names}
         return cls(**parts, **top)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by dotted name, ``{"model.name": "mf", ..., "steps": 3000}`` (lists as lists)."""
+        return _flatten(self.to_dict())
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -481,3 +579,8 @@ def schema() -> list[tuple[str, dataclasses.Field]]:
 def choices_of(f: dataclasses.Field) -> tuple[str, ...] | None:
     choices: Callable[[], tuple[str, ...]] | tuple[str, ...] | None = f.metadata.get("choices")
     return choices() if callable(choices) else choices
+
+
+def applicable(flat: Mapping[str, Any]) -> list[str]:
+    """The dotted settings that matter for the flat settings ``flat`` (e.g. ``model.rank`` only for mf)."""
+    return [key for key, f in schema() if f.metadata.get("applies", lambda _: True)(flat)]

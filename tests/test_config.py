@@ -7,9 +7,11 @@ import math
 from typing import Any
 
 import pytest
+from conftest import FAMILIES, TEACHER, make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from balance.api import run
 from balance.config import (
     SECTIONS,
     ConfigError,
@@ -17,6 +19,7 @@ from balance.config import (
     ModelConfig,
     OptimConfig,
     RunConfig,
+    applicable,
     choices_of,
     parse_value,
     schema,
@@ -394,3 +397,60 @@ def test_sections_are_frozen() -> None:
     for section in (DataConfig(), ModelConfig(), OptimConfig()):
         with pytest.raises(dataclasses.FrozenInstanceError):
             section.name = "x"  # type: ignore[misc]
+
+
+# --- which settings apply ---------------------------------------------------------------------------------------
+
+BASES = [
+    *(make_config(f, steps=3) for f in FAMILIES),
+    make_config(FAMILIES[3], steps=3, optim=OptimConfig(name="adam", lr=0.01)),
+    make_config(FAMILIES[3], steps=3, optim=OptimConfig(name="flow", lr=0.01)),
+    make_config(FAMILIES[3], steps=3, optim=OptimConfig(name="sgd", lr=0.01, batch_size=4)),
+    make_config(FAMILIES[0], steps=3, optim=OptimConfig(name="momentum", lr=0.01, schedule="step", decay_every=1)),
+    make_config(FAMILIES[3], steps=3, data={**TEACHER, "name": "moons"}),
+]
+
+
+def _other_value(key: str, f: dataclasses.Field, value: Any) -> Any:
+    """A different allowed value of the setting (or None where there is none to try)."""
+    choices = choices_of(f)
+    if choices is not None:
+        return next((c for c in choices if c != value and c != "csv"), None)
+    if f.type == "bool":
+        return not value
+    if f.type.startswith("tuple") or f.type == "str":
+        return None  # lists must match a length; paths must exist: covered by validation tests
+    hi = f.metadata.get("max")
+    new = value * 2 if value else 1
+    new = min(new, hi) if hi is not None else new
+    return (int(new) if f.type == "int" else float(new)) if new != value else f.metadata.get("min")
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda c: f"{c.model.name}-{c.model.activation}-{c.optim.name}")
+def test_a_setting_that_does_not_apply_changes_nothing(base: RunConfig) -> None:
+    """The dashboard hides what ``applicable`` leaves out: changing any of it must leave every number alone."""
+    flat = base.flat()
+    skipped = [(k, f) for k, f in schema() if k not in applicable(flat)]
+    assert skipped, "every base config has settings that do not apply"
+    want = run(base).metrics
+    for key, f in skipped:
+        other = _other_value(key, f, flat[key])
+        if other is None:
+            continue
+        try:
+            changed = base.replace(**{key: other})
+        except ConfigError:
+            continue  # not even allowed in this combination
+        got = run(changed).metrics
+        assert got.equals(want), f"{key} = {other!r} changed the run, but applicable() says it does not apply"
+
+
+def test_applicable_names_the_family_settings() -> None:
+    def names(config: RunConfig) -> set[str]:
+        return set(applicable(config.flat()))
+
+    mf, mlp = names(BASES[0]), names(make_config(FAMILIES[5]))
+    assert {"model.rank", "data.d1", "model.regularizer"} <= mf
+    assert not {"model.depth", "model.activation", "optim.batch_size", "optim.beta2"} & mf
+    assert {"model.depth", "model.activation", "model.negative_slope", "data.samples"} <= mlp
+    assert "model.negative_slope" not in names(make_config(FAMILIES[3]))
