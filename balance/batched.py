@@ -1,0 +1,415 @@
+"""K runs of one shape trained in one vectorised computation: stacked weights [K, ...] and batched matmuls.
+
+Members share everything that fixes the computation's shapes and graph (data set, model family and sizes,
+activation, optimiser, steps, dtype: ``batch_key``) and each keeps its own step size, schedule, momentum, Adam
+betas, weight decay, initialisation (scale, distribution, per-layer multipliers), MF regulariser, run seed and data
+seed. Every member starts from exactly the weights ``Trainer`` would build (``build_model`` with its own seed) and
+logs exactly the rows ``Trainer`` logs: the same ``metric_columns``, the same thinning (``should_log``), the same
+divergence rule, the same exact gap recursions (``theory.GapPredictor``), batched over members.
+
+Gradients: matrix factorisation uses the closed form of ``MatrixFactorisation.loss_and_gradients`` on [K, ...]
+(R = U V^T - M, dL/dU = R V, dL/dV^T = U^T R: three bmm); linear and MLP networks use autograd on the sum of the
+members' losses, whose gradient with respect to member k's weights is member k's own gradient.
+
+A diverged member is dropped from the stack (its rows so far and its status are kept); the others go on.
+Mini-batch SGD, gradient flow, CNNs and BatchNorm do not batch (``batch_key`` is None): ``balance.sweep`` runs
+them in a process pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from balance.api import RunResult, frame
+from balance.config import RunConfig
+from balance.data import make_task
+from balance.models import HomogeneousModel, build_model
+from balance.optim import SCHEDULES
+from balance.theory import pair_matrix
+from balance.trainer import DIVERGENCE_FACTOR, DTYPES, RunStatus, metric_columns, should_log
+
+# Settings each member may choose for itself; everything else must agree within a batch.
+PER_MEMBER = (
+    "seed",
+    "max_seconds",
+    "data.seed",
+    "model.init",
+    "model.init_scale",
+    "model.layer_scales",
+    "model.regularizer",
+    "optim.lr",
+    "optim.momentum",
+    "optim.beta2",
+    "optim.eps",
+    "optim.weight_decay",
+    "optim.schedule",
+    "optim.decay_power",
+    "optim.decay_every",
+    "optim.decay_factor",
+    "optim.rtol",
+)
+BATCHED_OPTIMIZERS = ("gd", "momentum", "nesterov", "adam")
+
+
+def why_not_batched(config: RunConfig) -> str:
+    """Why ``config`` cannot join a batch ('' when it can)."""
+    m, o = config.model, config.optim
+    if m.name == "cnn":
+        return "convolutional networks are trained one per process"
+    if m.batch_norm:
+        return "BatchNorm runs are trained one per process"
+    if o.name not in BATCHED_OPTIMIZERS:
+        return f"the {o.name} optimiser is trained one run per process"
+    return ""
+
+
+def batch_key(config: RunConfig) -> str | None:
+    """Configs with equal keys train together; None for a config that cannot batch (see ``why_not_batched``)."""
+    if why_not_batched(config):
+        return None
+    flat = {k: v for s, sub in config.to_dict().items() for k, v in _items(s, sub)}
+    return json.dumps({k: v for k, v in flat.items() if k not in PER_MEMBER}, sort_keys=True)
+
+
+def _items(section: str, value: object) -> list[tuple[str, object]]:
+    return [(f"{section}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(section, value)]
+
+
+def _per(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """A per-member vector shaped [K, 1, ..., 1] to broadcast against a stacked tensor ``like`` [K, ...]."""
+    return torch.tensor(values, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class BatchedTrainer:
+    """Trains ``configs`` (equal ``batch_key``) together; ``step()`` returns {member index: rows logged}."""
+
+    def __init__(self, configs: Sequence[RunConfig]) -> None:
+        if not configs:
+            raise ValueError("a batch needs at least one config")
+        keys = {batch_key(c) for c in configs}
+        if None in keys or len(keys) != 1:
+            why = next((why_not_batched(c) for c in configs if why_not_batched(c)), "the configs differ in shape")
+            raise ValueError(f"these configs cannot train as one batch: {why}")
+        self.configs = list(configs)
+        first = configs[0]
+        self.dtype = DTYPES[first.dtype]
+        tasks = {}
+        for c in configs:
+            if c.data not in tasks:
+                tasks[c.data] = make_task(c.data, self.dtype)
+        models = [build_model(c, tasks[c.data], torch.Generator().manual_seed(c.seed), self.dtype) for c in configs]
+        self.model: HomogeneousModel = models[0]  # layout only: layers, neurons, activation
+        self.columns = metric_columns(self.model)
+        self.mf = first.model.name == "mf"
+        task0 = tasks[first.data]
+        self.loss_kind, self.samples = task0.loss, task0.samples
+        self.stacked = len(tasks) > 1  # else one data set for all: broadcast instead of stacking
+        pick = (lambda f: torch.stack([f(tasks[c.data]) for c in configs])) if self.stacked else (lambda f: f(task0))
+        self.targets = pick(lambda t: t.targets)
+        self.inputs = None if self.mf else pick(lambda t: t.inputs.reshape(t.samples, -1))
+        n_params = len(self.model.params)
+        self.params = [torch.stack([m.params[i].detach() for m in models]).requires_grad_() for i in range(n_params)]
+        self.members = np.arange(len(configs))  # batch row -> index into configs
+        o = [c.optim for c in configs]
+        self.base_lr = np.array([x.lr for x in o])
+        self.hyper = {  # per-member optimiser settings, [K]
+            "lam": np.array([x.weight_decay for x in o]),
+            "beta": np.array([x.momentum for x in o]),
+            "beta2": np.array([x.beta2 for x in o]),
+            "eps": np.array([x.eps for x in o]),
+            "reg": np.array([c.model.regularizer for c in configs]),
+        }
+        self.constant_lr = all(x.schedule == "constant" for x in o)
+        self.optimizer = first.optim.name
+        self.buffers: dict[str, list[torch.Tensor]] = {}
+        if self.optimizer in ("momentum", "nesterov"):
+            self.buffers["v"] = [torch.zeros_like(p, requires_grad=False) for p in self.params]
+        if self.optimizer == "adam":
+            self.buffers["m"] = [torch.zeros_like(p, requires_grad=False) for p in self.params]
+            self.buffers["v"] = [torch.zeros_like(p, requires_grad=False) for p in self.params]
+        self.adam_k = 0
+        self.steps, self.log_every = first.steps, first.log_every
+        self.step_index = 0
+        self.t = np.zeros(len(configs))
+        self.status = [RunStatus("running", 0) for _ in configs]
+        self.deadline = time.monotonic() + min(c.max_seconds for c in configs)
+        self.P = pair_matrix(self.model)  # [L-1, n_params]
+        self._evaluate()
+        self.loss0 = self.loss.copy()
+        sq = self._sqnorms()
+        self.gap0 = self._gaps(sq)
+        self.G, self.B = self.gap0.copy(), np.zeros_like(self.gap0)
+        if self.optimizer == "adam":
+            self.G[:] = np.nan
+        self.balance0 = self._balances()
+        self.matrix0 = self._matrices()
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+
+    def _evaluate(self) -> None:
+        """Loss [K], gradients [K, ...] and per-parameter ||g||^2 [K, n_params] at the current weights."""
+        if self.mf:
+            self.loss, self.grads = self._mf_loss_and_gradients()
+        else:
+            with torch.enable_grad():
+                losses = self._network_losses()
+                self.grads = list(torch.autograd.grad(losses.sum(), self.params))
+            self.loss = losses.detach().numpy().astype(float)
+        self.grad_sq = torch.stack([(g * g).reshape(len(g), -1).sum(1) for g in self.grads], 1).numpy().astype(float)
+
+    @torch.no_grad()
+    def _mf_loss_and_gradients(self) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """R = U V^T - M, loss = ||R||^2 / 2 (+ lambda/8 ||U^T U - V^T V||^2), as ``loss_and_gradients``, [K]."""
+        Vt, U = self.params
+        R = torch.baddbmm(self.targets, U, Vt, beta=-1)
+        loss = 0.5 * (R * R).sum((1, 2))
+        gU, gVt = torch.bmm(R, Vt.mT), torch.bmm(U.mT, R)
+        if self.hyper["reg"].any():
+            reg = _per(self.hyper["reg"], U)
+            D = torch.bmm(U.mT, U) - torch.bmm(Vt, Vt.mT)
+            loss = loss + reg.reshape(-1) / 8 * (D * D).sum((1, 2))
+            gU += reg / 2 * torch.bmm(U, D)
+            gVt -= reg / 2 * torch.bmm(D, Vt)
+        return loss.numpy().astype(float), [gVt, gU]
+
+    def _network_losses(self) -> torch.Tensor:
+        """Each member's loss, [K]: x [N, d] (or [K, N, d]) through the stacked layers (``data.loss_value``)."""
+        z, last = self.inputs, len(self.model.layers) - 1
+        for h, layer in enumerate(self.model.layers):
+            z = torch.matmul(z, self.params[layer.weight].mT)  # [K, N, n_out]
+            if layer.bias is not None:
+                z = z + self.params[layer.bias][:, None, :]
+            if h < last:
+                z = self.model.phi(z)
+        y, K = self.targets, len(z)
+        if self.loss_kind == "squared":
+            r = z - y
+            return 0.5 * (r * r).sum((1, 2)) / z.shape[1]
+        if self.loss_kind == "logistic":
+            return torch.logaddexp(torch.zeros_like(z), -y * z).mean((1, 2))
+        labels = y.expand(K, -1).reshape(-1)
+        return F.cross_entropy(z.reshape(-1, z.shape[-1]), labels, reduction="none").reshape(K, -1).mean(1)
+
+    def _sqnorms(self) -> np.ndarray:
+        """||theta_p||^2 per member and parameter, [K, n_params]."""
+        with torch.no_grad():
+            sq = torch.stack([(p * p).reshape(len(p), -1).sum(1) for p in self.params], 1)
+        return sq.numpy().astype(float)
+
+    def _gaps(self, sq: np.ndarray) -> np.ndarray:
+        """G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2, [K, L-1] (the pair matrix P has exactly those signs)."""
+        return sq @ self.P.T
+
+    @torch.no_grad()
+    def _balances(self) -> list[torch.Tensor]:
+        """Per hidden layer: B_i = ||w_in,i||^2 - ||w_out,i||^2, [K, n_h] (``invariants.neuron_balance``)."""
+        out = []
+        for g in self.model.neurons:
+            K = len(self.params[0])
+            incoming = sum((self.params[i] ** 2).reshape(K, g.count, -1).sum(2) for i in g.incoming)
+            W = self.params[g.outgoing]
+            out.append(incoming - (W * W).reshape(K, W.shape[1], g.count, -1).sum((1, 3)))
+        return out
+
+    @torch.no_grad()
+    def _matrices(self) -> dict[int, torch.Tensor]:
+        """D_h = W_{h+1}^T W_{h+1} - [W_h b_h][W_h b_h]^T, [K, n_h, n_h], for identity activations."""
+        out = {}
+        for g in self.model.neurons:
+            if g.linear:
+                K = len(self.params[0])
+                A = torch.cat([self.params[i].reshape(K, g.count, -1) for i in g.incoming], 2)
+                W = self.params[g.outgoing].reshape(K, -1, g.count)
+                out[g.layer] = torch.bmm(W.mT, W) - torch.bmm(A, A.mT)
+        return out
+
+    # --- rows -----------------------------------------------------------------------------------------------
+
+    def lr_at(self, k: int) -> np.ndarray:
+        """eta_k of every member in the batch, [K]."""
+        if self.constant_lr:
+            return self.base_lr
+        cfgs = [self.configs[i].optim for i in self.members]
+        return self.base_lr * np.array([SCHEDULES[c.schedule](c, k) for c in cfgs])
+
+    def rows(self) -> np.ndarray:
+        """Every metric of every member's current state, [K, len(columns)] in ``columns`` order."""
+        k, K, layers = self.step_index, len(self.members), self.model.layers
+        sq = self._sqnorms()
+        w = [layer.weight for layer in layers]
+        cols = [np.full(K, float(k)), self.t, self.lr_at(k), self.loss, *sq[:, w].T]
+        cols += [sq[:, layer.bias] for layer in layers if layer.bias is not None]
+        cols += list(np.sqrt(self.grad_sq[:, w]).T)
+        G = self._gaps(sq)
+        with np.errstate(all="ignore"):  # a diverging member's last row may hold inf / nan, as Trainer's does
+            ratio = [np.where(sq[:, a] > 0, np.sqrt(sq[:, b] / sq[:, a]), np.inf) for a, b in itertools.pairwise(w)]
+        cols += [*G.T, *(G - self.gap0).T, *(self.G - self.gap0).T, *ratio]
+        drift = torch.cat([(b - b0).abs() for b, b0 in zip(self._balances(), self.balance0)], 1)
+        cols += [drift.amax(1).numpy(), drift.mean(1).numpy()]
+        for h, D in self._matrices().items():
+            D0 = self.matrix0[h]
+            cols += [torch.linalg.matrix_norm(D).numpy(), torch.linalg.matrix_norm(D - D0).numpy()]
+        return np.stack([np.asarray(c, dtype=float) for c in cols], 1)
+
+    # --- stepping -------------------------------------------------------------------------------------------
+
+    def _diverged(self) -> list[str]:
+        out = []
+        for loss, loss0 in zip(self.loss, self.loss0):
+            if not math.isfinite(loss):
+                out.append(f"the loss became {loss}")
+            elif loss > DIVERGENCE_FACTOR * max(loss0, 1.0):
+                out.append(f"the loss exploded to {loss:.3g} (from {loss0:.3g})")
+            else:
+                out.append("")
+        return out
+
+    @property
+    def running(self) -> bool:
+        return len(self.members) > 0
+
+    def step(self) -> dict[int, list[np.ndarray]]:
+        """One step of every running member; returns {config index: rows logged}, as ``Trainer.step`` does."""
+        out: dict[int, list[np.ndarray]] = {}
+        if not self.running:
+            return out
+        k, last = self.step_index, self.steps
+        why = self._diverged()
+        logged = should_log(k, last, self.log_every)
+        if logged or any(why):
+            rows = self.rows()
+            for i, member in enumerate(self.members):
+                if logged or why[i]:
+                    out.setdefault(int(member), []).append(rows[i])
+        lr = self.lr_at(k)
+        for i, member in enumerate(self.members):
+            if why[i]:
+                msg = f"diverged at step {k} (t = {self.t[i]:.4g}): {why[i]}; try a step size below {lr[i] / 2:.3g}"
+                self.status[member] = RunStatus("diverged", k, msg)
+            elif k == last:
+                self.status[member] = RunStatus("finished", k)
+        if k == last:
+            self._keep(np.zeros(len(self.members), dtype=bool))
+            return out
+        if any(why):
+            keep = np.array([not w for w in why])
+            self._keep(keep)
+            lr = lr[keep]
+            if not self.running:
+                return out
+        extras = self._update(lr)
+        self._predict(lr, extras)
+        self.step_index, self.t = k + 1, self.t + lr
+        self._evaluate()
+        if self.step_index == last:
+            for member, rows in self.step().items():
+                out.setdefault(member, []).extend(rows)
+        return out
+
+    def stop(self, message: str) -> dict[int, list[np.ndarray]]:
+        """Stop every running member here (the wall-time limit): log its current state, as ``api.run`` does."""
+        rows = self.rows() if self.running else []
+        out = {int(m): [rows[i]] for i, m in enumerate(self.members)}
+        for member in self.members:
+            self.status[member] = RunStatus("stopped", self.step_index, message)
+        self._keep(np.zeros(len(self.members), dtype=bool))
+        return out
+
+    @torch.no_grad()
+    def _update(self, lr: np.ndarray) -> dict[str, np.ndarray]:
+        """The optimiser step of ``balance.optim`` per member (coupled decay d = g + lambda theta)."""
+        ps, h = self.params, self.hyper
+        ds = [g + _per(h["lam"], p) * p for p, g in zip(ps, self.grads)] if h["lam"].any() else self.grads
+        neg_lr = [_per(-lr, p) for p in ps]
+        name = self.optimizer
+        if name == "gd":
+            for p, d, a in zip(ps, ds, neg_lr):
+                p.addcmul_(d, a)
+            return {}
+        if name == "adam":
+            self.adam_k += 1
+            b1, b2 = h["beta"], h["beta2"]
+            c1, c2 = 1 - b1**self.adam_k, 1 - b2**self.adam_k
+            for p, m, v, d in zip(ps, self.buffers["m"], self.buffers["v"], ds):
+                m.mul_(_per(b1, p)).add_(d * _per(1 - b1, p))
+                v.mul_(_per(b2, p)).addcmul_(d * _per(1 - b2, p), d)
+                denom = (v.sqrt() / _per(np.sqrt(c2), p)).add_(_per(h["eps"], p))
+                p.addcdiv_(m * _per(-lr / c1, p), denom)
+            return {}
+        vs, us = self.buffers["v"], []
+        for p, v, d in zip(ps, vs, ds):
+            beta = _per(h["beta"], p)
+            v.mul_(beta).add_(d)
+            us.append(d + beta * v if name == "nesterov" else v)
+        for p, u, a in zip(ps, us, neg_lr):
+            p.addcmul_(u, a)
+        if name == "momentum":
+            return {"vv": _inner(vs, vs)}
+        return {"uu": _inner(us, us), "uv": _inner(us, vs)}
+
+    def _predict(self, lr: np.ndarray, extras: dict[str, np.ndarray]) -> None:
+        """``theory.GapPredictor.update`` for every member at once: G, B [K, L-1]."""
+        lam, beta = self.hyper["lam"][:, None], self.hyper["beta"][:, None]
+        eta, G, B = lr[:, None], self.G, self.B
+        if self.optimizer == "gd":
+            self.G = (1 - eta * lam) ** 2 * G + eta**2 * (self.grad_sq @ self.P.T)
+        elif self.optimizer == "momentum":
+            C = extras["vv"] @ self.P.T
+            self.G = G - 2 * eta * beta * B - 2 * eta * lam * G + eta**2 * C
+            self.B = beta * B + lam * G - eta * C
+        elif self.optimizer == "nesterov":
+            uu, uv = extras["uu"] @ self.P.T, extras["uv"] @ self.P.T
+            self.G = G - 2 * eta * (lam * (1 + beta) * G + beta**2 * B) + eta**2 * uu
+            self.B = beta * B + lam * G - eta * uv
+
+    def _keep(self, keep: np.ndarray) -> None:
+        """Drop the members not in ``keep`` (finished or diverged) from every stacked tensor and array."""
+        if keep.all():
+            return
+        index = torch.from_numpy(np.flatnonzero(keep))
+        sel = lambda t: t.detach().index_select(0, index)  # noqa: E731
+        self.params = [sel(p).requires_grad_() for p in self.params]
+        self.grads = [sel(g) for g in self.grads]
+        self.buffers = {k: [sel(b) for b in bs] for k, bs in self.buffers.items()}
+        self.balance0 = [sel(b) for b in self.balance0]
+        self.matrix0 = {h: sel(D) for h, D in self.matrix0.items()}
+        if self.stacked:
+            self.targets = sel(self.targets)
+            self.inputs = None if self.inputs is None else sel(self.inputs)
+        self.members, self.base_lr, self.t = self.members[keep], self.base_lr[keep], self.t[keep]
+        self.hyper = {k: v[keep] for k, v in self.hyper.items()}
+        for name in ("loss", "loss0", "grad_sq", "gap0", "G", "B"):
+            setattr(self, name, getattr(self, name)[keep])
+
+
+def _inner(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> np.ndarray:
+    """<a_p, b_p> per member and parameter, [K, n_params]."""
+    return torch.stack([(x * y).reshape(len(x), -1).sum(1) for x, y in zip(a, b)], 1).numpy().astype(float)
+
+
+def train_batched(configs: Sequence[RunConfig], on_step: Callable[[int], None] | None = None) -> list[RunResult]:
+    """Train ``configs`` (one ``batch_key``) together to the end; one ``RunResult`` per config, in order.
+
+    ``on_step(k)`` is called after every batched step. The wall-time limit (the smallest ``max_seconds``) stops
+    every member still running, as ``api.run`` stops one run.
+    """
+    trainer = BatchedTrainer(configs)
+    rows: list[list[np.ndarray]] = [[] for _ in configs]
+    while trainer.running:
+        for member, new in trainer.step().items():
+            rows[member].extend(new)
+        if on_step is not None:
+            on_step(trainer.step_index)
+        if trainer.running and trainer.step_index % 64 == 0 and time.monotonic() > trainer.deadline:
+            limit = min(c.max_seconds for c in configs)
+            for member, new in trainer.stop(f"stopped at the wall-time limit of {limit:g} s").items():
+                rows[member].extend(new)
+    return [RunResult(frame(trainer.columns, [list(r) for r in rs]), s) for rs, s in zip(rows, trainer.status)]

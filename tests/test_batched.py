@@ -1,0 +1,125 @@
+"""The batched trainer against its oracle: K single ``Trainer`` runs of the same configs, float64, to 1e-10.
+
+Every metric column is compared (losses, norms, gradient norms, gaps, measured and predicted drift, ratios, neuron
+drift, matrix invariant), for every family that batches, every optimiser that batches, and members that differ in
+step size, schedule, momentum, weight decay, init scale and distribution, run seed and data seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FAMILIES, TANH, Family, make_config
+
+from balance.api import run
+from balance.batched import BatchedTrainer, batch_key, train_batched, why_not_batched
+from balance.config import OptimConfig, RunConfig
+
+BATCHING = [f for f in FAMILIES if f.model["name"] != "cnn"] + [TANH]
+CLASSIFY = Family("mlp-ce", {"name": "mlp", "activation": "relu", "bias": True}, {"name": "moons", "samples": 16})
+LOGISTIC = Family("mlp-logistic", {"name": "mlp"}, {"name": "circles", "samples": 16})
+
+
+def members(family: Family, optimizer: str, steps: int = 30) -> list[RunConfig]:
+    """Four members of one shape that differ in everything a member may choose."""
+    base = make_config(family, optim=OptimConfig(name=optimizer, lr=0.05), steps=steps)
+    changes = [
+        {},
+        {"optim.lr": 0.02, "model.init_scale": 0.3, "seed": 3, "optim.momentum": 0.5},
+        {"optim.weight_decay": 0.01, "model.init": "uniform", "data.seed": 7, "optim.schedule": "theorem"},
+        {"optim.lr": 0.08, "model.init": "orthogonal", "seed": 11, "optim.beta2": 0.99, "optim.schedule": "step",
+         "optim.decay_every": 7},
+    ]  # fmt: skip
+    return [base.replace(**c) for c in changes]
+
+
+def assert_same(batched: pd.DataFrame, single: pd.DataFrame) -> None:
+    assert list(batched.columns) == list(single.columns)
+    assert batched["step"].tolist() == single["step"].tolist()
+    for column in single.columns:
+        a, b = batched[column].to_numpy(), single[column].to_numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=column)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("family", BATCHING, ids=[f.id for f in BATCHING])
+def test_identical_to_single_runs(family: Family, optimizer: str) -> None:
+    configs = members(family, optimizer)
+    assert len({batch_key(c) for c in configs}) == 1
+    results = train_batched(configs)
+    for config, result in zip(configs, results):
+        single = run(config)
+        assert result.status == single.status
+        assert_same(result.metrics, single.metrics)
+
+
+@pytest.mark.parametrize("family", [CLASSIFY, LOGISTIC], ids=["cross-entropy", "logistic"])
+def test_classification_losses_identical_to_single_runs(family: Family) -> None:
+    configs = members(family, "gd")
+    for config, result in zip(configs, train_batched(configs)):
+        assert_same(result.metrics, run(config).metrics)
+
+
+def test_mf_regulariser_and_log_every_identical_to_single_runs() -> None:
+    mf = FAMILIES[0]
+    base = make_config(mf, steps=57).replace(log_every=10)
+    configs = [base.replace(**{"model.regularizer": r, "optim.lr": lr}) for r, lr in [(0, 0.1), (0.5, 0.05), (2, 0.02)]]
+    results = train_batched(configs)
+    assert results[0].metrics["step"].tolist() == [0, 10, 20, 30, 40, 50, 57]
+    for config, result in zip(configs, results):
+        assert_same(result.metrics, run(config).metrics)
+
+
+def test_a_diverged_member_does_not_stop_the_others() -> None:
+    mf = FAMILIES[0]
+    base = make_config(mf, steps=200, model={"init_scale": 1.0})
+    configs = [base.replace(**{"optim.lr": lr}) for lr in (0.05, 5.0, 0.1)]
+    results = train_batched(configs)
+    assert [r.status.state for r in results] == ["finished", "diverged", "finished"]
+    for config, result in zip(configs, results):
+        single = run(config)
+        assert result.status == single.status
+        if single.status.state == "diverged":  # rows up to the step that went wrong, that step included
+            pd.testing.assert_frame_equal(result.metrics.iloc[:-1], single.metrics.iloc[:-1], rtol=1e-10)
+            assert result.metrics["step"].iloc[-1] == single.metrics["step"].iloc[-1]
+        else:
+            assert_same(result.metrics, single.metrics)
+
+
+def test_zero_steps_and_the_wall_time_limit() -> None:
+    base = make_config(FAMILIES[0], steps=0)
+    (only,) = train_batched([base])
+    assert only.status.state == "finished" and only.metrics["step"].tolist() == [0]
+    slow = make_config(FAMILIES[0], steps=10**7).replace(max_seconds=0.1)
+    results = train_batched([slow, slow.replace(seed=1)])
+    assert {r.status.state for r in results} == {"stopped"}
+    assert "wall-time limit of 0.1 s" in results[0].status.message
+    assert results[0].metrics["step"].iloc[-1] == results[0].status.step > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"model.name": "cnn", "data.name": "images"}, "convolutional"),
+        ({"model.batch_norm": True}, "BatchNorm"),
+        ({"optim.name": "sgd", "optim.batch_size": 4}, "sgd"),
+        ({"optim.name": "flow"}, "flow"),
+    ],
+)
+def test_what_cannot_batch_says_why(change: dict, why: str) -> None:
+    config = make_config(FAMILIES[3]).replace(**change)
+    assert why in why_not_batched(config)
+    assert batch_key(config) is None
+    with pytest.raises(ValueError, match=why):
+        BatchedTrainer([config])
+
+
+def test_shapes_must_agree() -> None:
+    a = make_config(FAMILIES[1])
+    assert batch_key(a) != batch_key(a.replace(**{"model.width": 5}))
+    assert batch_key(a) == batch_key(a.replace(**{"optim.lr": 0.3, "seed": 4, "model.init_scale": 2.0}))
+    with pytest.raises(ValueError, match="differ in shape"):
+        BatchedTrainer([a, a.replace(**{"model.width": 5})])
+    with pytest.raises(ValueError, match="at least one"):
+        BatchedTrainer([])
