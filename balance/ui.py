@@ -17,13 +17,14 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from balance import plots
-from balance.config import ConfigError, RunConfig, choices_of, parse_value, schema
+from balance.config import ConfigError, RunConfig, applicable, choices_of, parse_value, schema
 from balance.data import DATASETS
 from balance.models import MODELS
 from balance.optim import OPTIMIZERS
@@ -34,6 +35,7 @@ from balance.store import RunStore, StoreError
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 REFRESH_S = 0.5  # live charts and the status line poll this often while a run trains
 LIVE_POINTS = 300  # buckets per live chart: decimation keeps each bucket's extremes, so about 600 points a trace
+TRUE = frozenset({"1", "true", "yes", "on"})
 ACTIVE = frozenset(STORE_ACTIVE)  # queued, running, paused: the page polls while a run is in one of these
 SECTIONS = {"model": "Model", "data": "Data", "optim": "Optimiser", "run": "Run"}
 OPEN_SECTIONS = frozenset({"model", "optim", "run"})
@@ -250,22 +252,33 @@ def config_sidebar(prefix: str) -> tuple[RunConfig | None, str]:
     A bad value or combination is explained by ``st.error`` under the setting it names, never as a traceback.
     """
     _restore_widgets(prefix)
+    hidden = st.session_state.get(f"{prefix}.hidden", frozenset())
+    values = current_values(prefix)
+    shown = set(applicable(values)) - hidden  # settings that do not apply are kept, not shown
+    shown.add(build_config(values)[1])  # ... unless the one a message names, so that it can be mended
     slots: dict[str, Any] = {}
     by_section: dict[str, list[str]] = {s: [] for s in [*SECTIONS, "advanced"]}
     for name in FIELDS:
-        by_section["advanced" if name in ADVANCED else section_of(name)].append(name)
+        if name in shown:
+            by_section["advanced" if name in ADVANCED else section_of(name)].append(name)
     with st.sidebar:
-        st.selectbox(
-            "Start from a preset",
-            ["", *PRESETS],
-            format_func=lambda k: PRESETS[k][0] if k else "(choose a preset)",
-            key=f"{prefix}.preset",
-            on_change=_load_preset,
-            args=(prefix,),
-        )
+        if "preset" not in hidden:
+            st.selectbox(
+                "Start from a preset",
+                ["", *PRESETS],
+                format_func=lambda k: PRESETS[k][0] if k else "(choose a preset)",
+                key=f"{prefix}.preset",
+                on_change=_load_preset,
+                args=(prefix,),
+            )
+        if hidden:
+            st.caption("This link shows only some settings; the others keep the link's values.")
+            st.button("Show all settings", key=f"{prefix}.show_all", on_click=_show_all, args=(prefix,))
         top = st.empty()
         for section, title in [*SECTIONS.items(), ("advanced", "Advanced")]:
-            with st.expander(title, expanded=section in OPEN_SECTIONS):
+            if not by_section[section]:
+                continue
+            with st.expander(title, expanded=section in OPEN_SECTIONS or bool(hidden)):
                 for name in by_section[section]:
                     _widget(prefix, name, FIELDS[name])
                     slots[name] = st.empty()
@@ -275,6 +288,10 @@ def config_sidebar(prefix: str) -> tuple[RunConfig | None, str]:
     if message:
         (slots.get(field) or top).error(message, icon=":material/warning:")
     return config, message
+
+
+def _show_all(prefix: str) -> None:
+    st.session_state[f"{prefix}.hidden"] = frozenset()
 
 
 def _load_preset(prefix: str) -> None:
@@ -321,6 +338,7 @@ def init_session(prefix: str) -> None:
         return
     st.session_state[f"{prefix}.ready"] = True
     query = {k: v for k, v in st.query_params.to_dict().items() if k != "run"}
+    st.session_state[f"{prefix}.hidden"], query = hidden_by_link(query)
     run_id = st.query_params.get("run", "")
     config, problems = RunConfig.from_query(query, strict=False)
     if problems:
@@ -353,6 +371,29 @@ def url_warnings(prefix: str) -> None:
         st.warning(f"This link had settings that could not be used; they were left at their defaults:\n{lines}")
 
 
+def hidden_by_link(query: Mapping[str, str]) -> tuple[frozenset[str], dict[str, str]]:
+    """The settings a classroom link hides, and the rest of its query.
+
+    As TensorFlow Playground's ``*_hide``: ``optim.momentum_hide=1`` hides one setting; ``show=optim.lr,steps``
+    hides all but those (``preset`` names the preset picker). Unknown names are ignored: a link still opens.
+    """
+    hidden = {k[: -len("_hide")] for k, v in query.items() if k.endswith("_hide") and v.lower() in TRUE}
+    if "show" in query:
+        hidden |= {*FIELDS, "preset"} - {s.strip() for s in query["show"].split(",")}
+    rest = {k: v for k, v in query.items() if k != "show" and not k.endswith("_hide")}
+    return frozenset(hidden & {*FIELDS, "preset"}), rest
+
+
+def link_flags(hidden: frozenset[str]) -> dict[str, str]:
+    """``hidden`` as the shortest flags: ``show=`` when most settings are hidden, else one ``*_hide`` each."""
+    if not hidden:
+        return {}
+    shown = [name for name in ["preset", *FIELDS] if name not in hidden]
+    if len(shown) < len(hidden):
+        return {"show": ",".join(shown)}
+    return {f"{name}_hide": "1" for name in sorted(hidden)}
+
+
 def link_query(config: RunConfig) -> dict[str, str]:
     """The settings that differ from the defaults, and the seed always (a link should say which seed it is)."""
     return {**config.to_query(), "seed": str(config.seed)}
@@ -362,7 +403,7 @@ def sync_url(prefix: str, config: RunConfig | None) -> None:
     """Write the config (see ``link_query``) and the attached run into the URL."""
     if config is None:  # keep the last good link while the user fixes a value
         return
-    wanted = link_query(config)
+    wanted = {**link_query(config), **link_flags(st.session_state.get(f"{prefix}.hidden", frozenset()))}
     run_id = st.session_state.get(f"{prefix}.run")
     if run_id:
         wanted["run"] = run_id
@@ -730,11 +771,20 @@ def _changed(a: RunConfig, b: RunConfig) -> set[str]:
 def share(prefix: str, config: RunConfig | None) -> None:
     if config is None:
         return
-    query = "&".join(f"{k}={v}" for k, v in link_query(config).items())
     base = (st.context.url or "").split("?")[0]
     with st.expander("Share this experiment"):
         st.caption("The link holds every setting, the seed included: opening it sets up the same run.")
-        st.code(f"{base}?{query}", language=None)
+        st.code(f"{base}?{urlencode(link_query(config), safe=',')}", language=None)
+        shown = st.multiselect(
+            "Classroom link: show students only these settings",
+            list(FIELDS),
+            format_func=lambda name: LABELS.get(name) or name,
+            key=f"{prefix}.classroom",
+            placeholder="e.g. step size η",
+        )
+        if shown:
+            query = {**link_query(config), "show": ",".join(shown)}
+            st.code(f"{base}?{urlencode(query, safe=',')}", language=None)
 
 
 def about_page() -> None:

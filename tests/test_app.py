@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from balance import ui
-from balance.config import RunConfig
+from balance.config import RunConfig, applicable
 from balance.presets import PRESETS, preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,24 +96,64 @@ def test_navigation_reaches_every_page() -> None:
         assert not at.exception, (page, at.exception)
 
 
-def test_widgets_come_from_the_schema() -> None:
+def widget_keys(at: AppTest) -> set[str]:
+    return {w.key for w in [*at.selectbox, *at.number_input, *at.toggle, *at.select_slider, *at.text_input]}
+
+
+def test_widgets_come_from_the_schema_and_only_what_applies_is_shown() -> None:
     at = app()
-    keys = {w.key for w in [*at.selectbox, *at.number_input, *at.toggle, *at.select_slider, *at.text_input]}
-    missing = [name for name in ui.FIELDS if f"explore.{name}" not in keys]
-    assert not missing
+    assert widget_keys(at) >= {f"explore.{name}" for name in applicable(RunConfig().flat())}
+    assert "explore.model.depth" not in widget_keys(at)  # mf has no depth
     assert {s.key for s in at.select_slider} >= {"explore.optim.lr", "explore.model.init_scale"}
     scales = at.select_slider(key="explore.model.init_scale").options
     assert scales[0] == "0.0001" and scales[-1] == "10"
+    seen = widget_keys(at)
+    for query in [
+        {"model.name": "mlp", "data.name": "teacher", "model.activation": "leaky_relu", "optim.name": "adam"},
+        {"model.name": "cnn", "data.name": "images", "optim.name": "momentum", "optim.schedule": "step"},
+        {"model.name": "mlp", "data.name": "csv", "optim.name": "flow", "data.csv_path": __file__},
+        {"optim.schedule": "theorem"},
+    ]:
+        at = app(query)
+        assert not at.exception
+        config = sidebar_config(at)
+        assert config is not None
+        shown = widget_keys(at)
+        assert {f"explore.{name}" for name in applicable(config.flat())} <= shown
+        seen |= shown
+    assert {f"explore.{name}" for name in ui.FIELDS} <= seen  # every setting has its widget somewhere
+
+
+def test_classroom_link_shows_only_the_chosen_settings() -> None:
+    at = app({"show": "optim.lr", "optim.lr": "0.05", "model.init_scale": "0.001"})
+    assert not at.exception
+    assert widget_keys(at) & {f"explore.{name}" for name in [*ui.FIELDS, "preset"]} == {"explore.optim.lr"}
+    config = sidebar_config(at)
+    assert config is not None and config.model.init_scale == 0.001 and config.optim.lr == 0.05
+    at.button(key="explore.show_all").click().run()
+    assert "explore.model.init_scale" in widget_keys(at) and "explore.preset" in widget_keys(at)
+
+
+def test_hide_flag_hides_one_setting() -> None:
+    at = app({"optim.name": "momentum", "optim.momentum_hide": "1"})
+    assert not at.exception
+    keys = widget_keys(at)
+    assert "explore.optim.momentum" not in keys and "explore.optim.lr" in keys
+    assert ui.hidden_by_link({"optim.momentum_hide": "1", "nonsense_hide": "1"})[0] == {"optim.momentum"}
+    hidden = frozenset(ui.FIELDS) - {"optim.lr"}
+    assert ui.hidden_by_link(ui.link_flags(hidden))[0] == hidden
+    assert ui.hidden_by_link(ui.link_flags(frozenset({"steps"})))[0] == {"steps"}
 
 
 # --- settings, presets, links ------------------------------------------------------------------------------------
 
 
 def test_bad_combination_is_explained_next_to_the_control() -> None:
-    at = app()
-    at.toggle(key="explore.model.batch_norm").set_value(True).run()
+    at = app({"model.name": "mlp", "data.name": "teacher", "model.batch_norm": "true"})
+    at.selectbox(key="explore.model.name").select("cnn").run()  # batch norm does not apply to cnn ...
     assert not at.exception
     assert any("batch norm is available for mlp only" in e.value for e in at.sidebar.error)
+    assert at.toggle(key="explore.model.batch_norm").value  # ... but stays shown, so it can be switched off
     assert at.button(key="explore.start").disabled
 
 
