@@ -72,7 +72,7 @@ def test_charts_use_numpy_and_shared_style(frames, case):
     before = df.copy()
     for name, fig in all_charts(df, case).items():
         assert fig.layout.template.layout.paper_bgcolor == "white", name  # plotly_white's look ...
-        assert not fig.layout.template.data, name  # ... without its per-trace defaults (the default's cost)
+        assert fig.layout.template.data.to_plotly_json() == {}, name  # ... without its per-trace defaults (the default's cost)
         assert fig.layout.uirevision == plots.UIREVISION
         assert fig.layout.height == plots.HEIGHT
         for t in fig.data:
