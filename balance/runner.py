@@ -46,6 +46,7 @@ POLL_SECONDS = 0.05  # a training worker looks for commands this often (pause, s
 NEURON_SNAPSHOTS = 200  # snapshots per run at an even stride of steps (the store thins beyond its own limit)
 SNAPSHOT_SECONDS = 2.0  # and one at least this often, for long runs stopped early
 FINISHED_KEPT = 1000  # status views of ended runs kept in memory (older ones are read from the store)
+WORKER_NICENESS = 10  # added to a worker process's nice value: training yields the CPU to the page
 TERMINAL = ("finished", "diverged", "stopped", "failed", "interrupted")
 
 
@@ -444,6 +445,9 @@ def _worker_main(commands: Any, messages: Any, home: str, timeout: float, max_by
     try:
         if own:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which shuts workers down
+            # Below the server and the browser: on a machine whose cores all train, a click still answers at once,
+            # and training loses only the time the page actually uses.
+            os.nice(WORKER_NICENESS)
             import torch
 
             torch.set_num_threads(1)

@@ -23,7 +23,7 @@ import pytest
 
 import balance
 from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.runner import Runner, RunStatusView
+from balance.runner import WORKER_NICENESS, Runner, RunStatusView
 from balance.store import RunStore, StoreError
 from balance.trainer import Trainer
 
@@ -365,3 +365,11 @@ def test_thread_backend_shutdown_leaves_no_threads(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="backend"):
         Runner(RunStore.__new__(RunStore), backend="fork")
+
+
+def test_workers_train_below_the_page(runner):
+    """Workers run at a higher nice value than the server, so a click answers while every core trains."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    pids = [w.proc.pid for w in runner._workers]
+    assert pids
+    assert all(os.getpriority(os.PRIO_PROCESS, pid) == min(ours + WORKER_NICENESS, 19) for pid in pids)
