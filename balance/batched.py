@@ -115,8 +115,13 @@ class BatchedTrainer:
         pick = (lambda f: torch.stack([f(tasks[c.data]) for c in configs])) if self.stacked else (lambda f: f(task0))
         self.targets = pick(lambda t: t.targets)
         self.inputs = None if self.mf else pick(lambda t: t.inputs.reshape(t.samples, -1))
+        if self.mf:
+            self.factors = _factors(self.targets, first.data.rank)
+            M = self.targets.reshape(len(self.targets) if self.stacked else 1, -1)
+            self.target_sq = torch.linalg.vecdot(M, M)  # ||M||^2, [K] or [1]
         n_params = len(self.model.params)
-        self.params = [torch.stack([m.params[i].detach() for m in models]).requires_grad_() for i in range(n_params)]
+        self.params = [torch.stack([m.params[i].detach() for m in models]) for i in range(n_params)]
+        self._layout()
         self.members = np.arange(len(configs))  # batch row -> index into configs
         o = [c.optim for c in configs]
         self.base_lr = np.array([x.lr for x in o])
@@ -143,7 +148,7 @@ class BatchedTrainer:
         self.deadline = time.monotonic() + min(c.max_seconds for c in configs)
         self.P = pair_matrix(self.model)  # [L-1, n_params]
         self._evaluate()
-        self.loss0 = self.loss.copy()
+        self.loss0 = self._row_loss()
         sq = self._sqnorms()
         self.gap0 = self._gaps(sq)
         self.G, self.B = self.gap0.copy(), np.zeros_like(self.gap0)
@@ -151,6 +156,13 @@ class BatchedTrainer:
             self.G[:] = np.nan
         self.balance0 = self._balances()
         self.matrix0 = self._matrices()
+
+    def _layout(self) -> None:
+        """Networks: leaves for autograd. MF: U [K, d1, r] kept as a view of a contiguous U^T (its GEMMs want it)."""
+        if self.mf:
+            self.params[1] = self.params[1].mT.contiguous().mT
+        else:
+            self.params = [p.requires_grad_() for p in self.params]
 
     # --- evaluation -------------------------------------------------------------------------------------------
 
@@ -163,22 +175,50 @@ class BatchedTrainer:
                 losses = self._network_losses()
                 self.grads = list(torch.autograd.grad(losses.sum(), self.params))
             self.loss = losses.detach().numpy().astype(float)
-        self.grad_sq = torch.stack([(g * g).reshape(len(g), -1).sum(1) for g in self.grads], 1).numpy().astype(float)
+            self.flat_grads = self.grads
+        K = len(self.loss)
+        sq = [torch.linalg.vecdot(g.reshape(K, -1), g.reshape(K, -1)) for g in self.flat_grads]
+        self.grad_sq = torch.stack(sq, 1).numpy().astype(float)
 
     @torch.no_grad()
     def _mf_loss_and_gradients(self) -> tuple[np.ndarray, list[torch.Tensor]]:
-        """R = U V^T - M, loss = ||R||^2 / 2 (+ lambda/8 ||U^T U - V^T V||^2), as ``loss_and_gradients``, [K]."""
-        Vt, U = self.params
-        R = torch.baddbmm(self.targets, U, Vt, beta=-1)
-        loss = 0.5 * (R * R).sum((1, 2))
-        gU, gVt = torch.bmm(R, Vt.mT), torch.bmm(U.mT, R)
+        """Gradients of ``MatrixFactorisation.loss_and_gradients`` without the [K, d1, d2] residual, M = L R^T:
+
+        A = V^T V, C = U^T U [K, r, r], P = U^T L, Q = V^T R [K, r, r*];
+        dL/dU^T = A U^T - Q L^T,  dL/dV^T = C V^T - P R^T  (the products with L, R are one folded GEMM each);
+        loss = (||M||^2 - 2 <P, Q> + <A, C>) / 2, used only by the divergence check (logged rows recompute it
+        from R = U V^T - M, see ``_exact_loss``). Regulariser, D = C - A: loss += lambda/8 ||D||^2,
+        dL/dU^T += lambda/2 D U^T,  dL/dV^T -= lambda/2 D V^T.
+        """
+        Vt, Ut = self.params[0], self.params[1].mT  # U is stored transposed: U^T is contiguous
+        K, (L, R) = len(Vt), self.factors
+        A, C = torch.bmm(Vt, Vt.mT), torch.bmm(Ut, Ut.mT)
+        P, Q = torch.matmul(Ut, L), torch.matmul(Vt, R)
+        gUt = torch.baddbmm(torch.matmul(Q, L.mT), A, Ut, beta=-1)
+        gVt = torch.baddbmm(torch.matmul(P, R.mT), C, Vt, beta=-1)
+        flat = lambda t: t.reshape(K, -1)  # noqa: E731
+        loss = 0.5 * (
+            self.target_sq - 2 * torch.linalg.vecdot(flat(P), flat(Q)) + torch.linalg.vecdot(flat(A), flat(C))
+        )
         if self.hyper["reg"].any():
-            reg = _per(self.hyper["reg"], U)
-            D = torch.bmm(U.mT, U) - torch.bmm(Vt, Vt.mT)
-            loss = loss + reg.reshape(-1) / 8 * (D * D).sum((1, 2))
-            gU += reg / 2 * torch.bmm(U, D)
+            reg = _per(self.hyper["reg"], Vt)
+            D = C - A
+            loss = loss + reg.reshape(-1) / 8 * torch.linalg.vecdot(flat(D), flat(D))
+            gUt += reg / 2 * torch.bmm(D, Ut)
             gVt -= reg / 2 * torch.bmm(D, Vt)
-        return loss.numpy().astype(float), [gVt, gU]
+        self.flat_grads = [gVt, gUt]
+        return loss.numpy().astype(float), [gVt, gUt.mT]
+
+    @torch.no_grad()
+    def _exact_loss(self) -> np.ndarray:
+        """||U V^T - M||^2 / 2 (+ lambda/8 ||U^T U - V^T V||^2) per member, [K], as the single trainer computes it."""
+        Vt, U = self.params
+        R = torch.baddbmm(self.targets, U, Vt, beta=-1).reshape(len(U), -1)
+        loss = 0.5 * torch.linalg.vecdot(R, R)
+        if self.hyper["reg"].any():
+            D = (torch.bmm(U.mT, U) - torch.bmm(Vt, Vt.mT)).reshape(len(U), -1)
+            loss = loss + torch.from_numpy(self.hyper["reg"]) / 8 * torch.linalg.vecdot(D, D)
+        return loss.numpy().astype(float)
 
     def _network_losses(self) -> torch.Tensor:
         """Each member's loss, [K]: x [N, d] (or [K, N, d]) through the stacked layers (``data.loss_value``)."""
@@ -233,6 +273,9 @@ class BatchedTrainer:
 
     # --- rows -----------------------------------------------------------------------------------------------
 
+    def _row_loss(self) -> np.ndarray:
+        return self._exact_loss() if self.mf else self.loss
+
     def lr_at(self, k: int) -> np.ndarray:
         """eta_k of every member in the batch, [K]."""
         if self.constant_lr:
@@ -245,7 +288,7 @@ class BatchedTrainer:
         k, K, layers = self.step_index, len(self.members), self.model.layers
         sq = self._sqnorms()
         w = [layer.weight for layer in layers]
-        cols = [np.full(K, float(k)), self.t, self.lr_at(k), self.loss, *sq[:, w].T]
+        cols = [np.full(K, float(k)), self.t, self.lr_at(k), self._row_loss(), *sq[:, w].T]
         cols += [sq[:, layer.bias] for layer in layers if layer.bias is not None]
         cols += list(np.sqrt(self.grad_sq[:, w]).T)
         G = self._gaps(sq)
@@ -262,6 +305,10 @@ class BatchedTrainer:
     # --- stepping -------------------------------------------------------------------------------------------
 
     def _diverged(self) -> list[str]:
+        """Trainer's rule per member: a non-finite loss, or one above 10^8 max(loss_0, 1) ('' where healthy)."""
+        with np.errstate(invalid="ignore"):
+            if np.all(self.loss <= DIVERGENCE_FACTOR * np.maximum(self.loss0, 1.0)):  # False for nan
+                return [""] * len(self.loss)
         out = []
         for loss, loss0 in zip(self.loss, self.loss0):
             if not math.isfinite(loss):
@@ -376,18 +423,32 @@ class BatchedTrainer:
             return
         index = torch.from_numpy(np.flatnonzero(keep))
         sel = lambda t: t.detach().index_select(0, index)  # noqa: E731
-        self.params = [sel(p).requires_grad_() for p in self.params]
+        self.params = [sel(p) for p in self.params]
+        self._layout()
         self.grads = [sel(g) for g in self.grads]
+        self.flat_grads = [sel(g) for g in self.flat_grads]
         self.buffers = {k: [sel(b) for b in bs] for k, bs in self.buffers.items()}
         self.balance0 = [sel(b) for b in self.balance0]
         self.matrix0 = {h: sel(D) for h, D in self.matrix0.items()}
         if self.stacked:
             self.targets = sel(self.targets)
+            if self.mf:
+                self.factors, self.target_sq = tuple(sel(f) for f in self.factors), sel(self.target_sq)
             self.inputs = None if self.inputs is None else sel(self.inputs)
         self.members, self.base_lr, self.t = self.members[keep], self.base_lr[keep], self.t[keep]
         self.hyper = {k: v[keep] for k, v in self.hyper.items()}
         for name in ("loss", "loss0", "grad_sq", "gap0", "G", "B"):
             setattr(self, name, getattr(self, name)[keep])
+
+
+def _factors(M: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """L [d1, r*], R [d2, r*] (or [K, ...]) with M = L R^T: the target's truncated SVD when M has rank r* (the
+    lowrank data set is exactly rank r*, so the gradient GEMMs shrink by d2 / r*), else (M, I)."""
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    L, R = (U[..., :rank] * S[..., None, :rank]).contiguous(), Vh[..., :rank, :].mT.contiguous()
+    if torch.linalg.vector_norm(L @ R.mT - M) <= 1e-13 * torch.linalg.vector_norm(M):
+        return L, R
+    return M, torch.eye(M.shape[-1], dtype=M.dtype)
 
 
 def _inner(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> np.ndarray:
