@@ -1,0 +1,143 @@
+"""The records every claim is made of, and the small numerical helpers the experiments share.
+
+A ``Claim`` pairs what a reviewer doubted with the runs that settle it: ``configs(quick)`` lists the runs (a
+smaller budget when ``quick``), ``analyse(runs)`` turns their metrics into a ``Finding``: the numbers, a
+``Verdict`` computed from them by a function of ``balance.claims.verdicts``, one figure, and which run is the
+main one (opened in Explore). Nothing here trains, stores or draws on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from scipy import stats
+
+from balance.config import RunConfig
+
+OUTCOMES = ("supported", "refuted", "partly")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``outcome`` in OUTCOMES; ``reason``: one sentence built from the numbers; ``tolerances``: rule -> bound."""
+
+    outcome: str
+    reason: str
+    tolerances: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"verdict outcome {self.outcome!r}: not one of {', '.join(OUTCOMES)}")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a claim's runs showed: named numbers (in display order), the verdict, the figure, the main run."""
+
+    numbers: dict[str, Any]
+    verdict: Verdict
+    figure: go.Figure
+    main: int = 0  # index into the claim's runs of the run to open in Explore
+
+
+@dataclass(frozen=True)
+class Claim:
+    number: int
+    title: str  # a few words, for lists and the report's headings
+    statement: str  # the claim tested, in one sentence
+    source: str  # who said it (which reviewer, or which paper)
+    quote: str  # the reviewer's own words (or the issue's paraphrase)
+    experiment: str  # what is run, in one or two sentences
+    configs: Callable[[bool], list[RunConfig]]  # quick -> the runs
+    analyse: Callable[[Sequence[Any]], Finding]  # the runs (balance.cache.CachedRun) -> finding
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Least-squares line log|y| = slope * log x + c, with a two-sided 95% confidence interval of the slope."""
+
+    slope: float
+    low: float
+    high: float
+
+    def text(self) -> str:
+        return f"{self.slope:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> Fit:
+    """Slope of log|y| against log x (scipy.stats.linregress) and its 95% CI from Student's t with n - 2 dof."""
+    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.abs(np.asarray(y, dtype=float)))
+    if len(lx) < 3:
+        raise ValueError(f"a slope with a confidence interval needs at least 3 points, got {len(lx)}")
+    fit = stats.linregress(lx, ly)
+    half = float(stats.t.ppf(0.975, len(lx) - 2)) * float(fit.stderr)
+    return Fit(float(fit.slope), float(fit.slope) - half, float(fit.slope) + half)
+
+
+def last(df: pd.DataFrame, column: str) -> float:
+    return float(df[column].iloc[-1])
+
+
+def first(df: pd.DataFrame, column: str) -> float:
+    return float(df[column].iloc[0])
+
+
+def pairs(df: pd.DataFrame) -> list[int]:
+    """The h of every ``gap_drift_h`` column."""
+    return sorted(int(c.rsplit("_", 1)[1]) for c in df.columns if c.startswith("gap_drift_"))
+
+
+def max_sqnorm(df: pd.DataFrame) -> float:
+    """The largest squared norm of any layer at any logged step: the scale drifts are measured against."""
+    return float(df[[c for c in df.columns if c.startswith("sqnorm_")]].to_numpy().max())
+
+
+def relative_drift(df: pd.DataFrame) -> float:
+    """max_{h,k} |G_h(k) - G_h(0)| / max_{h,k} ||W_h(k)||^2: how far the gaps moved, against the norms' size."""
+    return max(float(df[f"gap_drift_{h}"].abs().max()) for h in pairs(df)) / max_sqnorm(df)
+
+
+def identity_error(df: pd.DataFrame) -> float:
+    """max_{h,k} |measured drift - exact prediction sum eta^2 Delta||g||^2| / max_{h,k} ||W_h||^2 (NaN: none)."""
+    errors = [float((df[f"gap_drift_{h}"] - df[f"pred_gap_drift_{h}"]).abs().max()) for h in pairs(df)]
+    return max(errors) / max_sqnorm(df) if errors else math.nan
+
+
+def flow_ratio(df: pd.DataFrame, h: int = 1) -> np.ndarray:
+    """Gradient flow's reading of the invariant: ||W_{h+1}|| / ||W_h|| = sqrt(1 - Phi_0 / ||W_h||^2) per row,
+    Phi_0 = ||W_h(0)||^2 + ||b_h(0)||^2 - ||W_{h+1}(0)||^2 = -G_h(0) (no biases in these experiments)."""
+    gap0 = first(df, f"gap_{h}")
+    sq = df[f"sqnorm_{h}"].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(np.clip(1 + gap0 / sq, 0, None))
+
+
+def at_most(value: float, bound: float) -> bool:
+    return bool(np.isfinite(value) and value <= bound)
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A number as the verdicts and the report print it: 3 significant digits, powers of ten as 1.2e-05."""
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    if not np.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def outcome_of(passed: Sequence[bool], any_passed_is_partly: bool = True) -> str:
+    """All checks passed: supported; none: refuted; some: partly (or refuted when ``any_passed_is_partly`` is off)."""
+    if all(passed):
+        return "supported"
+    if any(passed) and any_passed_is_partly:
+        return "partly"
+    return "refuted"
