@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from balance.cache import CachedRun, cached_runs
-from balance.claims import initial, networks, steps
+from balance.claims import initial, networks, report, steps
 from balance.claims.base import OUTCOMES, Claim, Finding, Verdict
 from balance.store import RunStore
 
-__all__ = ["CLAIMS", "OUTCOMES", "Claim", "Evaluated", "Finding", "Verdict", "by_number", "evaluate", "label"]
+__all__ = ["CLAIMS", "OUTCOMES", "Claim", "Evaluated", "Finding", "Verdict", "by_number", "evaluate", "label", "report"]
 
 R1, R2, R3, R4 = "Reviewer 1", "Reviewer 2", "Reviewer 3", "Reviewer 4"
 

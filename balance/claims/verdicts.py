@@ -71,10 +71,10 @@ def difference_not_balance(
         else "refuted"
     )
     reason = (
-        f"The layer difference moved by at most {fmt(100 * max(drift_a, drift_b), 2)}% of the squared norms, yet the "
-        f"unbalanced start ended at ratio {fmt(ratio_a)} (far from 1: {far}) while the logistic run's norms grew "
-        f"x{fmt(growth_b)} (diverging: {grew}) and its ratio went {fmt(ratio_b0)} -> {fmt(ratio_b)}, as "
-        f"sqrt(1 - Phi_0/||W||^2) predicts to {fmt(100 * flow_err, 2)}%."
+        f"The layer difference moved by at most {fmt(100 * max(drift_a, drift_b), 2)}% of the squared norms in both "
+        f"runs, yet the unbalanced start ended at ratio {fmt(ratio_a)} ({'far from' if far else 'near'} 1) while in "
+        f"the logistic run the norms grew x{fmt(growth_b)} and the ratio went {fmt(ratio_b0)} → {fmt(ratio_b)}, as "
+        f"sqrt(1 − Φ₀/||W₁||²) predicts to {fmt(100 * flow_err, 2)}%."
     )
     return Verdict(outcome, reason, _tolerances("difference"))
 
@@ -138,10 +138,10 @@ def step_size_rate(fit: Fit, identity_err: float, smallest_drift: float) -> Verd
     vanishes = fit.slope > 0.5 and smallest_drift > 0
     outcome = "supported" if first_order and exact else "partly" if vanishes else "refuted"
     reason = (
-        f"At fixed training time the invariant's drift scales as eta^{fmt(fit.slope)} (95% CI "
-        f"[{fmt(fit.low)}, {fmt(fit.high)}], i.e. eta^{fmt(fit.slope + 1)} per step), so GD "
+        f"At fixed training time the invariant's drift scales as η^{fmt(fit.slope)} (95% CI "
+        f"[{fmt(fit.low)}, {fmt(fit.high)}], i.e. η^{fmt(fit.slope + 1)} per step), so GD "
         f"{'approaches' if vanishes else 'does not approach'} gradient flow, and the drift equals "
-        f"sum eta^2 (||g_h+1||^2 - ||g_h||^2) to a relative {fmt(identity_err, 2)}."
+        f"Σ η² (||g_h+1||² − ||g_h||²) to a relative {fmt(identity_err, 2)}."
     )
     return Verdict(outcome, reason, _tolerances("rate"))
 
@@ -163,12 +163,13 @@ def momentum_holds(
     exact = at_most(identity_err, t["identity relative error"])
     all_vanish = len(vanish) == len(limit) and bool(limit)
     outcome = "supported" if all_vanish and amp_ok and adam_breaks and exact else "partly" if vanish else "refuted"
-    amps = ", ".join(f"{n} x{fmt(m)} (formula {fmt(f)})" for n, (m, f) in amplification.items())
+    amps = " and ".join(f"x{fmt(m)} ({n}; formula {fmt(f)})" for n, (m, f) in amplification.items())
+    slopes = ", ".join(f"{n} {fmt(fits[n].slope)}" for n in limit)
     reason = (
-        f"The drift vanishes linearly with the step size for {', '.join(vanish) or 'none'} of {', '.join(limit)} "
-        f"(slopes {', '.join(f'{n} {fmt(fits[n].slope)}' for n in limit)}), momentum amplifies it by {amps}, and "
-        f"Adam's drift {'does not vanish' if adam_breaks else 'vanishes too'} "
-        f"(slope {fmt(fits['adam'].slope) if 'adam' in fits else 'n/a'})."
+        f"The drift vanishes linearly with the step size for {len(vanish)} of {len(limit)} of SGD, heavy ball and "
+        f"Nesterov (slopes {slopes}), momentum amplifies it by {amps}, and Adam's drift "
+        f"{'does not vanish' if adam_breaks else 'vanishes too'} (slope "
+        f"{fmt(fits['adam'].slope) if 'adam' in fits else 'not measured'})."
     )
     return Verdict(outcome, reason, _tolerances("momentum"))
 
@@ -190,7 +191,7 @@ def batchnorm_moves_invariant(
     passed = [grows, gap_breaks, neuron_holds]
     outcome = "supported" if all(passed) else "refuted" if not gap_breaks else "partly"
     reason = (
-        f"The layer feeding BatchNorm {'only grew' if shrinks <= 0 else 'also shrank'}, by sum eta^2 ||g||^2 to "
+        f"The layer feeding BatchNorm {'only grew' if shrinks <= 0 else 'also shrank'}, by Σ η² ||g||² to "
         f"{fmt(100 * growth_err, 2)}%; quartering the step divided the cross-layer gap's drift by only "
         f"{fmt(gap_drift_ratio)} (it does not vanish) but the (gamma, beta) invariant's by {fmt(neuron_drift_ratio)}."
     )
@@ -218,9 +219,9 @@ def figure1_consistent(
     )
     outcome = "refuted" if small and early and explained else "supported" if not small else "partly"
     reason = (
-        f"Theorem 3.1 bounds ||U^T U - V^T V||_F, which stayed below {fmt(invariant_rel, 2)} of ||U||_F^2, while the "
+        f"Theorem 3.1 bounds ||UᵀU − VᵀV||_F, which stayed below {fmt(invariant_rel, 2)} of ||U||_F², while the "
         f"ratio started at {fmt(early_ratio)} and fell to {fmt(final_ratio, 6)} (predicted {fmt(predicted_final, 6)}) "
-        f"exactly as sqrt(1 - Phi_0/||V||^2) implies (to {fmt(100 * flow_err, 2)}%): the early ratio is no "
+        f"exactly as sqrt(1 − Φ₀/||V||²) implies (to {fmt(100 * flow_err, 2)}%): the early ratio is no "
         f"{'contradiction' if outcome == 'refuted' else 'proof either way'}."
     )
     return Verdict(outcome, reason, _tolerances("figure1"))
@@ -243,7 +244,7 @@ def deep_networks_conserve(runs: Mapping[str, tuple[float, float, float]]) -> Ve
     reason = (
         f"In {sum(ok.values())} of {len(runs)} trained networks every consecutive pair kept its difference of "
         f"squared norms (equation 6): the worst drift was {fmt(runs[worst][0], 2)} of the largest squared norm "
-        f"({worst}), equal to the exact eta^2 prediction to {fmt(max(e for _, e, _ in runs.values()), 2)}."
+        f"({worst}), equal to the exact η² prediction to {fmt(max(e for _, e, _ in runs.values()), 2)}."
     )
     return Verdict(outcome, reason, _tolerances("deep"))
 
@@ -259,8 +260,8 @@ def tanh_breaks(tanh_fit: Fit, relu_fit: Fit, drift_ratio: float) -> Verdict:
     stays = tanh_fit.high <= t["slope at most"]
     outcome = "supported" if big and stays else "refuted" if tanh_fit.low >= 0.7 else "partly"
     reason = (
-        f"The tanh network's drift scales as eta^{fmt(tanh_fit.slope)} (CI [{fmt(tanh_fit.low)}, "
-        f"{fmt(tanh_fit.high)}]) against the ReLU twin's eta^{fmt(relu_fit.slope)}, and at the smallest step it is "
+        f"The tanh network's drift scales as η^{fmt(tanh_fit.slope)} (CI [{fmt(tanh_fit.low)}, "
+        f"{fmt(tanh_fit.high)}]) against the ReLU twin's η^{fmt(relu_fit.slope)}, and at the smallest step it is "
         f"{fmt(drift_ratio)} times the ReLU drift: it {'does not vanish' if stays else 'shrinks'} with the step size."
     )
     return Verdict(outcome, reason, _tolerances("tanh"))
@@ -279,7 +280,7 @@ def weight_decay_formula(formula_err: float, identity_err: float, final_fraction
     outcome = "supported" if close and exact and decayed else "partly" if exact or close else "refuted"
     reason = (
         f"The gap fell to {fmt(final_fraction)} of its start, within {fmt(100 * formula_err, 2)}% of G_0 of the "
-        f"geometric decay by {fmt(rate, 6)} per step, and the exact recursion with the eta^2 terms matched to "
+        f"geometric decay by {fmt(rate, 6)} per step, and the exact recursion with the η² terms matched to "
         f"{fmt(identity_err, 2)}."
     )
     return Verdict(outcome, reason, _tolerances("decay"))
@@ -303,8 +304,8 @@ def large_steps_balance(
     bound = all(s >= -t["bound slack"] for _, _, s in done)
     outcome = "supported" if unbalanced and balanced and bound else "partly" if large[1] < small[1] else "refuted"
     reason = (
-        f"From the same unbalanced start GD ended at ratio {fmt(small[1])} with eta = {fmt(small[0])} but "
-        f"{fmt(large[1])} with eta = {fmt(large[0])}, the largest of {len(done)} converged step sizes, and "
-        f"(||u|| - ||v||)^2 <= 2/eta - 2 mu held in {sum(s >= -t['bound slack'] for _, _, s in done)} of {len(done)}."
+        f"From the same unbalanced start GD ended at ratio {fmt(small[1])} with η = {fmt(small[0])} but "
+        f"{fmt(large[1])} with η = {fmt(large[0])}, the largest of {len(done)} converged step sizes, and "
+        f"(||u|| − ||v||)² ≤ 2/η − 2μ held in {sum(s >= -t['bound slack'] for _, _, s in done)} of {len(done)}."
     )
     return Verdict(outcome, reason, _tolerances("large_lr"))

@@ -1,0 +1,100 @@
+"""The claims report: one Markdown file with every claim, its numbers and its verdict, and one HTML figure per
+claim next to it (sharing one ``plotly.min.js``, so the report opens offline)."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from balance.claims.base import fmt
+from balance.config import RunConfig
+
+BADGE = {"supported": "✅ supported", "refuted": "❌ refuted", "partly": "◐ partly"}
+
+
+def explore_link(config: RunConfig, run_id: str = "") -> str:
+    """The dashboard path that opens ``config`` (and the stored run) in Explore.
+
+    The same query as ``balance.ui.link_query`` (the settings that differ from the defaults, and the seed), which
+    cannot be imported here: it lives in the Streamlit layer.
+    """
+    query = {**config.to_query(), "seed": str(config.seed)}
+    if run_id:
+        query["run"] = run_id
+    return "/explore?" + urllib.parse.urlencode(query, safe=",")
+
+
+def value_text(value: Any) -> str:
+    return fmt(value, 4) if isinstance(value, float) else str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def claim_markdown(evaluated: Any, figure_name: str) -> str:
+    """One claim's section: quote, statement, experiment, verdict with reason and tolerances, numbers, links."""
+    claim, runs, finding = evaluated
+    v = finding.verdict
+    main = runs[finding.main]
+    lines = [
+        f"## {claim.number}. {claim.title}: {BADGE[v.outcome]}",
+        "",
+        f"> {claim.quote}",
+        f"> — {claim.source}",
+        "",
+        f"**Claim tested.** {claim.statement}",
+        "",
+        f"**Experiment.** {claim.experiment} ({len(runs)} runs.)",
+        "",
+        f"**Verdict: {v.outcome}.** {v.reason}",
+        "",
+        "Tolerances: " + "; ".join(f"{_cell(k)}: {t}" for k, t in v.tolerances.items()) + ".",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        *(f"| {_cell(k)} | {_cell(value_text(x))} |" for k, x in finding.numbers.items()),
+        "",
+        f"Figure: [{figure_name}]({figure_name}). Main run `{main.run_id}`, open it in the dashboard's Explore page: "
+        f"`{explore_link(main.config, main.run_id)}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render(results: Sequence[Any], seconds: float, quick: bool) -> str:
+    """The whole report as Markdown (figures named ``claim-N.html``)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = [
+        "# The reviewers' claims, checked by experiment",
+        "",
+        f"Written by `balance claims` on {stamp}{' with the reduced (--quick) budget' if quick else ''}; the "
+        f"experiments took {seconds:.1f} s (runs already in the store are reused). Every verdict is computed from the "
+        "numbers below by a function of `balance.claims.verdicts`, with the tolerances stated.",
+        "",
+        "| # | claim | source | verdict |",
+        "|---|---|---|---|",
+        *(
+            f"| {e.claim.number} | {_cell(e.claim.title)} | {e.claim.source} | {BADGE[e.finding.verdict.outcome]} |"
+            for e in results
+        ),
+        "",
+    ]
+    body = [claim_markdown(e, f"claim-{e.claim.number}.html") for e in results]
+    return "\n".join(head + body)
+
+
+def write(results: Sequence[Any], path: Path, seconds: float, quick: bool = False) -> list[Path]:
+    """Write the report to ``path`` and ``claim-N.html`` beside it; returns the files written."""
+    path.write_text(render(results, seconds, quick), encoding="utf-8")
+    written = [path]
+    for e in results:
+        figure_path = path.parent / f"claim-{e.claim.number}.html"
+        fig = e.finding.figure
+        fig.update_layout(title={"text": f"Claim {e.claim.number}: {e.claim.title}"})
+        fig.write_html(figure_path, include_plotlyjs="directory", full_html=True)
+        written.append(figure_path)
+    return written
