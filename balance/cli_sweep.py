@@ -1,10 +1,188 @@
-"""``balance sweep`` (scaffold: being built)."""
+"""``balance sweep``: train a grid of configurations together; every member lands in the run store.
+
+Two ways to say what to sweep (they combine: flags override the file)::
+
+    balance sweep --config SPEC.toml                      # a sweep spec (see balance.sweep), or a run config
+    balance sweep --model mf --d1 50 --d2 50 --rank 5 --lr 0.01,0.02,0.05 --init-scale 0.01,0.1 \\
+        --seeds 0-7 --steps 2000 --out DIR
+
+Every flag of ``balance run`` is accepted; a comma-separated value makes that setting an axis of the grid (list
+settings such as --widths take one value). ``--out DIR`` writes summary.csv (one row per member), metrics.parquet
+(every member's rows, with a ``run`` column) and spec.toml (the resolved spec, to run the same sweep again).
+Exit codes: 0 every member finished or diverged (divergence is a result), 1 a member failed, 2 bad input.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from balance.config import ConfigError, parse_value, schema
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_DEST = "sweep:"
+_LISTS = ("tuple[float, ...]", "tuple[int, ...]")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``sweep`` to the ``balance`` command's subparsers."""
-    subparsers.add_parser("sweep", help="(being built)")
+    from balance.cli import _help, _metavar, flag_of
+
+    p = subparsers.add_parser(
+        "sweep",
+        help="train a grid of configurations together (comma-separated values, --seeds 0-7)",
+        description=__doc__.split("\n\n")[0],
+        epilog="exit codes: 0 every member finished or diverged, 1 a member failed, 2 bad input (one line on stderr)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    base = p.add_argument_group("what to sweep (defaults < preset or spec file < flags)")
+    one = base.add_mutually_exclusive_group()
+    one.add_argument("--preset", metavar="NAME", help="start from a preset")
+    one.add_argument("--config", metavar="SPEC.toml", help="a sweep spec ([base], [grid], [[list]]) or a run config")
+    base.add_argument("--seeds", metavar="0-7", help="run seeds: a range or a list (an axis of the grid)")
+    base.add_argument("--name", help="name of the sweep (its id is the name and a random suffix)")
+    run = p.add_argument_group("running")
+    run.add_argument("--out", metavar="DIR", help="also write summary.csv, metrics.parquet and spec.toml to DIR")
+    run.add_argument("--home", metavar="DIR", help="data directory of the run store (default: $BALANCE_HOME)")
+    run.add_argument("--workers", type=int, metavar="N", help="worker processes (default: the CPU count)")
+    run.add_argument("--chunk", type=int, metavar="N", help="members per batch (default: 64 for mf, else 8)")
+    run.add_argument("--ray-address", metavar="HOST:PORT", help="send the batches to this Ray cluster")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, f in schema():
+        section = key.rpartition(".")[0] or "run"
+        if section not in groups:
+            groups[section] = p.add_argument_group(f"{section} settings (comma-separated values: an axis)")
+        options: dict[str, Any] = {"dest": _DEST + key, "default": argparse.SUPPRESS, "help": _help(f)}
+        if f.type == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["metavar"] = _metavar(key, f)
+        groups[section].add_argument(flag_of(key, f), **options)
+    p.set_defaults(handler=_cmd_sweep)
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """The ``SweepSpec`` the flags describe: the spec file (or preset, or defaults), then each flag."""
+    from balance.presets import preset
+    from balance.sweep import SweepSpec, parse_seeds
+
+    if args.config:
+        path = Path(args.config).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"spec file {args.config}: cannot read it ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"spec file {args.config}: not a UTF-8 text file") from None
+        spec = SweepSpec.from_toml(text, where=f"spec file {args.config}")
+    elif args.preset:
+        spec = SweepSpec(base=preset(args.preset))
+    else:
+        spec = SweepSpec()
+    base_changes: dict[str, Any] = {}
+    grid = dict(spec.grid)
+    for key, f in schema():
+        if not hasattr(args, _DEST + key):
+            continue
+        value = getattr(args, _DEST + key)
+        if isinstance(value, bool) or f.type in _LISTS:
+            values = [value if isinstance(value, bool) else parse_value(key, value)]
+        else:
+            values = [parse_value(key, v.strip()) for v in value.split(",") if v.strip()]
+            if not values:
+                raise ConfigError(f"{key} = {value!r}: give at least one value")
+        if key == "data.name" and any(str(v).startswith("csv:") for v in values):
+            if len(values) > 1:
+                raise ConfigError("--dataset csv:PATH takes one data set")
+            base_changes["data.csv_path"] = values[0][len("csv:") :]
+            values = ["csv"]
+        if len(values) == 1:
+            base_changes[key] = values[0]
+            grid.pop(key, None)
+        else:
+            if len({repr(v) for v in values}) != len(values):
+                raise ConfigError(f"{key} = {value!r}: a value is given twice")
+            grid[key] = tuple(values)
+    if args.seeds is not None:
+        grid["seed"] = parse_seeds(args.seeds)
+        base_changes.pop("seed", None)
+    base = spec.base.replace(**base_changes)
+    name = args.name if args.name is not None else spec.name
+    out = SweepSpec(base, tuple(grid.items()), spec.members, name)
+    return SweepSpec.from_dict(spec_to_dict(out))  # validated as a file would be
+
+
+def spec_to_dict(spec: Any) -> dict[str, Any]:
+    """The TOML-ready table of a ``SweepSpec`` (the inverse of ``SweepSpec.from_dict``)."""
+    plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    out: dict[str, Any] = {"name": spec.name, "base": spec.base.to_dict()}
+    if spec.grid:
+        out["grid"] = {k: [plain(v) for v in values] for k, values in spec.grid}
+    if spec.members:
+        out["list"] = [{k: plain(v) for k, v in m} for m in spec.members]
+    return out
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from balance.cli import UsageError
+    from balance.store import RunStore, StoreError
+    from balance.sweep import run_sweep, summary
+
+    spec = spec_from_args(args)
+    configs = spec.configs()
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give at least 1")
+    if args.chunk is not None and args.chunk < 1:
+        raise UsageError(f"--chunk {args.chunk}: give at least 1")
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {args.out}: exists and is not a directory")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {args.out}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        store = RunStore(args.home)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(configs), unit="run", file=sys.stderr, dynamic_ncols=True, disable=None)
+    try:
+        result = run_sweep(
+            spec,
+            store,
+            workers=args.workers,
+            chunk=args.chunk,
+            ray_address=args.ray_address,
+            on_progress=lambda done, total: bar.update(done - bar.n),
+        )
+        bar.close()
+        table = summary(store, result.sweep)
+        if out is not None:
+            _write_outputs(store, spec, table, out)
+    finally:
+        bar.close()
+        store.close()
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts().items())
+    print(f"sweep {result.sweep}: {len(configs)} runs ({counts}) in {store.path}")
+    if out is not None:
+        print(f"wrote {out / 'summary.csv'}, {out / 'metrics.parquet'} and {out / 'spec.toml'}")
+    return EXIT_FAILED if "failed" in result.states else EXIT_OK
+
+
+def _write_outputs(store: Any, spec: Any, table: Any, out: Path) -> None:
+    import pandas as pd
+
+    table.to_csv(out / "summary.csv", index=False)
+    frames = [store.metrics(run_id).assign(run=run_id) for run_id in table["run"]]
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    metrics = metrics[["run", *[c for c in metrics.columns if c != "run"]]]
+    metrics.to_parquet(out / "metrics.parquet", index=False)
+    (out / "spec.toml").write_text(tomli_w.dumps(spec_to_dict(spec)), encoding="utf-8")

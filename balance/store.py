@@ -428,6 +428,25 @@ class RunStore:
             run_id, config, state, step, message, _utc(created), _utc(updated), json.loads(columns), name, sweep
         )
 
+    def sweeps(self) -> pd.DataFrame:
+        """One row per sweep, newest first: sweep (its id), runs, finished, diverged, failed, active, created."""
+        found = self._read(
+            "SELECT sweep, COUNT(*), SUM(state = 'finished'), SUM(state = 'diverged'), "
+            "SUM(state NOT IN ('finished', 'diverged', 'queued', 'running', 'paused')), "
+            "SUM(state IN ('queued', 'running', 'paused')), MIN(created) "
+            "FROM runs WHERE sweep != '' GROUP BY sweep ORDER BY MIN(created) DESC"
+        )
+        columns = ["sweep", "runs", "finished", "diverged", "failed", "active", "created"]
+        df = pd.DataFrame(found, columns=columns)
+        df = df.astype({c: "int64" for c in columns[1:-1]} | {"created": "float64"})
+        df["created"] = pd.to_datetime(df["created"], unit="s", utc=True)
+        return df
+
+    def sweep_runs(self, sweep: str) -> list[RunRecord]:
+        """The runs of ``sweep`` in the order they were created (empty if there is no such sweep)."""
+        found = self._read("SELECT id FROM runs WHERE sweep = ? ORDER BY created, rowid", (sweep,))
+        return [self.get_run(r[0]) for r in found]
+
     def metrics(self, run_id: str, after: int = -1, columns: list[str] | None = None) -> pd.DataFrame:
         """Rows with step > ``after``, by step: ``step`` (int64) first, then ``columns`` (default all, float64)."""
         names = self._run_columns(run_id)

@@ -1,0 +1,452 @@
+"""Sweeps: the spec (TOML, flags, validation), running into the store, divergence and failure isolation, the
+process-pool fallback, the Ray path, the slope fit, the figures and the Sweeps page.
+
+Members are tiny (MF 6 x 5, a few dozen steps). Each member's stored metrics are checked against a single
+``Trainer`` run of its config in float64, so a sweep that mixes up members, configs or rows fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FAMILIES, make_config
+from streamlit.testing.v1 import AppTest
+
+from balance import sweep_plots, ui
+from balance.api import run
+from balance.cli import main
+from balance.config import ConfigError, RunConfig
+from balance.store import RunStore
+from balance.sweep import SweepSpec, fit_slopes, member_name, parse_seeds, plan, run_sweep, summary
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+SPEC = """
+name = "lr-study"
+[base]
+steps = 40
+log_every = 5
+[base.data]
+d1 = 6
+d2 = 5
+rank = 2
+[grid]
+"optim.lr" = [0.01, 0.05]
+"model.init_scale" = [0.1, 0.5]
+seed = "0-1"
+"""
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RunStore]:
+    with RunStore(tmp_path / "home") as s:
+        yield s
+
+
+def assert_like_single(store: RunStore, run_id: str) -> None:
+    """The stored run equals a fresh single run of its stored config (float64, 1e-10), status included."""
+    record = store.get_run(run_id)
+    single = run(record.config)
+    assert (record.state, record.step, record.message) == (single.status.state, single.status.step,
+                                                           single.status.message)  # fmt: skip
+    stored = store.metrics(run_id)
+    assert list(stored.columns) == list(single.metrics.columns)
+    np.testing.assert_allclose(stored.to_numpy(float), single.metrics.to_numpy(float), rtol=1e-10, atol=1e-12)
+
+
+# --- the spec ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"),
+    [("0-7", tuple(range(8))), ("0,3,5", (0, 3, 5)), ("0-3,8", (0, 1, 2, 3, 8)), (" 4 ", (4,)), ("2-2", (2,))],
+)
+def test_parse_seeds(text: str, seeds: tuple[int, ...]) -> None:
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(("text", "why"), [("7-0", "backwards"), ("a", "such as 0-7"), ("0,0", "twice"), ("", "such as")])
+def test_bad_seeds_say_why(text: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        parse_seeds(text)
+
+
+def test_spec_from_toml_is_the_grid_over_the_base() -> None:
+    spec = SweepSpec.from_toml(SPEC)
+    configs = spec.configs()
+    assert len(configs) == 8 and spec.name == "lr-study"
+    assert {(c.optim.lr, c.model.init_scale, c.seed) for c in configs} == {
+        (lr, s, seed) for lr in (0.01, 0.05) for s in (0.1, 0.5) for seed in (0, 1)
+    }
+    assert all(c.steps == 40 and c.data.d1 == 6 and c.log_every == 5 for c in configs)
+    assert configs[0] == RunConfig().replace(**{"steps": 40, "log_every": 5, "data.d1": 6, "data.d2": 5,
+                                                "data.rank": 2, "optim.lr": 0.01, "model.init_scale": 0.1})  # fmt: skip
+    assert spec.varied() == ["optim.lr", "model.init_scale", "seed"]
+    assert member_name(spec.changes()[3]) == "lr=0.01 init_scale=0.5 seed=1"
+
+
+def test_list_members_multiply_the_grid() -> None:
+    text = SPEC + '[[list]]\n"optim.name" = "gd"\n[[list]]\n"optim.name" = "momentum"\n"optim.momentum" = 0.5\n'
+    configs = SweepSpec.from_toml(text).configs()
+    assert len(configs) == 16
+    assert [c.optim.name for c in configs].count("momentum") == 8
+    assert {c.optim.momentum for c in configs if c.optim.name == "momentum"} == {0.5}
+
+
+def test_a_plain_run_config_is_a_sweep_of_one() -> None:
+    config = RunConfig().replace(**{"optim.lr": 0.02, "steps": 7})
+    assert SweepSpec.from_toml(config.to_toml()).configs() == [config]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("colour = 1", "unknown key 'colour'"),
+        ('[grid]\n"lr" = [0.1]', r"'lr' is not a setting \(did you mean optim.lr\?\)"),
+        ('[grid]\n"optim.lr" = []', "optim.lr: give a non-empty list"),
+        ('[grid]\n"optim.lr" = 0.1', "optim.lr: give a non-empty list"),
+        ('[grid]\n"optim.lr" = [0.1, 0.1]', "given twice"),
+        ('[grid]\n"optim.lr" = ["fast"]', "optim.lr = 'fast': not a valid float"),
+        ('[grid]\n"optim.lr" = [0.1, 500.0]', r"sweep member \(optim.lr=500.0\): optim.lr = 500.0: out of range"),
+        ('[grid]\n"model.name" = ["mf", "mlp"]', r"member \(model.name=mlp\).*only mf does"),
+        (
+            '[grid]\n"optim.lr" = [0.1]\n[[list]]\n"optim.lr" = 0.2',
+            "both in \\[grid\\] and in \\[\\[list\\]\\] entry 1",
+        ),
+        ("[base]\nsteps = -1", r"\[base\] run.steps = -1: out of range"),
+        ("[base.optim]\nspeed = 1", r"\[base\] optim.speed: unknown setting"),
+        ('name = "a b"', "use letters, digits"),
+        ('preset = "nope"', "preset 'nope' is not one of"),
+        ("[grid", "not valid TOML"),
+    ],
+)
+def test_spec_validation_names_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SweepSpec.from_toml(text)
+
+
+def test_plan_groups_by_shape_in_equal_chunks() -> None:
+    base = make_config(FAMILIES[0])
+    mf = [base.replace(seed=i) for i in range(70)]
+    wide = [base.replace(**{"data.d1": 7, "seed": i}) for i in range(3)]
+    cnn = make_config(FAMILIES[-1])
+    units = plan([*mf, cnn, *wide])
+    assert sorted(len(u) for u in units) == [1, 3, 35, 35]
+    assert [70] in units  # the cnn member trains alone
+    assert sorted(i for u in units for i in u) == list(range(74))
+    assert sorted(len(u) for u in plan(mf, chunk=16)) == [14] * 5
+
+
+# --- running into the store ----------------------------------------------------------------------------------------
+
+
+def test_members_land_in_the_store_as_runs_of_their_sweep(store: RunStore) -> None:
+    text = SPEC.replace("[0.01, 0.05]", "[0.01, 0.05, 40.0]")
+    spec = SweepSpec.from_toml(text)
+    seen: list[tuple[int, int]] = []
+    result = run_sweep(spec, store, workers=1, on_progress=lambda d, n: seen.append((d, n)))
+    assert result.sweep.startswith("lr-study-") and len(result.run_ids) == 12
+    assert seen[0] == (0, 12) and seen[-1] == (12, 12)
+    # step size 40 diverges; the other members are untouched by it
+    assert result.states == ["diverged" if c.optim.lr == 40.0 else "finished" for c in spec.configs()]
+    for run_id in result.run_ids:
+        assert_like_single(store, run_id)
+    runs = store.list_runs()
+    assert set(runs.loc[runs["sweep"] == result.sweep, "id"]) == set(result.run_ids)
+    (row,) = store.sweeps().itertuples()
+    assert (row.sweep, row.runs, row.finished, row.diverged, row.failed, row.active) == (result.sweep, 12, 8, 4, 0, 0)
+    assert [r.id for r in store.sweep_runs(result.sweep)] == result.run_ids
+    assert store.get_run(result.run_ids[0]).name == "lr=0.01 init_scale=0.1 seed=0"
+
+
+def test_summary_holds_each_members_final_values(store: RunStore) -> None:
+    spec = SweepSpec(make_config(FAMILIES[3], steps=12), (("optim.lr", (0.05, 0.1)),), (), "mlp")
+    result = run_sweep(spec, store, workers=1)
+    table = summary(store, result.sweep)
+    assert table["run"].tolist() == result.run_ids
+    for r in table.itertuples():
+        last = store.metrics(r.run).iloc[-1]
+        h = max((1, 2), key=lambda h: abs(last[f"gap_drift_{h}"]))  # depth 3: two layer pairs
+        expected = [last[c] for c in ("loss", f"gap_drift_{h}", f"pred_gap_drift_{h}", f"ratio_{h}")]
+        assert [r.loss, r.gap_drift, r.pred_gap_drift, r.ratio] == expected
+        assert r.diverged == 0.0 and r.steps == 12 and r.state == "finished"
+    assert list(table[["optim.lr", "model.init_scale", "seed"]].itertuples(index=False, name=None)) == [
+        (0.05, 0.5, 0), (0.1, 0.5, 0)]  # fmt: skip
+
+
+def test_a_failing_chunk_fails_its_members_only(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import balance.batched
+
+    real = balance.batched.train_batched
+
+    def flaky(configs: list[RunConfig], on_step: object = None) -> list:
+        if any(c.model.init_scale == 0.5 for c in configs):
+            raise RuntimeError("out of memory")
+        return real(configs)
+
+    monkeypatch.setattr(balance.batched, "train_batched", flaky)
+    result = run_sweep(SweepSpec.from_toml(SPEC), store, workers=1, chunk=2)
+    scales = [c.model.init_scale for c in SweepSpec.from_toml(SPEC).configs()]
+    assert result.states == ["failed" if s == 0.5 else "finished" for s in scales]
+    failed = store.get_run(result.run_ids[scales.index(0.5)])
+    assert failed.message == "failed: RuntimeError: out of memory"
+    assert store.sweeps()["failed"].tolist() == [4]
+
+
+def test_an_interrupted_sweep_leaves_no_member_queued(store: RunStore) -> None:
+    def interrupt(done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(SweepSpec.from_toml(SPEC), store, workers=1, chunk=2, on_progress=interrupt)
+    states = store.list_runs()["state"].tolist()
+    assert states.count("finished") == 2 and states.count("stopped") == 6
+
+
+def test_members_that_cannot_batch_train_in_a_process_pool(store: RunStore) -> None:
+    cnn = make_config(FAMILIES[-2], steps=6)
+    sgd = make_config(FAMILIES[3], steps=6).replace(**{"optim.name": "sgd", "optim.batch_size": 4})
+    spec = SweepSpec(cnn, (), ((("seed", 1),), (("seed", 2),)), "pool")
+    mixed = SweepSpec(sgd, (), ((("seed", 1),), (("seed", 2),)), "pool")
+    result = run_sweep(spec, store, workers=2)
+    result2 = run_sweep(mixed, store, workers=2)
+    assert result.states == result2.states == ["finished", "finished"]
+    for run_id in [*result.run_ids, *result2.run_ids]:
+        assert_like_single(store, run_id)
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+
+
+def test_cli_flags_with_comma_lists_and_seed_ranges(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    argv = ["sweep", "--model", "mf", "--d1", "6", "--d2", "5", "--rank", "2", "--lr", "0.01,0.02,0.05",
+            "--init-scale", "0.01,0.1", "--seeds", "0-1", "--steps", "20", "--log-every", "5",
+            "--out", str(out), "--home", str(home), "--workers", "1", "--name", "cli"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "12 runs (12 finished)" in printed and "sweep cli-" in printed
+    table = pd.read_csv(out / "summary.csv")
+    assert len(table) == 12 and set(table["optim.lr"]) == {0.01, 0.02, 0.05} and set(table["seed"]) == {0, 1}
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert set(metrics["run"]) == set(table["run"]) and len(metrics) == 12 * 5
+    again = SweepSpec.from_toml((out / "spec.toml").read_text())
+    assert len(again.configs()) == 12 and again.name == "cli"
+    with RunStore(home) as s:
+        assert_like_single(s, table["run"].iloc[-1])
+
+
+def test_cli_flags_override_the_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    argv = ["sweep", "--config", str(spec), "--lr", "0.02", "--seeds", "3", "--home", str(tmp_path), "--workers", "1"]
+    assert main(argv) == 0
+    assert "2 runs (2 finished)" in capsys.readouterr().out  # one step size, one seed, the file's two scales
+    with RunStore(tmp_path) as s:
+        runs = s.list_runs()
+        assert set(runs["lr"]) == {0.02} and set(runs["init_scale"]) == {0.1, 0.5}
+        assert {s.get_run(i).config.seed for i in runs["id"]} == {3}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "0.1,fast"], "optim.lr = 'fast': not a valid float"),
+        (["--lr", "0.1,0.1"], "given twice"),
+        (["--seeds", "3-1"], "runs backwards"),
+        (["--lr", "0.1,500"], "out of range"),
+        (["--config", "/nonexistent/spec.toml"], "cannot read it"),
+        (["--workers", "0"], "--workers 0: give at least 1"),
+        (["--colour", "red"], "unrecognized arguments"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    assert main(["sweep", "--steps", "2", "--home", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("balance: error:") and message in err
+    with RunStore(tmp_path) as s:
+        assert s.list_runs().empty  # nothing trained, nothing stored
+
+
+def test_without_ray_address_nothing_of_ray_is_imported(tmp_path: Path) -> None:
+    code = (
+        "import sys\nfrom balance.cli import main\n"
+        f"assert main(['sweep', '--d1', '4', '--d2', '3', '--rank', '1', '--lr', '0.01,0.02', '--steps', '3', "
+        f"'--home', {str(tmp_path)!r}, '--workers', '1']) == 0\n"
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# --- Ray -----------------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A one-CPU Ray head on loopback, started (and stopped) by this test module in its own process group."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("ray") / "ray.log", "w")  # noqa: SIM115 - closed below
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
+           str(port), "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited with {proc.returncode}")
+            time.sleep(0.5)
+    try:
+        yield address
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)  # the head and the processes it started: this session's group only
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_ray_address_sends_chunks_to_the_cluster(ray_cluster: str, store: RunStore) -> None:
+    text = SPEC.replace("[0.01, 0.05]", "[0.01, 40.0]")
+    spec = SweepSpec.from_toml(text)
+    result = run_sweep(spec, store, ray_address=ray_cluster, chunk=4)
+    assert "ray" in sys.modules
+    assert result.states == ["diverged" if c.optim.lr == 40.0 else "finished" for c in spec.configs()]
+    for run_id in result.run_ids:
+        assert_like_single(store, run_id)
+
+
+# --- the slope fit and the figures ---------------------------------------------------------------------------------
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    columns = ["run", "state", "optim.lr", "model.init_scale", "seed", "gap_drift", "pred_gap_drift", "ratio", "loss",
+               "diverged"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_fit_slopes_recovers_a_power_law_with_its_interval() -> None:
+    lrs = [0.01, 0.02, 0.04, 0.08]
+    noise = [1.0, 1.1, 0.95, 1.02]
+    rows = [(f"a{i}", "finished", lr, 0.1, 0, 3 * lr**2, 0, 1, 1, 0) for i, lr in enumerate(lrs)]
+    rows += [(f"b{i}", "finished", lr, 1.0, 0, -5 * lr * e, 0, 1, 1, 0) for i, (lr, e) in enumerate(zip(lrs, noise))]
+    rows += [("c", "diverged", 1.0, 1.0, 0, 1e9, 0, 1, 1, 1), ("d", "finished", 0.1, 2.0, 0, 1.0, 0, 1, 1, 0)]
+    fits = fit_slopes(frame(rows)).set_index("model.init_scale")
+    assert fits.loc[0.1, "slope"] == pytest.approx(2, abs=1e-12) and fits.loc[0.1, "high"] - fits.loc[0.1, "low"] < 1e-9
+    assert fits.loc[0.1, "intercept"] == pytest.approx(math.log(3), abs=1e-12)
+    # oracle: ordinary least squares and its standard error written out, t quantile 4.303 (95%, 2 dof)
+    x, y = np.log(lrs), np.log(5 * np.array(lrs) * noise)
+    slope = np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2)
+    resid = y - (y.mean() + slope * (x - x.mean()))
+    se = math.sqrt(np.sum(resid**2) / 2 / np.sum((x - x.mean()) ** 2))
+    assert fits.loc[1.0, "slope"] == pytest.approx(slope, rel=1e-12)
+    assert fits.loc[1.0, "high"] - slope == pytest.approx(4.302652729749464 * se, rel=1e-9)
+    assert fits.loc[1.0, "n"] == 4  # the diverged member is left out
+    assert math.isnan(fits.loc[2.0, "slope"]) and fits.loc[2.0, "n"] == 1
+
+
+def test_heatmap_cells_hold_the_median_and_their_run() -> None:
+    rows = [
+        ("r1", "finished", 0.01, 0.1, 0, 1e-6, 0, 1.5, 0.2, 0),
+        ("r2", "finished", 0.01, 0.1, 1, 3e-6, 0, 1.7, 0.4, 0),
+        ("r3", "finished", 0.01, 0.1, 2, 2e-6, 0, 1.6, 0.3, 0),
+        ("r4", "diverged", 0.1, 0.1, 0, 5.0, 0, 9, 1e9, 1),
+        ("r5", "finished", 0.1, 0.1, 1, 1e-4, 0, 1.1, 0.1, 0),
+        ("r6", "finished", 0.01, 1.0, 0, 1e-2, 0, 1, 1, 0),
+    ]
+    df = frame(rows)
+    before = df.copy()
+    ratio = sweep_plots.heatmap_figure(df, "ratio")
+    pd.testing.assert_frame_equal(df, before)  # the input is not changed
+    heat, clicks = ratio.data
+    assert list(heat.x) == ["0.01", "0.1"] and list(heat.y) == ["0.1", "1"]
+    assert heat.z[0][0] == 1.6 and heat.z[0][1] == 1.1 and heat.z[1][0] == 1.0  # diverged r4 left out
+    assert math.isnan(heat.z[1][1])  # no member there
+    assert heat.customdata[0][0] == "r1" and heat.customdata[0][1] == "r4"
+    assert list(clicks.customdata) == ["r1", "r4", "r6", ""]
+    drift = sweep_plots.heatmap_figure(df, "gap_drift").data[0]
+    assert drift.z[0][0] == pytest.approx(math.log10(2e-6)) and drift.text[0][0] == "2e-06"
+    diverged = sweep_plots.heatmap_figure(df, "diverged").data[0]
+    assert diverged.z[0][1] == 0.5 and diverged.z[0][0] == 0
+
+
+def test_drift_figure_shows_members_prediction_and_fit() -> None:
+    rows = [(f"r{i}", "finished", lr, 0.1, 0, 2 * lr**2, 2 * lr**2, 1, 1, 0) for i, lr in enumerate([0.01, 0.02, 0.04])]
+    df = frame(rows)
+    fig = sweep_plots.drift_figure(df, fit_slopes(df))
+    members, predicted, fitted = fig.data
+    assert list(members.customdata) == ["r0", "r1", "r2"] and "slope 2.000 [2.000, 2.000]" in members.name
+    assert predicted.line.dash == "dash" and fitted.line.dash is None
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+
+
+# --- the page ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("sweep-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BALANCE_HOME", str(path))
+        yield path
+        ui.runner().shutdown()
+        ui._runner.clear()
+        ui._store.clear()
+
+
+def sweeps_page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    return at.switch_page("app_pages/sweep.py").run()
+
+
+def test_sweeps_page(page_home: Path) -> None:
+    at = sweeps_page()
+    assert not at.exception
+    assert "No sweeps stored yet" in at.info[0].value
+    with RunStore(page_home) as s:
+        result = run_sweep(SweepSpec.from_toml(SPEC.replace("[0.01, 0.05]", "[0.01, 0.05, 40.0]")), s, workers=1)
+    at = sweeps_page()
+    assert not at.exception, at.exception
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert len(charts) == 5 and "final gap drift" in charts[0] and "against the step size" in charts[4]
+    assert at.selectbox(key="sweep.sweep").value == result.sweep
+    at.selectbox(key="sweep.filter.seed").set_value(1).run()
+    assert not at.exception
+    # a member opens in Explore, as from the Runs page
+    at.selectbox(key="sweep.member").set_value(result.run_ids[5]).run()
+    at.button(key="sweep.open_member").click().run()
+    assert not at.exception
+    assert at.session_state["explore.run"] == result.run_ids[5]
+    assert at.session_state["explore.optim.lr"] == 0.05 and at.session_state["explore.data.d1"] == 6
+    # a click on a heat-map cell (the chart's selection callback) does the same
+    at = sweeps_page()
+    at.session_state["sweep.open"] = result.run_ids[2]
+    at.run()
+    assert not at.exception and at.session_state["explore.run"] == result.run_ids[2]
