@@ -76,7 +76,9 @@ def test_parse_seeds(text: str, seeds: tuple[int, ...]) -> None:
     assert parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize(("text", "why"), [("7-0", "backwards"), ("a", "such as 0-7"), ("0,0", "twice"), ("", "such as")])
+@pytest.mark.parametrize(
+    ("text", "why"), [("7-0", "backwards"), ("a", "such as 0-7"), ("0,0", "twice"), ("", "such as")]
+)
 def test_bad_seeds_say_why(text: str, why: str) -> None:
     with pytest.raises(ConfigError, match=why):
         parse_seeds(text)
@@ -307,8 +309,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = open(tmp_path_factory.mktemp("ray") / "ray.log", "w")  # noqa: SIM115 - closed below
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = tmp_path_factory.mktemp("ray-tmp")
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
-           str(port), "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats"]  # fmt: skip
+           str(port), "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats",
+           "--temp-dir", str(temp)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -325,11 +329,12 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         import signal
 
-        os.killpg(proc.pid, signal.SIGTERM)  # the head and the processes it started: this session's group only
+        os.killpg(proc.pid, signal.SIGTERM)  # the head and the processes it started: this test's group only
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:  # 'ray start --block' takes its time to tear down: no need to wait
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
         log.close()
 
 
