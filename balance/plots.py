@@ -115,8 +115,7 @@ def figure(data: Any = None, **subplots: Any) -> go.Figure:
     return fig if data is None else fig.add_traces(data)
 
 
-def style(
-    fig: go.Figure,
+def layout(
     title: str = "",
     x_title: str = "step",
     y_title: str = "",
@@ -124,30 +123,47 @@ def style(
     log_y: bool = False,
     height: int = HEIGHT,
     hovermode: str = "x unified",
-) -> go.Figure:
-    """The one layout every chart uses (modifies and returns ``fig``; make it with ``figure`` for the template)."""
-    fig.update_layout(
-        height=height,
-        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
-        margin={"l": 60, "r": 10, "t": 45, "b": 45},
-        legend={"font": {"size": 11}, "groupclick": "togglegroup"},
-        hovermode=hovermode,
-        uirevision=UIREVISION,
-    )
-    fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear", exponentformat="power")
-    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", exponentformat="power")
+) -> dict[str, Any]:
+    """The one layout every chart uses, as a dict (the template and one x and one y axis included)."""
+    return {
+        "template": TEMPLATE,
+        "height": height,
+        "title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
+        "margin": {"l": 60, "r": 10, "t": 45, "b": 45},
+        "legend": {"font": {"size": 11}, "groupclick": "togglegroup"},
+        "hovermode": hovermode,
+        "uirevision": UIREVISION,
+        "xaxis": {"title": {"text": x_title}, "type": "log" if log_x else "linear", "exponentformat": "power"},
+        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear", "exponentformat": "power"},
+    }
+
+
+def styled(data: Any, *args: Any, **kwargs: Any) -> go.Figure:
+    """A one-panel figure of ``data`` (traces) with ``layout(*args, **kwargs)``, built in one go: about 2x
+    cheaper than styling a figure after the fact, which a live page does for ~6 charts twice a second."""
+    return go.Figure(data, layout=layout(*args, **kwargs))
+
+
+def style(fig: go.Figure, *args: Any, **kwargs: Any) -> go.Figure:
+    """Give an existing (e.g. multi-panel, from ``figure``) figure the charts' layout; every axis gets its type."""
+    spec = layout(*args, **kwargs)
+    x_axis, y_axis = spec.pop("xaxis"), spec.pop("yaxis")
+    spec.pop("template")
+    fig.update_layout(spec)
+    fig.update_xaxes(x_axis)
+    fig.update_yaxes(y_axis)
     return fig
 
 
 def empty_figure(message: str, title: str = "") -> go.Figure:
     """A styled figure with no traces and ``message`` in the middle (absent columns, no rows yet)."""
-    fig = style(figure(), title)
-    fig.add_annotation(
-        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14, "color": "grey"}
-    )
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return fig
+    spec = layout(title)
+    spec["xaxis"]["visible"] = spec["yaxis"]["visible"] = False
+    note = {"size": 14, "color": "grey"}
+    spec["annotations"] = [
+        {"text": message, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper", "showarrow": False, "font": note}
+    ]
+    return go.Figure(layout=spec)
 
 
 def colour(h: int) -> str:
@@ -237,8 +253,7 @@ def loss_figure(
     if why:
         return empty_figure(why, "loss")
     d = _prepare(df, ["loss"], x, log_x, max_points)
-    fig = figure(_line(d[x].to_numpy(), d["loss"].to_numpy(), "loss", colour(1)))
-    return style(fig, "loss", x, "loss", log_x, log_y=True)
+    return styled(_line(d[x].to_numpy(), d["loss"].to_numpy(), "loss", colour(1)), "loss", x, "loss", log_x, True)
 
 
 def _per_layer(
@@ -251,8 +266,8 @@ def _per_layer(
     _check_names(df, names)
     d = _prepare(df, [f"{prefix}_{h}" for h in hs], x, log_x, n)
     xs = d[x].to_numpy()
-    fig = figure([_line(xs, d[f"{prefix}_{h}"].to_numpy(), _layer_label(h, names), colour(h)) for h in hs])
-    return style(fig, title, x, y_title, log_x, log_y=True)
+    traces = [_line(xs, d[f"{prefix}_{h}"].to_numpy(), _layer_label(h, names), colour(h)) for h in hs]
+    return styled(traces, title, x, y_title, log_x, log_y=True)
 
 
 def norms_figure(
@@ -415,20 +430,28 @@ def balance_figure(
         return empty_figure(why, "balance")
     _check_names(df, layer_names)
     d = _prepare(df, _balance_columns(df), x, log_x, max_points)
-    fig = figure(
-        rows=1,
-        cols=2,
-        subplot_titles=("gap drift G_k − G_0", "ratio ||W_{h+1}|| / ||W_h||"),
-        horizontal_spacing=0.1,
-    )
     gaps = _gap_traces(d, x, layer_names)
     ratios = _ratio_traces(d, x, layer_names, {t.name for t in gaps})
-    columns = [1] * len(gaps) + [2] * len(ratios)
-    fig.add_traces([*gaps, *ratios], rows=[1] * len(columns), cols=columns)
-    fig.add_hline(y=1, line={"color": FLOW_COLOUR, "width": 1, "dash": "dot"}, row=1, col=2)
+    for trace in ratios:
+        trace.update(xaxis="x2", yaxis="y2")
+    # Two panels laid out by hand, as make_subplots would, in one constructor call (3x cheaper: a live chart).
+    spec = layout("", x, "", log_x)
+    spec["xaxis"] |= {"domain": [0.0, 0.45], "anchor": "y"}
+    spec["xaxis2"] = {**spec["xaxis"], "domain": [0.55, 1.0], "anchor": "y2"}
+    spec["yaxis"] |= {"anchor": "x"}
+    spec["yaxis2"] = {**spec["yaxis"], "anchor": "x2", "type": "log"}
+    titles = [("gap drift G_k − G_0", 0.225), ("ratio ||W_{h+1}|| / ||W_h||", 0.775)]
+    spec["annotations"] = [
+        {"text": text, "x": at, "y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "center",
+         "yanchor": "bottom", "showarrow": False, "font": {"size": 16}}
+        for text, at in titles
+    ]  # fmt: skip
+    one = {"color": FLOW_COLOUR, "width": 1, "dash": "dot"}
+    spec["shapes"] = [
+        {"type": "line", "xref": "x2 domain", "x0": 0, "x1": 1, "yref": "y2", "y0": 1, "y1": 1, "line": one}
+    ]
+    fig = go.Figure([*gaps, *ratios], layout=spec)
     _no_prediction_note(fig, d)
-    style(fig, "", x, "", log_x)
-    fig.update_yaxes(type="log", row=1, col=2)
     return fig
 
 
@@ -451,14 +474,14 @@ def matrix_figure(
     _check_names(df, layer_names)
     columns = _present(df, *(f"{p}_{h}" for h in hs for p in ("matrix_drift", "matrix_inv")))
     d = _prepare(df, columns, x, log_x, max_points)
-    xs, fig = d[x].to_numpy(), figure()
+    xs, traces = d[x].to_numpy(), []
     for h in hs:
         pair, c = _pair_label(h, layer_names), colour(h)
-        fig.add_trace(_line(xs, d[f"matrix_drift_{h}"].to_numpy(), f"{pair} drift", c))
+        traces.append(_line(xs, d[f"matrix_drift_{h}"].to_numpy(), f"{pair} drift", c))
         if f"matrix_inv_{h}" in d.columns:
             y, name = d[f"matrix_inv_{h}"].to_numpy(), f"{pair} ||D||"
-            fig.add_trace(go.Scatter(x=xs, y=y, name=name, mode="lines", line={"color": c, "width": 1}, opacity=0.5))
-    return style(fig, "matrix invariant", x, "Frobenius norm", log_x, log_y=True)
+            traces.append(go.Scatter(x=xs, y=y, name=name, mode="lines", line={"color": c, "width": 1}, opacity=0.5))
+    return styled(traces, "matrix invariant", x, "Frobenius norm", log_x, log_y=True)
 
 
 def overlay_figure(
@@ -475,14 +498,14 @@ def overlay_figure(
     Use ``x="t"`` (t = sum of step sizes) to compare step sizes at equal training time. Runs without the column
     are left out (keeping the others' colours); with none, an empty figure says so.
     """
-    fig = figure()
+    traces = []
     for i, (label, df) in enumerate(frames.items()):
         if column in df.columns and x in df.columns and not df.empty:
             d = _prepare(df, [column], x, log_x, max_points)
-            fig.add_trace(_line(d[x].to_numpy(), d[column].to_numpy(), str(label), colour(i + 1)))
-    if not fig.data:
+            traces.append(_line(d[x].to_numpy(), d[column].to_numpy(), str(label), colour(i + 1)))
+    if not traces:
         return empty_figure(f"no run has the column {column!r}", column)
-    return style(fig, column, x, column, log_x, log_y)
+    return styled(traces, column, x, column, log_x, log_y)
 
 
 # --- per-neuron balance -----------------------------------------------------------------------------------------
@@ -543,7 +566,7 @@ def neuron_figure(
     frames = [f for f in (now, start) if f is not None]
     lo, hi = _span(np.concatenate([f[c].to_numpy(float) for f in frames for c in NEURON_COLUMNS[2:]]), log_axes)
     ends, line = np.array([lo, hi]), {"color": FLOW_COLOUR, "width": 1, "dash": "dot"}
-    fig = figure(go.Scatter(x=ends, y=ends, name="in = out", mode="lines", line=line, hoverinfo="skip"))
+    traces = [go.Scatter(x=ends, y=ends, name="in = out", mode="lines", line=line, hoverinfo="skip")]
     if start is not None and not start.empty:
         step = max(1, -(-len(start) // MAX_LINES))
         for h in np.unique(start["layer"].to_numpy()):
@@ -552,16 +575,14 @@ def neuron_figure(
             lx, ly = _difference_lines(x0, y0, lo, hi, log_axes)
             line = {"color": c, "width": 0.75, "dash": "dash"}
             name = f"hidden {h} in - out constant"
-            fig.add_trace(go.Scatter(x=lx, y=ly, name=name, mode="lines", line=line, opacity=0.35, hoverinfo="skip"))
-            fig.add_trace(_points(s, f"hidden {h} at start", c, faint=True))
+            traces.append(go.Scatter(x=lx, y=ly, name=name, mode="lines", line=line, opacity=0.35, hoverinfo="skip"))
+            traces.append(_points(s, f"hidden {h} at start", c, faint=True))
     for h in np.unique(now["layer"].to_numpy()):
-        fig.add_trace(_points(now[now["layer"] == h], f"hidden {h}", colour(int(h))))
-    style(fig, "per-neuron balance", "incoming ||w_in||² (+ b²)", "outgoing ||w_out||²", log_axes, log_axes)
-    fig.update_layout(hovermode="closest")
-    span = [np.log10(lo), np.log10(hi)] if log_axes else [lo, hi]
-    fig.update_xaxes(range=span)
-    fig.update_yaxes(range=span)
-    return fig
+        traces.append(_points(now[now["layer"] == h], f"hidden {h}", colour(int(h))))
+    titles = ("per-neuron balance", "incoming ||w_in||² (+ b²)", "outgoing ||w_out||²")
+    spec = layout(*titles, log_axes, log_axes, hovermode="closest")
+    spec["xaxis"]["range"] = spec["yaxis"]["range"] = [np.log10(lo), np.log10(hi)] if log_axes else [lo, hi]
+    return go.Figure(traces, layout=spec)
 
 
 def _points(frame: pd.DataFrame, name: str, color: str, faint: bool = False) -> go.Scatter:

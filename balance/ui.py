@@ -34,7 +34,7 @@ from balance.store import RunStore, StoreError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 REFRESH_S = 0.5  # live charts and the status line poll this often while a run trains
-LIVE_POINTS = 300  # buckets per live chart: decimation keeps each bucket's extremes, so about 600 points a trace
+LIVE_POINTS = 150  # buckets per live chart: decimation keeps each bucket's extremes, so about 600 points a trace
 TRUE = frozenset({"1", "true", "yes", "on"})
 ACTIVE = frozenset(STORE_ACTIVE)  # queued, running, paused: the page polls while a run is in one of these
 SECTIONS = {"model": "Model", "data": "Data", "optim": "Optimiser", "run": "Run"}
