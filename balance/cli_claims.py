@@ -3,7 +3,8 @@
 Runs are looked up in the run store first (``balance.cache``: same config and code version, same run) and the
 missing ones train in parallel worker processes (``balance.runner.Runner``). Progress goes to stderr, one line per
 claim; the report (Markdown, figures as ``claim-N.html`` beside it) to FILE.md. Exit codes: 0 all claims ran,
-2 bad input (an unknown claim number, an unwritable report path; one line on stderr).
+1 a claim's runs could not be analysed (the others are still reported), 2 bad input (an unknown claim number, an
+unwritable report path; one line on stderr).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the reviewers' claims as experiments and write a report with the verdicts",
         description="Run the experiments of the Claims page and write a Markdown report with each claim, its "
         "numbers and its verdict (figures as HTML files next to it).",
-        epilog="exit codes: 0 all claims ran, 2 bad input (one line on stderr)",
+        epilog="exit codes: 0 all claims ran, 1 a claim failed (the others are reported), 2 bad input (one line on "
+        "stderr)",
         allow_abbrev=False,
     )
     p.add_argument("--report", required=True, metavar="FILE.md", help="the Markdown report to write")
@@ -87,15 +89,21 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _error(str(exc))
     runner = Runner(store, max_workers=args.workers or None)
-    results, start = [], time.monotonic()
+    results, failed, start = [], [], time.monotonic()
     try:
+        ids = claims.start(chosen, store, runner, quick=args.quick)  # every missing run queued now, all claims
         for claim in chosen:
             began = time.monotonic()
 
             def progress(done: int, total: int, claim: claims.Claim = claim) -> None:
                 print(f"claim {claim.number} ({claim.title}): {done}/{total} runs", file=sys.stderr, flush=True)
 
-            evaluated = claims.evaluate(claim, store, runner=runner, on_done=progress, quick=args.quick)
+            try:
+                evaluated = claims.collect(claim, ids[claim.number], store, runner, progress, quick=args.quick)
+            except Exception as exc:  # one claim's broken runs must not lose the others' report
+                print(f"claim {claim.number}: failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                failed.append(claim.number)
+                continue
             v = evaluated.finding.verdict
             took = time.monotonic() - began
             print(f"claim {claim.number}: {v.outcome} ({took:.1f} s): {v.reason}", file=sys.stderr, flush=True)
@@ -110,4 +118,7 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"wrote {written[0]} and {len(written) - 1} figures beside it ({seconds:.1f} s)", file=sys.stderr)
+    if failed:
+        print(f"balance: error: claims {', '.join(map(str, failed))} did not run to a verdict", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK

@@ -1,21 +1,36 @@
 """The reviewers' claims, each a live experiment with a verdict computed from its runs.
 
-``CLAIMS`` lists them in order 1..10. ``evaluate(claim, store, runner=None, on_done=None, quick=False)`` trains
-(or reuses, via ``balance.cache``) the claim's runs and returns them with the ``Finding``: the numbers, the
-``Verdict`` and the figure. The page (``balance.ui_claims``) and the command line (``balance claims``) both call it.
+``CLAIMS`` lists them in order 1..10. ``start(claims, store, runner)`` finds each claim's runs in the store
+(``balance.cache``: same config, same code version) and starts the missing ones on the runner, all at once;
+``collect(claim, ids, ...)`` waits for one claim's runs and returns them with the ``Finding``: the numbers, the
+``Verdict`` and the figure. ``evaluate`` does both for one claim. The page (``balance.ui_claims``) and the command
+line (``balance claims``) both use them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from balance.cache import CachedRun, cached_runs
+from balance.cache import CachedRun, cache_key, cached_runs, find_cached, load
 from balance.claims import initial, networks, report, steps
 from balance.claims.base import OUTCOMES, Claim, Finding, Verdict
 from balance.store import RunStore
 
-__all__ = ["CLAIMS", "OUTCOMES", "Claim", "Evaluated", "Finding", "Verdict", "by_number", "evaluate", "label", "report"]
+__all__ = [
+    "CLAIMS",
+    "OUTCOMES",
+    "Claim",
+    "Evaluated",
+    "Finding",
+    "Verdict",
+    "by_number",
+    "collect",
+    "evaluate",
+    "label",
+    "report",
+    "start",
+]
 
 R1, R2, R3, R4 = "Reviewer 1", "Reviewer 2", "Reviewer 3", "Reviewer 4"
 
@@ -145,6 +160,58 @@ class Evaluated(NamedTuple):
     finding: Finding
 
 
+def start(
+    chosen: Sequence[Claim], store: RunStore, runner: Any = None, quick: bool = False
+) -> dict[int, list[str | None]]:
+    """Each claim's run ids, in its configs' order: a reusable stored run, a run this runner is already training
+    for the same config and code version, or (with a runner) a run started now, so that every claim's missing runs
+    share the workers from the start. Without a runner a missing run is None (``collect`` trains it here)."""
+    in_flight: dict[str, str] = {}
+    if runner is not None:
+        active = set(runner.active())
+        runs = store.list_runs()
+        in_flight = {n.rpartition("#")[2]: i for i, n in zip(runs["id"], runs["name"]) if i in active and "#" in n}
+    out: dict[int, list[str | None]] = {}
+    for claim in chosen:
+        configs = claim.configs(quick)
+        ids: list[str | None] = []
+        for config, found in zip(configs, find_cached(store, configs)):
+            key = cache_key(config)
+            if found is None and key in in_flight:
+                found = in_flight[key]
+            elif found is None and runner is not None:
+                found = in_flight[key] = runner.start(config, name=f"{label(claim)} #{key}", sweep=label(claim))
+            ids.append(found)
+        out[claim.number] = ids
+    return out
+
+
+def collect(
+    claim: Claim,
+    ids: Sequence[str | None],
+    store: RunStore,
+    runner: Any = None,
+    on_done: Callable[[int, int], None] | None = None,
+    quick: bool = False,
+) -> Evaluated:
+    """Wait for the claim's runs (ids from ``start``; None: train here, via ``balance.cache``) and analyse them."""
+    if None in ids:
+        runs = cached_runs(claim.configs(quick), label(claim), store, on_done=on_done)
+    else:
+        wait(ids, runner, on_done)  # type: ignore[arg-type]
+        runs = [load(store, run_id) for run_id in ids]  # type: ignore[arg-type]
+    return Evaluated(claim, runs, claim.analyse(runs))
+
+
+def wait(ids: Sequence[str], runner: Any = None, on_done: Callable[[int, int], None] | None = None) -> None:
+    """Block until each run has ended (in order), reporting ``on_done(done, total)`` after each."""
+    for done, run_id in enumerate(ids, 1):
+        if runner is not None:
+            runner.wait(run_id)
+        if on_done is not None:
+            on_done(done, len(ids))
+
+
 def evaluate(
     claim: Claim,
     store: RunStore,
@@ -152,6 +219,6 @@ def evaluate(
     on_done: Callable[[int, int], None] | None = None,
     quick: bool = False,
 ) -> Evaluated:
-    """Train or reuse the claim's runs (``balance.cache.cached_runs``) and analyse them."""
-    runs = cached_runs(claim.configs(quick), label(claim), store, runner=runner, on_done=on_done)
-    return Evaluated(claim, runs, claim.analyse(runs))
+    """Train or reuse one claim's runs and analyse them (``start`` then ``collect``)."""
+    ids = start([claim], store, runner, quick)[claim.number]
+    return collect(claim, ids, store, runner, on_done, quick)

@@ -93,7 +93,7 @@ def deep_configs(quick: bool) -> list[RunConfig]:
     balanced starts (equal expected squared norms) and unbalanced ones (the first layer at 0.1 of that)."""
     out = []
     for _, name, depth in DEEP:
-        steps = (150 if name == "cnn" else 400) if quick else (300 if name == "cnn" else 1000)
+        steps = (150 if name == "cnn" else 400) if quick else (300 if name == "cnn" else 600)
         c = RunConfig.from_dict({
             "data": {**TEACHER, "image_size": 6},
             "model": {"name": name, "depth": depth, "width": 16 if name == "mlp" else 4},

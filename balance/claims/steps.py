@@ -28,7 +28,7 @@ def _fixed_time(config: RunConfig, etas: Sequence[float], t: float) -> list[RunC
 
 # --- 3. how fast GD approaches gradient flow ----------------------------------------------------------------------
 
-RATE_T = 10.0
+RATE_T = 5.0
 
 
 def rate_etas(quick: bool) -> list[float]:
@@ -149,7 +149,7 @@ def large_lr_configs(quick: bool) -> list[RunConfig]:
     base = RunConfig.from_dict({
         "data": {"name": "lowrank", "d1": 10, "d2": 10, "rank": 1, "singular_values": [MU]},
         "model": {"name": "mf", "init_scale": 0.6325, "layer_scales": [0.05, 1.0]},
-        "optim": {"name": "gd"}, "steps": 1000 if quick else 1500,
+        "optim": {"name": "gd"}, "steps": 600 if quick else 800,
     })  # fmt: skip
     etas = [0.05, 0.2, 0.5, 0.7, 0.9, 1.1] if quick else [0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.05, 1.1]
     return [base.replace(**{"optim.lr": e}) for e in etas]
