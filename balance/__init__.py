@@ -1,11 +1,35 @@
-"""balance: see, teach and check how gradient descent balances the layers of deep homogeneous models."""
+"""balance: see, teach and check how gradient descent balances the layers of deep homogeneous models.
 
-from balance import plots
-from balance.api import RunResult, run
-from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.presets import PRESETS, preset
-from balance.trainer import RunStatus, Trainer
+The public names below are imported on first use (PEP 562), so ``import balance`` and the command line's
+``--help`` do not pay for importing torch.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from balance import plots
+    from balance.api import RunResult, run
+    from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
+    from balance.presets import PRESETS, preset
+    from balance.trainer import RunStatus, Trainer
+
+_EXPORTS = {
+    "PRESETS": "balance.presets",
+    "ConfigError": "balance.config",
+    "DataConfig": "balance.config",
+    "ModelConfig": "balance.config",
+    "OptimConfig": "balance.config",
+    "RunConfig": "balance.config",
+    "RunResult": "balance.api",
+    "RunStatus": "balance.trainer",
+    "Trainer": "balance.trainer",
+    "plots": "balance",
+    "preset": "balance.presets",
+    "run": "balance.api",
+}
 __all__ = [
     "PRESETS",
     "ConfigError",
@@ -21,3 +45,20 @@ __all__ = [
     "run",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'balance' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    value = (
+        importlib.import_module(f"balance.{name}")
+        if module == "balance"
+        else getattr(importlib.import_module(module), name)
+    )
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
