@@ -72,12 +72,13 @@ def heatmap_figure(df: pd.DataFrame, column: str) -> go.Figure:
             text=shown,
             texttemplate="%{text}",
             customdata=runs,
-            hovertemplate="η=%{x}, σ=%{y}<br>" + column + " %{text}<br>run %{customdata}<extra></extra>",
+            hoverinfo="skip",  # the markers below answer hover and click
             colorbar={"title": {"text": f"log10 |{column}|" if log else column, "side": "right"}},
-            hoverongaps=False,
+            **({"zmin": 0.0, "zmax": 1.0} if column == "diverged" else {}),
         )
     )
-    # Invisible markers on the cells: Streamlit reports clicks on points, and these carry the run ids.
+    # Invisible markers on the cells: Streamlit reports clicks on points (not on heat-map cells), and these carry
+    # the run ids. hoverinfo must not be "skip", which would also swallow the clicks.
     jj, ii = np.meshgrid(range(len(xs)), range(len(ys)))
     fig.add_trace(
         go.Scatter(
@@ -86,7 +87,8 @@ def heatmap_figure(df: pd.DataFrame, column: str) -> go.Figure:
             mode="markers",
             marker={"symbol": "square", "size": 28, "color": "rgba(0,0,0,0)"},
             customdata=runs.ravel(),
-            hoverinfo="skip",
+            text=shown.ravel(),
+            hovertemplate="η=%{x}, σ=%{y}<br>" + column + " %{text}<br>run %{customdata}<extra></extra>",
             showlegend=False,
         )
     )
