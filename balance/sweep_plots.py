@@ -17,7 +17,7 @@ X, Y = "optim.lr", "model.init_scale"
 LABELS = {X: "step size η", Y: "init scale σ", "seed": "seed"}
 # column -> (title, colour scale, log10 of |value|, how seeds combine)
 METRICS = {
-    "gap_drift": ("final gap drift |G_T − G_0|", "Viridis", True, "median"),
+    "gap_drift": ("final gap drift G_T − G_0 (colour: log10 of its size)", "Viridis", True, "median"),
     "ratio": ("final ratio ‖W₂‖/‖W₁‖", "RdBu_r", False, "median"),
     "loss": ("final loss", "Magma", True, "median"),
     "diverged": ("diverged (fraction of seeds)", "Reds", False, "mean"),
