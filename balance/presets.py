@@ -30,6 +30,25 @@ def _mlp(depth: int, width: int, **model: object) -> RunConfig:
     )
 
 
+def _relu2(scale: float, lr: float, steps: int) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(name="teacher", samples=256, input_dim=10),
+        model=ModelConfig(name="mlp", depth=2, width=32, init_scale=scale),
+        optim=OptimConfig(name="gd", lr=lr),
+        steps=steps,
+    )
+
+
+def _small_target(scale: float, layer_scales: tuple[float, ...]) -> RunConfig:
+    """MF on a target with singular values 0.5 .. 0.1: the factors' norms stay near 1, so a gap of 1 is not small."""
+    return RunConfig(
+        data=DataConfig(name="lowrank", d1=100, d2=25, rank=5, singular_values=(0.5, 0.4, 0.3, 0.2, 0.1)),
+        model=ModelConfig(name="mf", init_scale=scale, layer_scales=layer_scales),
+        optim=OptimConfig(name="gd", lr=0.05),
+        steps=3000,
+    )
+
+
 PRESETS: dict[str, tuple[str, RunConfig]] = {
     "fig1-small": ("Figure 1: MF, small init (sigma = 1e-3), objective (7)", _fig1(1e-3)),
     "fig1-large": ("Figure 1: MF, large init (sigma = 0.5), objective (7)", _fig1(0.5)),
@@ -68,6 +87,35 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
             optim=OptimConfig(name="gd", lr=0.1),
             steps=3000,
         ),
+    ),
+    # --- the lecture's demos (balance.lecture): small enough that each step's runs train in a few seconds -----
+    "lecture-rescale": (
+        "Lecture 1: 3-layer ReLU MLP, width 16, untrained (the rescaling symmetry)",
+        _mlp(3, 16).replace(steps=0),
+    ),
+    "lecture-neurons": (
+        "Lecture 2: one hidden ReLU layer, width 32, init 0.05, small steps (per-neuron invariant)",
+        _relu2(0.05, lr=0.02, steps=3000),
+    ),
+    "lecture-small-init": (
+        "Lecture 3: one hidden ReLU layer, width 32, init 1e-3: gaps stay tiny, ratios go to 1",
+        _relu2(1e-3, lr=0.1, steps=3000),
+    ),
+    "lecture-step-size": (
+        "Lecture 4: 3-layer ReLU MLP, 500 steps (drift at three step sizes)",
+        _mlp(3, 32).replace(steps=500),
+    ),
+    "lecture-breaks": (
+        "Lecture 6: 3-layer ReLU MLP, 600 steps, the baseline for tanh, Adam, weight decay and batch norm",
+        _mlp(3, 32).replace(steps=600),
+    ),
+    "lecture-unbalanced": (
+        "Lecture 7: MF, V at 1e-3 of U (difference ~1, ratio ~2000), small target",
+        _small_target(0.05, (1e-3, 1.0)),
+    ),
+    "lecture-balanced": (
+        "Lecture 7: MF, both factors at 1e-3, small target",
+        _small_target(1e-3, ()),
     ),
 }
 

@@ -1,0 +1,241 @@
+"""The lecture's figures: metrics (or rescaling curves, or neuron tables) in, one ``go.Figure`` out.
+
+Built from ``balance.plots`` (its look, colours and measured-solid / theory-dashed convention) at a projector's
+size: one figure per step, two panels side by side at most (2 x 2 for the four ways to break the law), larger type.
+Pure functions: no Streamlit, no data fetching, inputs never mutated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from balance import plots
+
+HEIGHT = 350  # fits under the text and formula of a step at 1024 x 768
+FONT = 15
+GREY = plots.FLOW_COLOUR
+
+
+def present(fig: go.Figure, height: int = HEIGHT, top: int = 40, bottom: int = 55) -> go.Figure:
+    """Projector type sizes on top of ``plots.style`` (modifies and returns ``fig``)."""
+    fig.update_layout(
+        height=height,
+        font={"size": FONT},
+        legend={"font": {"size": FONT - 2}},
+        margin={"l": 70, "r": 10, "t": top, "b": bottom},
+    )
+    fig.update_annotations(font_size=FONT)  # subplot titles
+    return fig
+
+
+def _two_panels(titles: tuple[str, str], spacing: float = 0.12) -> go.Figure:
+    return make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=spacing)
+
+
+def _line(x: np.ndarray, y: np.ndarray, name: str, color: str, dash: str = "solid", **kw: object) -> go.Scatter:
+    measured = dash == "solid"
+    return go.Scatter(
+        x=x,
+        y=y,
+        name=name,
+        mode="lines",
+        line={"color": color, "dash": dash, "width": 3 if measured else 2},
+        opacity=0.65 if measured else 1.0,
+        **kw,
+    )
+
+
+def _frame(df: pd.DataFrame, columns: Sequence[str], x: str = "step") -> pd.DataFrame:
+    return plots.decimate(df[[x, *[c for c in columns if c in df.columns]]], 600, x=x)
+
+
+# --- step 1: the rescaling symmetry -----------------------------------------------------------------------------
+
+
+def rescale_figure(curves: Mapping[str, Mapping[str, np.ndarray]], c: float) -> go.Figure:
+    """Left: outputs f(x_i) against c (log axis) for each network of ``curves`` (ReLU solid, the rest dashed).
+    Right: the two rescaled layers' squared norms c^2 ||W_h||^2 and ||W_{h+1}||^2 / c^2. A line marks ``c``.
+
+    ``curves`` as returned by ``balance.lecture.rescale_curves`` (name -> ``rescaled_outputs``).
+    """
+    first = next(iter(curves.values()))
+    i = int(np.argmin(np.abs(np.log(first["c"]) - np.log(c))))
+    changes = {
+        name: float(np.max(np.abs(cv["outputs"][i] - cv["outputs"][np.argmin(np.abs(cv["c"] - 1))])))
+        for name, cv in curves.items()
+    }
+    summary = ", ".join(f"{name} {v:.1e}" for name, v in changes.items())
+    fig = _two_panels((f"outputs f(x) · change at c = {c:g}: {summary}", "squared norms of the two layers"))
+    for k, (name, cv) in enumerate(curves.items()):
+        dash = "solid" if k == 0 else "dash"
+        for j in range(cv["outputs"].shape[1]):
+            fig.add_trace(
+                _line(
+                    cv["c"], cv["outputs"][:, j], name, plots.colour(j + 1), dash, legendgroup=name, showlegend=j == 0
+                ),
+                row=1,
+                col=1,
+            )
+    fig.add_trace(_line(first["c"], first["sqnorm_h"], "c² ‖W₁‖²", plots.colour(1)), row=1, col=2)
+    fig.add_trace(_line(first["c"], first["sqnorm_next"], "‖W₂‖² / c²", plots.colour(2)), row=1, col=2)
+    # the slider's c: a dot on every curve (a shape on a log axis would need log10 coordinates)
+    marker = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2.5, "color": "#333"}}
+    for cv in curves.values():
+        fig.add_trace(
+            go.Scatter(x=np.full(cv["outputs"].shape[1], cv["c"][i]), y=cv["outputs"][i], mode="markers",
+                       marker=marker, name=f"c = {c:g}", legendgroup="c", showlegend=False, hoverinfo="skip"),
+            row=1,
+            col=1,
+        )  # fmt: skip
+    y = [first["sqnorm_h"][i], first["sqnorm_next"][i]]
+    fig.add_trace(
+        go.Scatter(x=[first["c"][i]] * 2, y=y, mode="markers", marker=marker, name=f"c = {c:g}", legendgroup="c"),
+        row=1,
+        col=2,
+    )
+    plots.style(fig, "", "c", "", log_x=True, hovermode="closest")
+    fig.update_yaxes(type="log", row=1, col=2)
+    return present(fig)
+
+
+# --- step 2: per-neuron balance -----------------------------------------------------------------------------------
+
+
+def neuron_scatter(first: pd.DataFrame, last: pd.DataFrame) -> go.Figure:
+    """``plots.neuron_figure``: every unit's in / out squared norms now, its start and its line of constant
+    difference. Linear axes: the lines in - out = constant are then parallel to the diagonal, and a unit that
+    keeps its difference visibly slides along one."""
+    fig = plots.neuron_figure(last, initial=first, log_axes=False)
+    fig.update_layout(title={"text": ""})
+    return present(fig)
+
+
+# --- step 3: gaps and ratios -------------------------------------------------------------------------------------
+
+
+def balance_panels(df: pd.DataFrame) -> go.Figure:
+    """``plots.balance_figure`` (gap drift measured vs predicted | ratio vs the ratio the gap implies), log x."""
+    return present(plots.balance_figure(df, log_x=True, max_points=600))
+
+
+# --- step 4: drift at three step sizes ---------------------------------------------------------------------------
+
+
+def step_size_figure(frames: Mapping[str, pd.DataFrame], h: int = 1) -> go.Figure:
+    """Left: gap drift G_k - G_0 of pair ``h``, measured (solid) and predicted (dashed) per run (step size).
+    Right: |measured - predicted| per run, log y: rounding error, not a modelling error."""
+    fig = _two_panels(("gap drift G_k − G_0: measured vs η² prediction", "largest |measured − predicted| so far"))
+    measured, predicted = f"gap_drift_{h}", f"pred_gap_drift_{h}"
+    for k, (label, df) in enumerate(frames.items()):
+        d, c = _frame(df, [measured, predicted]), plots.colour(k + 1)
+        x = d["step"].to_numpy()
+        fig.add_trace(_line(x, d[measured].to_numpy(), f"{label} measured", c, legendgroup=label), row=1, col=1)
+        fig.add_trace(
+            _line(x, d[predicted].to_numpy(), f"{label} predicted", c, "dash", legendgroup=label), row=1, col=1
+        )
+        error = np.maximum.accumulate(np.abs(d[measured].to_numpy() - d[predicted].to_numpy()))[1:]
+        error = np.maximum(error, 1e-18)  # exact zeros cannot sit on a log axis
+        fig.add_trace(_line(x[1:], error, label, c, legendgroup=label, showlegend=False), row=1, col=2)
+    plots.style(fig, "", "step", "")
+    fig.update_yaxes(type="log", exponentformat="power", row=1, col=2)
+    return present(fig)
+
+
+# --- step 5: Figure 1 ---------------------------------------------------------------------------------------------
+
+
+def figure1(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """Left: ||U|| / ||V|| (``ratio_1`` of mf: layer 2 is U, layer 1 is V) per run, 1 dotted. Right: the loss."""
+    fig = _two_panels(("‖U‖ / ‖V‖ (Frobenius norms)", "loss ½‖UVᵀ − M*‖²"))
+    for k, (label, df) in enumerate(frames.items()):
+        d, c = _frame(df, ["ratio_1", "loss"]), plots.colour(k + 1)
+        x = d["step"].to_numpy()
+        fig.add_trace(_line(x, d["ratio_1"].to_numpy(), label, c, legendgroup=label), row=1, col=1)
+        fig.add_trace(_line(x, d["loss"].to_numpy(), label, c, legendgroup=label, showlegend=False), row=1, col=2)
+    fig.add_hline(y=1, line={"color": GREY, "width": 1.5, "dash": "dot"}, row=1, col=1)
+    plots.style(fig, "", "step", "")
+    fig.update_yaxes(type="log", exponentformat="power")
+    return present(fig)
+
+
+# --- step 6: what breaks it ----------------------------------------------------------------------------------------
+
+
+def _worst_pair(df: pd.DataFrame) -> int:
+    """The layer pair whose gap moved furthest from its prediction (or from 0 where there is none)."""
+    pairs = plots._indices(df, "gap_drift")
+    last = df.iloc[-1]
+
+    def miss(h: int) -> float:
+        predicted = last.get(f"pred_gap_drift_{h}", np.nan)
+        return abs(last[f"gap_drift_{h}"] - (0.0 if pd.isna(predicted) else predicted))
+
+    return max(pairs, key=miss)
+
+
+def breaks_figure(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """The first frame is the baseline (plain GD, ReLU); one panel for each other frame, 2 per row.
+
+    Each panel: the gap drift of the pair that strays most, measured (solid, colour) and its finite-step
+    prediction (dashed; none for Adam), with the baseline's drift of the same pair (grey).
+    """
+    (base_label, base), *others = frames.items()
+    rows = -(-len(others) // 2)
+    titles = []
+    for label, df in others:
+        h = _worst_pair(df)
+        titles.append(f"{label} · layers {h}–{h + 1}")
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=titles, horizontal_spacing=0.1, vertical_spacing=0.2)
+    for k, (_, df) in enumerate(others):
+        row, col, h = k // 2 + 1, k % 2 + 1, _worst_pair(df)
+        columns = [f"gap_drift_{h}", f"pred_gap_drift_{h}"]
+        d, b, c = _frame(df, columns), _frame(base, columns), plots.colour(k + 2)
+        first = k == 0
+        fig.add_trace(
+            _line(b["step"].to_numpy(), b[columns[0]].to_numpy(), base_label, GREY, legendgroup="base",
+                  showlegend=first),
+            row=row,
+            col=col,
+        )  # fmt: skip
+        x = d["step"].to_numpy()
+        fig.add_trace(_line(x, d[columns[0]].to_numpy(), "measured", c, showlegend=False), row=row, col=col)
+        if d[columns[1]].notna().any():
+            fig.add_trace(
+                _line(x, d[columns[1]].to_numpy(), "predicted (η² law)", c, "dash", showlegend=False),
+                row=row,
+                col=col,
+            )
+    plots.style(fig, "", "step", "")
+    fig.update_xaxes(title_text="")
+    fig.update_yaxes(title_text="G_k − G_0", col=1)
+    fig.update_layout(showlegend=False)  # grey is the baseline: the text says so
+    return present(fig, height=max(HEIGHT, 200 * rows), top=30, bottom=30)
+
+
+# --- step 7: difference against ratio ------------------------------------------------------------------------------
+
+
+def difference_figure(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """Left: ||U||^2 and ||V||^2 of the first run (log y) with its gap G = ||U||^2 - ||V||^2 (dashed, constant).
+    Right: ||U|| / ||V|| of every run (first in colour, the others grey), 1 dotted."""
+    (label, df), *others = frames.items()
+    d = _frame(df, ["sqnorm_1", "sqnorm_2", "gap_1", "ratio_1"])
+    x = d["step"].to_numpy()
+    gap = float(df["gap_1"].iloc[-1])
+    fig = _two_panels((f"{label}: squared norms, gap G ≈ {gap:.3g}", "ratio ‖U‖ / ‖V‖"))
+    fig.add_trace(_line(x, d["sqnorm_2"].to_numpy(), "‖U‖²", plots.colour(1)), row=1, col=1)
+    fig.add_trace(_line(x, d["sqnorm_1"].to_numpy(), "‖V‖²", plots.colour(2)), row=1, col=1)
+    fig.add_trace(_line(x, d["gap_1"].to_numpy(), "G = ‖U‖² − ‖V‖²", plots.colour(3), "dash"), row=1, col=1)
+    fig.add_trace(_line(x, d["ratio_1"].to_numpy(), label, plots.colour(4)), row=1, col=2)
+    for other, odf in others:
+        o = _frame(odf, ["ratio_1"])
+        fig.add_trace(_line(o["step"].to_numpy(), o["ratio_1"].to_numpy(), other, GREY), row=1, col=2)
+    fig.add_hline(y=1, line={"color": GREY, "width": 1.5, "dash": "dot"}, row=1, col=2)
+    plots.style(fig, "", "step", "")
+    fig.update_yaxes(type="log", exponentformat="power")
+    return present(fig)
