@@ -1,0 +1,161 @@
+"""Batched sweeps against sequential single runs, in one process, one torch thread; ratios measured in one run.
+
+Cases (float64, metrics every 10 steps, every metric column the single trainer logs):
+
+- MF: 64 configurations, d1 = d2 = 50, rank 5, 2,000 steps (step sizes, init scales and seeds all differ):
+  ``batched.train_batched`` against 64 ``balance.run`` calls one after the other (target: 20x);
+- MLP: depth 3, width 64, teacher data with 256 samples, 8 configurations, 500 steps (target: 2x), with its FLOP
+  floor (the matmul FLOPs of forward and backward at the measured peak);
+- saturation: MF per-model step time as K grows (1, 8, 64, 256; one batch each), and the share of the measured
+  float64 matmul peak (1024^3, one thread) that each case reaches.
+
+Runs alternate and the median of ``--repeats`` is reported, so the ratios hold on a shared machine.
+
+    python benchmarks/bench_sweep.py [--repeats 3] [--json benchmarks/results/sweep.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from balance.api import run
+from balance.batched import train_batched
+from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+
+MF = RunConfig(
+    data=DataConfig(name="lowrank", d1=50, d2=50, rank=5),
+    model=ModelConfig(name="mf", init_scale=0.1),
+    optim=OptimConfig(name="gd", lr=0.01),
+    steps=2000,
+    log_every=10,
+)
+MLP = RunConfig(
+    data=DataConfig(name="teacher", samples=256, input_dim=10),
+    model=ModelConfig(name="mlp", depth=3, width=64, init_scale=64**-0.5),
+    optim=OptimConfig(name="gd", lr=0.05),
+    steps=500,
+    log_every=10,
+)
+
+
+def members(base: RunConfig, k: int, steps: int | None = None) -> list[RunConfig]:
+    """K members: step sizes over a decade, two init scales, a seed each."""
+    lrs = np.geomspace(0.2, 2.0, max(k, 2))[:k] * base.optim.lr
+    scales = (base.model.init_scale, base.model.init_scale * 3)
+    out = []
+    for i in range(k):
+        change = {"optim.lr": float(lrs[i]), "model.init_scale": scales[i % 2], "seed": i}
+        if steps is not None:
+            change["steps"] = steps
+        out.append(base.replace(**change))
+    return out
+
+
+def seconds(f) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
+def sequential(configs: list[RunConfig]) -> None:
+    for c in configs:
+        run(c)
+
+
+def compare(configs: list[RunConfig], repeats: int) -> tuple[float, float]:
+    """Median seconds of (sequential single runs, one batched run), alternating."""
+    seq, bat = [], []
+    train_batched(configs[:2])  # warm-up: first calls of each kernel
+    for _ in range(repeats):
+        seq.append(seconds(lambda: sequential(configs)))
+        bat.append(seconds(lambda: train_batched(configs)))
+    return statistics.median(seq), statistics.median(bat)
+
+
+def matmul_peak(n: int = 1024, repeats: int = 3) -> float:
+    """float64 GFLOP/s of an n^3 matmul on this thread (best of ``repeats``)."""
+    a, b = torch.randn(n, n, dtype=torch.float64), torch.randn(n, n, dtype=torch.float64)
+    a @ b
+    best = min(seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def mf_flops(config: RunConfig) -> tuple[float, float]:
+    """Matmul FLOPs per member-step: (single trainer: U V^T, R V, U^T R; batched: the rank-r* factor path)."""
+    d1, d2, r, rs = config.data.d1, config.data.d2, config.data.rank, config.data.rank
+    single = 3 * 2 * d1 * d2 * r
+    batched = 2 * r * r * (d1 + d2) * 2 + 2 * r * rs * (d1 + d2) * 2  # grams, A U^T / C V^T; P, Q and their products
+    return single, batched
+
+
+def mlp_flops(config: RunConfig) -> float:
+    """Matmul FLOPs per member-step of forward and backward (weight and input gradients; none for the data)."""
+    dims = [config.data.input_dim, *config.model.hidden_widths(), config.data.output_dim]
+    n = config.data.samples
+    pairs = list(itertools.pairwise(dims))
+    forward = sum(2 * n * a * b for a, b in pairs)
+    weight_grads = forward
+    input_grads = sum(2 * n * a * b for a, b in pairs[1:])
+    return forward + weight_grads + input_grads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    peak = matmul_peak()
+    print(f"float64 matmul peak (1024^3, 1 thread): {peak:.1f} GFLOP/s")
+    out: dict[str, object] = {"peak_gflops": peak}
+
+    configs = members(MF, 64)
+    seq, bat = compare(configs, args.repeats)
+    steps = 64 * MF.steps
+    single_f, batched_f = mf_flops(MF)
+    print(f"\nMF 64 x (50x50 r5, 2000 steps, log every 10): sequential {seq:.2f} s, batched {bat:.2f} s, "
+          f"speed-up {seq / bat:.1f}x (target 20x)")  # fmt: skip
+    rate_single, rate_batched = single_f * steps / seq / 1e9, batched_f * steps / bat / 1e9
+    print(f"  per model-step: sequential {seq / steps * 1e6:.1f} us, batched {bat / steps * 1e6:.2f} us; "
+          f"matmul work {single_f / 1e3:.0f} kFLOP (single) / {batched_f / 1e3:.0f} kFLOP (batched): "
+          f"{rate_single:.2f} / {rate_batched:.2f} GFLOP/s = {rate_single / peak:.1%} / {rate_batched / peak:.1%} "
+          "of peak")  # fmt: skip
+    out["mf"] = {"sequential_s": seq, "batched_s": bat, "speedup": seq / bat}
+
+    configs = members(MLP, 8)
+    seq, bat = compare(configs, args.repeats)
+    steps = 8 * MLP.steps
+    flops = mlp_flops(MLP)
+    floor = flops * steps / (peak * 1e9)
+    print(f"\nMLP 8 x (depth 3, width 64, 256 samples, 500 steps): sequential {seq:.2f} s, batched {bat:.2f} s, "
+          f"speed-up {seq / bat:.2f}x (target 2x)")  # fmt: skip
+    print(f"  FLOP floor {floor:.2f} s ({flops / 1e6:.2f} MFLOP per model-step at {peak:.0f} GFLOP/s): batched is "
+          f"{bat / floor:.1f}x the floor ({flops * steps / bat / 1e9 / peak:.0%} of peak), sequential "
+          f"{seq / floor:.1f}x ({flops * steps / seq / 1e9 / peak:.0%})")  # fmt: skip
+    out["mlp"] = {"sequential_s": seq, "batched_s": bat, "speedup": seq / bat, "floor_s": floor}
+
+    print("\nMF saturation (500 steps; per model-step; speed-up against one single run per model):")
+    single = statistics.median(seconds(lambda: run(members(MF, 1, 500)[0])) for _ in range(args.repeats)) / 500
+    out["saturation"] = {}
+    for k in (1, 8, 64, 256):
+        configs = members(MF, k, 500)
+        t = statistics.median(seconds(lambda c=configs: train_batched(c)) for _ in range(args.repeats)) / (500 * k)
+        rate = batched_f / t / 1e9
+        print(f"  K = {k:3d}: {t * 1e6:7.2f} us per model-step, speed-up {single / t:5.1f}x, "
+              f"{rate:.2f} GFLOP/s = {rate / peak:.1%} of peak")  # fmt: skip
+        out["saturation"][k] = {"us_per_model_step": t * 1e6, "speedup": single / t}
+    print(f"  (one single run: {single * 1e6:.1f} us per step)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
