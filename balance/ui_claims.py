@@ -1,8 +1,9 @@
 """The Claims page: each reviewer's doubt as a live experiment with a verdict computed from its runs.
 
 The experiments are ``balance.claims``; their runs come from the run store when it has them (same config, same
-code version) and otherwise train in the dashboard's runner, with one progress bar per claim. This module only
-lays out what the library returns: numbers, verdicts, figures. ``?claim=N`` in the URL opens claim N.
+code version). Missing runs train only when asked (one button: a page view never starts ~80 trainings by
+itself), all at once in the dashboard's runner, with one progress bar per claim. This module only lays out what
+the library returns: numbers, verdicts, figures. ``?claim=N`` in the URL opens claim N.
 
 ``BALANCE_CLAIMS_BUDGET=quick`` in the server's environment runs the reduced budget of ``balance claims --quick``
 (the tests use it).
@@ -19,10 +20,16 @@ import pandas as pd
 import streamlit as st
 
 from balance import cache, claims, ui
-from balance.claims.report import BADGE, value_text
+from balance.claims.report import value_text
 from balance.config import RunConfig
 
 OUTCOME_BOX = {"supported": st.success, "refuted": st.error, "partly": st.warning}
+# Streamlit's own badges and icons: emoji need a font the browser may not have
+BADGE = {
+    "supported": ":green-badge[:material/check_circle: supported]",
+    "refuted": ":red-badge[:material/cancel: refuted]",
+    "partly": ":orange-badge[:material/contrast: partly]",
+}
 
 
 def quick() -> bool:
@@ -45,37 +52,28 @@ def explore_url(config: RunConfig, run_id: str) -> str:
     return f"{base}/explore?{query}"
 
 
-def run_all(prefix: str) -> dict[int, claims.Evaluated | Exception]:
-    """Every claim's finding: stored runs reused, every missing run started on the runner at once (so all claims
-    share the workers), then each claim collected in order under its own progress bar."""
+def train(prefix: str, ids: dict[int, list[str | None]]) -> dict[int, list[str | None]]:
+    """Start every missing run on the runner at once (so all claims share the workers), then wait for each claim
+    in order under its own progress bar. Returns the run ids, all present."""
     store, budget, runner = ui.store(), quick(), ui.runner()
-    home = os.environ.get("BALANCE_HOME", "")
+    stored = {n: [run_id is not None for run_id in v] for n, v in ids.items()}
     ids = claims.start(claims.CLAIMS, store, runner, quick=budget)
-    stored = set(store.list_runs().query("state in ('finished', 'diverged')")["id"])
-    total = sum(len(v) for v in ids.values())
-    missing = sum(run_id not in stored for v in ids.values() for run_id in v)
-    out: dict[int, claims.Evaluated | Exception] = {}
+    missing = sum(not ok for v in stored.values() for ok in v)
     began = time.monotonic()
-    label = f"{len(claims.CLAIMS)} claims, {total} runs"
-    with st.status(f"{label}: training {missing} runs" if missing else label, expanded=bool(missing)) as box:
+    with st.status(f"Training {missing} runs", expanded=True) as box:
         for claim in claims.CLAIMS:
             text = f"{claim.number}. {claim.title}"
-            ready = all(run_id in stored for run_id in ids[claim.number])
-            bar = st.progress(1.0 if ready else 0.0, text=f"{text}: {len(ids[claim.number])} runs stored")
+            n = len(ids[claim.number])
+            bar = st.progress(sum(stored[claim.number]) / n, text=f"{text}: {sum(stored[claim.number])}/{n} runs")
 
             def progress(done: int, n: int, bar: Any = bar, text: str = text) -> None:
                 bar.progress(done / n, text=f"{text}: {done}/{n} runs")
 
-            try:
-                if not ready:
-                    claims.wait(ids[claim.number], runner, progress)
-                out[claim.number] = _analysed(claim.number, tuple(ids[claim.number]), home)
-            except Exception as exc:  # one claim's broken run must not take the page down
-                out[claim.number] = exc
+            if not all(stored[claim.number]):
+                claims.wait(ids[claim.number], runner, progress)  # type: ignore[arg-type]
         took = time.monotonic() - began
-        done = f"{label}: {missing} trained now in {took:.0f} s, the rest from the store" if missing else label
-        box.update(label=f"{done} (reused until the code or a config changes)", state="complete", expanded=False)
-    return out
+        box.update(label=f"Trained {missing} runs in {took:.0f} s", state="complete", expanded=False)
+    return ids
 
 
 def page(prefix: str) -> None:
@@ -83,20 +81,45 @@ def page(prefix: str) -> None:
     st.caption(
         "Du, Hu and Lee's reviewers doubted what the invariant means, whether it survives finite steps, momentum, "
         "batch norm and deep ReLU networks, and whether Figure 1 contradicts Theorem 3.1. Each claim below is "
-        "settled by runs; its verdict is computed from the numbers shown, with the tolerances stated."
+        "settled by runs; its verdict is computed from the numbers shown, with the tolerances stated. The runs are "
+        "kept in the run store and reused until the code or a configuration changes."
     )
-    results = run_all(prefix)
+    ids = claims.start(claims.CLAIMS, ui.store(), None, quick=quick())  # what the store has; starts nothing
+    total = sum(len(v) for v in ids.values())
+    missing = sum(run_id is None for v in ids.values() for run_id in v)
+    if missing:
+        st.info(
+            f"{missing} of the {total} runs are not in the run store yet (a first visit, or the code changed). "
+            "Training them takes about half a minute on two cores."
+        )
+        if st.button("Run the experiments", type="primary", icon=":material/play_arrow:", key=f"{prefix}.run"):
+            ids = train(prefix, ids)
+    home = os.environ.get("BALANCE_HOME", "")
+    results: dict[int, claims.Evaluated | Exception] = {}
+    for number, run_ids in ids.items():
+        if None not in run_ids:
+            try:
+                results[number] = _analysed(number, tuple(run_ids), home)  # type: ignore[arg-type]
+            except Exception as exc:  # one claim's broken run must not take the page down
+                results[number] = exc
     outcomes = [e.finding.verdict.outcome for e in results.values() if not isinstance(e, Exception)]
     counts = pd.Series(outcomes, dtype=object).value_counts()
-    st.markdown(" · ".join(f"{BADGE[o]}: **{counts[o]}**" for o in claims.OUTCOMES if o in counts))
+    if len(counts):
+        st.markdown(" · ".join(f"{BADGE[o]}: **{counts[o]}**" for o in claims.OUTCOMES if o in counts))
     wanted = st.query_params.get("claim", "")
-    for number, evaluated in results.items():
-        if isinstance(evaluated, Exception):
-            claim = claims.by_number([number])[0]
-            with st.expander(f"**{number}. {ui.plain(claim.title)}** · failed", expanded=True):
-                st.error(f"This claim's runs could not be analysed: {type(evaluated).__name__}: {evaluated}")
+    for claim in claims.CLAIMS:
+        evaluated = results.get(claim.number)
+        if isinstance(evaluated, claims.Evaluated):
+            claim_section(prefix, evaluated, expanded=wanted == str(claim.number))
             continue
-        claim_section(prefix, evaluated, expanded=wanted == str(number))
+        with st.expander(
+            f"**{claim.number}. {ui.plain(claim.title)}** · " + ("failed" if evaluated else "not run yet")
+        ):
+            st.markdown(f"**Claim tested.** {ui.plain(claim.statement)}")
+            if evaluated is None:
+                st.caption("Press **Run the experiments** above to settle it.")
+            else:
+                st.error(f"This claim's runs could not be analysed: {type(evaluated).__name__}: {evaluated}")
 
 
 def claim_section(prefix: str, evaluated: claims.Evaluated, expanded: bool) -> None:

@@ -60,7 +60,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         3, "Discrete steps: the rate to gradient flow",
         "Discrete steps break Theorem 2.1, but GD approaches it as the step size goes to 0: at a fixed training time "
-        "the drift is first order in η, and it is exactly Σ η² (||g_{h+1}||² − ||g_h||²).",
+        "the drift is first order in η, and it is exactly Σ η² (||g_(h+1)||² − ||g_h||²).",
         f"{R2}, {R4}",
         "Do we tend to have trajectories of the norms of the weights matrices verifying corollary 2.1 when the step "
         "size tends to zero? If so, we should be able to characterize such convergence (speed...).",

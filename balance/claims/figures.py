@@ -19,10 +19,13 @@ from balance.claims.base import Fit
 POINTS = 400  # buckets per series: every claim figure holds several runs
 
 
-def _panels(titles: Sequence[str], height: int = plots.HEIGHT) -> go.Figure:
+def _panels(titles: Sequence[str], height: int = plots.HEIGHT + 60) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=list(titles), horizontal_spacing=0.08)
     plots.style(fig, "", "", "", height=height)
-    fig.update_layout(legend={"orientation": "h", "y": -0.22, "x": 0, "font": {"size": 11}}, margin={"b": 80})
+    # the legend under the plots, clear of the x-axis titles
+    fig.update_layout(
+        legend={"orientation": "h", "y": -0.3, "yanchor": "top", "x": 0, "font": {"size": 11}}, margin={"b": 110}
+    )
     fig.update_annotations(font={"size": 13})
     return fig
 
@@ -146,7 +149,7 @@ def rate_figure(
 
 def optimiser_figure(table: pd.DataFrame) -> go.Figure:
     """Claim 4: |drift at fixed time| against the effective step size, one line per optimiser; predictions dashed."""
-    fig = _panels(["|G(t) − G(0)| against the effective step size"], height=plots.HEIGHT + 40)
+    fig = _panels(["|G(t) − G(0)| against the effective step size"], height=plots.HEIGHT + 100)
     for i, (name, d) in enumerate(table.groupby("optimiser", sort=False)):
         c = plots.colour(i + 1)
         _points(fig, d["eta_eff"], d["drift"].abs(), name, c, 1)

@@ -80,7 +80,7 @@ def init_configs(quick: bool) -> list[RunConfig]:
     })  # fmt: skip
     mlp = RunConfig.from_dict({
         "data": TEACHER, "model": {"name": "mlp", "depth": 3, "width": 16, "init_scale": 0.25},
-        "optim": {"name": "gd", "lr": 0.05}, "steps": 600 if quick else 800,
+        "optim": {"name": "gd", "lr": 0.1}, "steps": 300 if quick else 400,
     })  # fmt: skip
     seeds = 2 if quick else SEEDS
     return [c.replace(**{"model.init": init, "seed": s}) for c in (mf, mlp) for init in ("gaussian", "uniform")

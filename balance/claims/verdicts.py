@@ -141,7 +141,7 @@ def step_size_rate(fit: Fit, identity_err: float, smallest_drift: float) -> Verd
         f"At fixed training time the invariant's drift scales as η^{fmt(fit.slope)} (95% CI "
         f"[{fmt(fit.low)}, {fmt(fit.high)}], i.e. η^{fmt(fit.slope + 1)} per step), so GD "
         f"{'approaches' if vanishes else 'does not approach'} gradient flow, and the drift equals "
-        f"Σ η² (||g_h+1||² − ||g_h||²) to a relative {fmt(identity_err, 2)}."
+        f"Σ η² (||g_(h+1)||² − ||g_h||²) to a relative {fmt(identity_err, 2)}."
     )
     return Verdict(outcome, reason, _tolerances("rate"))
 
