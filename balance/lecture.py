@@ -47,8 +47,9 @@ else:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 STEPS_PATH = Path(__file__).resolve().parent.parent / "assets" / "lecture.toml"
-# the rescaling slider's values (step 1): 0.1 to 10, log-spaced, two significant digits
-C_GRID: tuple[float, ...] = tuple(sorted({float(f"{v:.2g}") for v in np.geomspace(0.1, 10.0, 41)}))
+# the rescaling slider's values (step 1); the curves are drawn on a finer grid that contains them
+C_GRID: tuple[float, ...] = (0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0)
+C_CURVE: tuple[float, ...] = tuple(sorted({*np.geomspace(0.1, 10.0, 61).tolist(), *C_GRID}))
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,9 @@ def rescaled_outputs(config: RunConfig, cs: np.ndarray, layer: int = 1, samples:
 
 @functools.lru_cache(maxsize=8)
 def rescale_curves(config: RunConfig) -> dict[str, dict[str, np.ndarray]]:
-    """``rescaled_outputs`` at every c of ``C_GRID`` for the ReLU network of ``config`` and its tanh twin (cached:
+    """``rescaled_outputs`` at every c of ``C_CURVE`` for the ReLU network of ``config`` and its tanh twin (cached:
     treat the arrays as read-only)."""
-    cs = np.array(C_GRID)
+    cs = np.array(C_CURVE)
     tanh = config.replace(**{"model.activation": "tanh"})
     return {"ReLU": rescaled_outputs(config, cs), "tanh": rescaled_outputs(tanh, cs)}
 
@@ -292,6 +293,15 @@ class Warmer:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="balance-lecture-warmer", daemon=True)
                 self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the queue is done (or ``timeout`` seconds); True if it is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.idle():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def idle(self) -> bool:
         with self._lock:
