@@ -134,6 +134,9 @@ class BatchedTrainer:
         }
         self.constant_lr = all(x.schedule == "constant" for x in o)
         self.optimizer = first.optim.name
+        self.reduced = self.mf and self.optimizer != "adam"
+        if self.reduced:
+            self._reduce()
         self.buffers: dict[str, list[torch.Tensor]] = {}
         if self.optimizer in ("momentum", "nesterov"):
             self.buffers["v"] = [torch.zeros_like(p, requires_grad=False) for p in self.params]
@@ -160,16 +163,39 @@ class BatchedTrainer:
 
     def _layout(self) -> None:
         """Networks: leaves for autograd. MF: U [K, d1, r] kept as a view of a contiguous U^T (its GEMMs want it)."""
-        if self.mf:
-            self.params[1] = self.params[1].mT.contiguous().mT
-        else:
+        if not self.mf:
             self.params = [p.requires_grad_() for p in self.params]
+        elif not getattr(self, "reduced", False):  # set by _reduce, which comes after the first call
+            self.params[1] = self.params[1].mT.contiguous().mT
+
+    def _reduce(self) -> None:
+        """MF in the subspace where gradient descent keeps it: an exact change of coordinates.
+
+        Every GD / momentum / Nesterov update of U is a combination of U's columns and of L's (dL/dU = U V^T V -
+        L R^T V, decay adds U): U stays in span [U_0, L] (d1 x (r + r*)), V in span [V_0, R]. With orthonormal
+        bases B_U, B_V (QR), U = B_U X, V = B_V Y, M = B_U m B_V^T (m = (B_U^T L)(B_V^T R)^T), and the problem in
+        X [K, p, r], Y [K, q, r] (p, q <= r + r*) has the same losses, gradients (up to B), norms, per-column
+        balances and U^T U - V^T V: every logged metric is unchanged, at a cost that no longer grows with d1, d2.
+        Adam is coordinate-wise, leaves the subspace, and keeps the full coordinates.
+        """
+        Vt, U = self.params
+        L, R = (f.expand(len(U), *f.shape[-2:]) for f in self.factors)
+        B_U = torch.linalg.qr(torch.cat([U, L], 2)).Q  # [K, d1, min(d1, r + r*)]
+        B_V = torch.linalg.qr(torch.cat([Vt.mT, R], 2)).Q
+        X, Yt = B_U.mT @ U, Vt @ B_V  # [K, p, r], [K, r, q]
+        Lr, Rr = (B_U.mT @ L).contiguous(), (B_V.mT @ R).contiguous()
+        self.params = [Yt.contiguous(), X.contiguous()]
+        self.factors, self.targets, self.stacked = (Lr, Rr), Lr @ Rr.mT, True
+        m = self.targets.reshape(len(X), -1)
+        self.target_sq = torch.linalg.vecdot(m, m).numpy()
 
     # --- evaluation -------------------------------------------------------------------------------------------
 
     def _evaluate(self) -> None:
         """Loss [K], gradients [K, ...] and per-parameter ||g||^2 [K, n_params] at the current weights."""
-        if self.mf:
+        if self.reduced:
+            self.loss, self.grads = self._reduced_loss_and_gradients()
+        elif self.mf:
             self.loss, self.grads = self._mf_loss_and_gradients()
         else:
             with torch.enable_grad():
@@ -180,6 +206,23 @@ class BatchedTrainer:
         K = len(self.loss)
         sq = [torch.linalg.vecdot(g.reshape(K, -1), g.reshape(K, -1)) for g in self.flat_grads]
         self.grad_sq = torch.stack(sq, 1).numpy().astype(float)
+
+    def _reduced_loss_and_gradients(self) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """``MatrixFactorisation.loss_and_gradients`` in the subspace coordinates (see ``_reduce``), [K, p, q] at most
+        [K, r + r*, r + r*]: E = X Y^T - m, loss = ||E||^2 / 2, dL/dX = E Y, dL/dY^T = X^T E; regulariser as there."""
+        Yt, X = self.params
+        K = len(X)
+        E = torch.baddbmm(self.targets, X, Yt, beta=-1)
+        loss = 0.5 * torch.linalg.vecdot(E.reshape(K, -1), E.reshape(K, -1)).numpy()
+        gX, gYt = torch.bmm(E, Yt.mT), torch.bmm(X.mT, E)
+        if self.hyper["reg"].any():
+            reg = _per(self.hyper["reg"], X)
+            D = torch.bmm(X.mT, X) - torch.bmm(Yt, Yt.mT)
+            loss = loss + self.hyper["reg"] / 8 * torch.linalg.vecdot(D.reshape(K, -1), D.reshape(K, -1)).numpy()
+            gX += reg / 2 * torch.bmm(X, D)
+            gYt -= reg / 2 * torch.bmm(D, Yt)
+        self.flat_grads = [gYt, gX]
+        return loss.astype(float), [gYt, gX]
 
     def _mf_loss_and_gradients(self) -> tuple[np.ndarray, list[torch.Tensor]]:
         """Gradients of ``MatrixFactorisation.loss_and_gradients`` without the [K, d1, d2] residual, M = L R^T:
@@ -273,7 +316,7 @@ class BatchedTrainer:
     # --- rows -----------------------------------------------------------------------------------------------
 
     def _row_loss(self) -> np.ndarray:
-        return self._exact_loss() if self.mf else self.loss
+        return self._exact_loss() if self.mf and not self.reduced else self.loss
 
     def lr_at(self, k: int) -> np.ndarray:
         """eta_k of every member in the batch, [K]."""
