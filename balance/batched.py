@@ -491,6 +491,19 @@ class BatchedTrainer:
             setattr(self, name, getattr(self, name)[keep])
 
 
+def tune_allocator() -> bool:
+    """Keep freed memory in glibc's heap (no mmap per large tensor, no trimming): stacked activations of a few MB
+    are then reused instead of page-faulted in on every step (performance notes: 82k faults per step at K = 256).
+    Process-wide and Linux-only; for worker processes and benchmarks. Returns whether it took effect."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 256 << 20) and libc.mallopt(-1, 512 << 20))  # M_MMAP_ / M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def _factors(M: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """L [d1, r*], R [d2, r*] (or [K, ...]) with M = L R^T: the target's truncated SVD when M has rank r* (the
     lowrank data set is exactly rank r*, so the gradient GEMMs shrink by d2 / r*), else (M, I)."""

@@ -225,9 +225,10 @@ def train_chunk(configs: Sequence[RunConfig]) -> list[Outcome]:
     import torch
 
     from balance.api import run
-    from balance.batched import batch_key, train_batched
+    from balance.batched import batch_key, train_batched, tune_allocator
 
     torch.set_num_threads(1)  # one thread per worker: workers share the machine's cores
+    tune_allocator()
     try:
         single = len(configs) == 1 and batch_key(configs[0]) is None
         results = [run(configs[0])] if single else train_batched(configs)
