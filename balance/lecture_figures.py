@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from balance import plots
 
@@ -34,7 +33,7 @@ def present(fig: go.Figure, height: int = HEIGHT, top: int = 40, bottom: int = 5
 
 
 def _two_panels(titles: tuple[str, str], spacing: float = 0.12) -> go.Figure:
-    return make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=spacing)
+    return plots.figure(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=spacing)
 
 
 def _line(x: np.ndarray, y: np.ndarray, name: str, color: str, dash: str = "solid", **kw: object) -> go.Scatter:
@@ -190,7 +189,7 @@ def breaks_figure(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
     for label, df in others:
         h = _worst_pair(df)
         titles.append(f"{label} · layers {h}–{h + 1}")
-    fig = make_subplots(rows=rows, cols=2, subplot_titles=titles, horizontal_spacing=0.1, vertical_spacing=0.2)
+    fig = plots.figure(rows=rows, cols=2, subplot_titles=titles, horizontal_spacing=0.1, vertical_spacing=0.2)
     for k, (_, df) in enumerate(others):
         row, col, h = k // 2 + 1, k % 2 + 1, _worst_pair(df)
         columns = [f"gap_drift_{h}", f"pred_gap_drift_{h}"]

@@ -89,8 +89,9 @@ def sync_url(prefix: str, step: int) -> None:
     for name in HIDEABLE:
         if _flag(name):
             wanted[f"{name}_hide"] = "1"
-    if step == 1 and "c" in st.query_params:
-        wanted["c"] = ui.number_text(st.session_state[f"{prefix}.c"])
+    c = st.session_state.get(f"{prefix}.c", 1.0)
+    if step == 1 and c != 1.0:
+        wanted["c"] = ui.number_text(c)
     if st.query_params.to_dict() != wanted:
         st.query_params.from_dict(wanted)
 
@@ -110,7 +111,7 @@ def _new_seed(prefix: str, number: int) -> None:
 def header(prefix: str, step: lecture.Step) -> None:
     """The step's title on the left, Previous / Next on the right (a long title wraps, the buttons stay put)."""
     total = len(lecture.STEPS)
-    left, right = st.columns([0.74, 0.26], vertical_alignment="center")
+    left, right = st.columns([0.68, 0.32], vertical_alignment="center")
     left.markdown(f"## {step.number}. {step.title}")
     if _flag("nav"):
         return

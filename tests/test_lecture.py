@@ -91,6 +91,23 @@ def test_explore_links_round_trip_and_show_only_the_steps_controls() -> None:
             assert link.startswith("./?") and "http" not in link
 
 
+def test_explore_opens_every_link_with_only_the_steps_controls() -> None:
+    """Each student link sets Explore up with the demo's config and shows just the controls the step is about."""
+    for s in lecture.STEPS:
+        for d in s.links[:1]:
+            at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+            for key, value in lecture.explore_query(d.config, s.show).items():
+                at.query_params[key] = value
+            at.run()
+            assert not at.exception and not at.warning, (s.key, at.warning)
+            values = {name: at.session_state[f"explore.{name}"] for name in ui.FIELDS}
+            assert ui.build_config(values)[0] == d.config
+            shown = {w.key for w in [*at.selectbox, *at.number_input, *at.toggle, *at.select_slider, *at.text_input]}
+            wanted = {f"explore.{n}" for n in s.show}
+            assert shown & {f"explore.{n}" for n in [*ui.FIELDS, "preset"]} <= wanted
+            assert shown & wanted, s.key
+
+
 def test_reseeded_changes_only_the_seed() -> None:
     step = lecture.STEPS[3]
     again = lecture.reseeded(step, 5)
@@ -133,6 +150,7 @@ def test_every_demo_trains_once_then_comes_from_the_store(store: RunStore) -> No
         assert (fig is None) == (s.figure == "summary")
         if fig is not None:
             assert fig.data, s.key
+            assert fig.layout.template.layout.plot_bgcolor == "white", s.key  # the charts' look (plots.figure)
     start = time.perf_counter()
     for s in lecture.STEPS:
         again = lecture.step_runs(s, store)
