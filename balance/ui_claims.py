@@ -88,12 +88,18 @@ def page(prefix: str) -> None:
     total = sum(len(v) for v in ids.values())
     missing = sum(run_id is None for v in ids.values() for run_id in v)
     if missing:
-        st.info(
-            f"{missing} of the {total} runs are not in the run store yet (a first visit, or the code changed). "
-            "Training them takes about half a minute on two cores."
-        )
-        if st.button("Run the experiments", type="primary", icon=":material/play_arrow:", key=f"{prefix}.run"):
+        offer = st.empty()  # cleared once the runs are trained
+        with offer.container():
+            st.info(
+                f"{missing} of the {total} runs are not in the run store yet (a first visit, or the code changed). "
+                "Training them takes about half a minute on two cores."
+            )
+            clicked = st.button(
+                "Run the experiments", type="primary", icon=":material/play_arrow:", key=f"{prefix}.run"
+            )
+        if clicked:
             ids = train(prefix, ids)
+            offer.empty()
     home = os.environ.get("BALANCE_HOME", "")
     results: dict[int, claims.Evaluated | Exception] = {}
     for number, run_ids in ids.items():
