@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PALETTE: tuple[str, ...] = tuple(qualitative.Plotly)
 FLOW_COLOUR = "#7f7f7f"
+INK, MUTED = "rgb(49, 51, 63)", "#808495"
 # plotly_white's layout without its per-trace-type defaults, set when a figure is made (``figure``): a template set
 # later is merged into the default one, and the whole of plotly_white costs ~20 ms a figure to copy and validate,
 # where a live page builds about six figures a tick. These charts only use its axes, colours and fonts.
@@ -46,10 +47,19 @@ TEMPLATE = {
     "layout": {
         key: value
         for key, value in pio.templates["plotly_white"].layout.to_plotly_json().items()
-        if key in ("autotypenumbers", "colorway", "font", "hoverlabel", "paper_bgcolor", "plot_bgcolor", "xaxis",
-                   "yaxis", "title", "shapedefaults", "annotationdefaults", "colorscale", "coloraxis")
+        if key in ("autotypenumbers", "colorway", "hoverlabel", "paper_bgcolor", "plot_bgcolor", "xaxis", "yaxis",
+                   "title", "shapedefaults", "annotationdefaults", "colorscale", "coloraxis")
     }
 }  # fmt: skip
+# Streamlit's type and greys, so the dashboard's live charts (drawn by plotly.js itself, not themed by Streamlit)
+# look like its other charts; the fonts fall back to sans-serif in a handout.
+TEMPLATE["layout"]["font"] = {"family": '"Source Sans", "Source Sans Pro", sans-serif', "size": 12, "color": INK}
+for _axis in ("xaxis", "yaxis"):
+    TEMPLATE["layout"][_axis] = {
+        **TEMPLATE["layout"][_axis],
+        "tickfont": {"color": MUTED},
+        "title": {"standoff": 12, "font": {"color": MUTED}},
+    }
 HEIGHT = 320
 UIREVISION = "balance"
 MAX_POINTS = 2000
@@ -128,7 +138,7 @@ def layout(
     return {
         "template": TEMPLATE,
         "height": height,
-        "title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
+        "title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 14, "weight": "bold"}},
         "margin": {"l": 60, "r": 10, "t": 45, "b": 45},
         "legend": {"font": {"size": 11}, "groupclick": "togglegroup"},
         "hovermode": hovermode,
@@ -443,7 +453,7 @@ def balance_figure(
     titles = [("gap drift G_k − G_0", 0.225), ("ratio ||W_{h+1}|| / ||W_h||", 0.775)]
     spec["annotations"] = [
         {"text": text, "x": at, "y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "center",
-         "yanchor": "bottom", "showarrow": False, "font": {"size": 16}}
+         "yanchor": "bottom", "showarrow": False, "font": {"size": 13, "weight": "bold"}}
         for text, at in titles
     ]  # fmt: skip
     one = {"color": FLOW_COLOUR, "width": 1, "dash": "dot"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -43,13 +44,13 @@ CONFIGS = {
     "mlp 3x32 (mlp-relu)": preset("mlp-relu").replace(steps=10**7),
 }
 CHART_X = """() => {
-    const plot = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+    const plot = document.querySelector('div.balance-chart.js-plotly-plot');
     if (!plot || !plot._fullData || !plot._fullData.length) return null;
     const x = plot._fullData[0].x;
     return x && x.length ? Number(x[x.length - 1]) : null;
 }"""
 AXIS_TYPE = """() => {
-    const plot = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+    const plot = document.querySelector('div.balance-chart.js-plotly-plot');
     return plot && plot._fullLayout ? plot._fullLayout.xaxis.type : null;
 }"""
 
@@ -68,6 +69,41 @@ def running(store) -> int:
     return int((store.list_runs()["state"] == "running").sum())
 
 
+def _processes() -> dict[int, tuple[int, float, str]]:
+    """pid -> (parent pid, CPU seconds so far, command line) for every process we may read."""
+    out, tick = {}, os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, cmd)
+    return out
+
+
+def cpu_split(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the Streamlit server, its training workers, and Chromium (all its processes)."""
+    procs = _processes()
+
+    def tree(root: int) -> set[int]:
+        found, todo = set(), [root]
+        while todo:
+            pid = todo.pop()
+            found.add(pid)
+            todo += [c for c, (parent, _, _) in procs.items() if parent == pid and c not in found]
+        return found
+
+    below = tree(server_pid)
+    workers = {pid for pid in below if "multiprocessing" in procs[pid][2]}
+    chromium = {pid for pid, (_, _, cmd) in procs.items() if "chrom" in cmd and pid not in below}
+    total = lambda pids: sum(procs[pid][1] for pid in pids if pid in procs)  # noqa: E731
+    return {"server": total(below - workers), "workers": total(workers), "chromium": total(chromium)}
+
+
 def steps_per_second(step_of, window: float) -> float:
     """Steps per second over ``window`` seconds, from a function that reads the current step."""
     s0, t0 = step_of(), time.monotonic()
@@ -75,8 +111,8 @@ def steps_per_second(step_of, window: float) -> float:
     return (step_of() - s0) / (time.monotonic() - t0)
 
 
-def headless(config: RunConfig, window: float, home: Path) -> float:
-    """The same config in a Runner with no server and no browser."""
+def headless(config: RunConfig, window: float, home: Path) -> tuple[float, float]:
+    """The same config in a Runner with no server and no browser: (steps/s, the worker's cores busy)."""
     from balance.runner import Runner
     from balance.store import RunStore
 
@@ -85,9 +121,11 @@ def headless(config: RunConfig, window: float, home: Path) -> float:
         run_id = runner.start(config)
         runner.wait(run_id, timeout=120, states=("running",))
         time.sleep(2)  # past the first steps' allocations
+        cpu0 = cpu_split(os.getpid())["workers"]
         rate = steps_per_second(lambda: runner.status(run_id).step, window)
+        cpu = (cpu_split(os.getpid())["workers"] - cpu0) / window
         runner.stop(run_id)
-        return rate
+        return rate, max(cpu, 1e-9)
     finally:
         runner.shutdown()
 
@@ -173,7 +211,9 @@ def main() -> None:
                     starts.append(first_chart(page, f"{server.url}/?{query}"))
                     run_id = run_id_of(page)
                     time.sleep(2)
+                    cpu0, load = cpu_split(server.proc.pid), os.getloadavg()[0]
                     with_page = steps_per_second(lambda run_id=run_id: store.get_run(run_id).step, args.window)
+                    cpu = {k: (v - cpu0[k]) / args.window for k, v in cpu_split(server.proc.pid).items()}
                     rate = refresh_rate(page, args.window / 2)
                     page.get_by_role("switch", name="freeze charts").check(force=True)  # status line only
                     wait_idle(page)
@@ -181,13 +221,18 @@ def main() -> None:
                     page.get_by_role("switch", name="freeze charts").uncheck(force=True)
                     button(page, "Stop").click()
                     page.get_by_text("stopped at step").first.wait_for(timeout=30_000)
-                    alone = headless(config, args.window, Path(tmp) / f"alone-{len(throughput)}")
+                    alone, alone_cpu = headless(config, args.window, Path(tmp) / f"alone-{len(throughput)}")
                     throughput[name] = {
                         "page_open": with_page,
                         "page_open_charts_frozen": frozen,
                         "headless": alone,
                         "ratio": with_page / alone,
                         "chart_updates_per_s": rate,
+                        # cores busy during the page-open window; the worker's steps per CPU-second against
+                        # headless separates what the page costs the run from what other load on the machine does
+                        "cores": cpu,
+                        "load_average": load,
+                        "ratio_per_cpu_second": (with_page / max(cpu["workers"], 1e-9)) / (alone / alone_cpu),
                     }
                 for _ in range(args.repeats - 1):  # later starts: a warm worker
                     query = "&".join(f"{k}={v}" for k, v in CONFIGS[next(iter(CONFIGS))].to_query().items())
@@ -220,6 +265,12 @@ def main() -> None:
             f"{name}: {r['page_open']:,.0f} steps/s with the page open, {r['headless']:,.0f} headless "
             f"({r['ratio']:.2f}x), {r['page_open_charts_frozen']:,.0f} with the charts frozen; "
             f"charts updated {r['chart_updates_per_s']:.1f} times/s"
+        )
+        c = r["cores"]
+        print(
+            f"    cores while the page is open: server {c['server']:.2f}, Chromium {c['chromium']:.2f}, training "
+            f"worker {c['workers']:.2f} (load average {r['load_average']:.1f}); steps per worker CPU-second vs "
+            f"headless: {r['ratio_per_cpu_second']:.2f}x"
         )
     for what, times in clicks.items():
         print(f"click '{what}' with {active} runs training: median {statistics.median(times):.2f} s, "

@@ -69,8 +69,8 @@ def start(at: AppTest, **widgets: object) -> str:
 def figures(at: AppTest) -> dict[str, dict]:
     """Every Plotly chart on the page by its title (or first trace name), as its JSON spec."""
     out = {}
-    for chart in at.get("plotly_chart"):
-        spec = json.loads(chart.proto.spec)
+    live = [json.loads(json.loads(c.proto.json)["figure"]) for c in at.get("bidi_component")]
+    for spec in [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")] + live:
         title = spec["layout"].get("title", {}).get("text") or (spec["data"][0]["name"] if spec["data"] else "")
         out[title] = spec
     return out
