@@ -126,6 +126,7 @@ def init_figure(summary: pd.DataFrame) -> go.Figure:
         _points(fig, d["model"], d["loss_drop"], init, c, 2, dash="none", symbol=symbol)
     fig.data[1].showlegend = fig.data[3].showlegend = False
     fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(type="category")  # plots.style sets linear axes
     fig.update_layout(scattermode="group")
     return fig
 
@@ -192,18 +193,23 @@ def figure1_figure(runs: Mapping[str, pd.DataFrame], flow: Mapping[str, np.ndarr
 
 
 def deep_figure(example: pd.DataFrame, example_name: str, drifts: Mapping[str, float], tolerance: float) -> go.Figure:
-    """Claim 7: one network's squared norms per layer (parallel shifts) and every run's relative gap drift."""
-    fig = _panels([f"{example_name}: ||W_h||² per layer", "max |gap drift| / largest ||W||²"])
+    """Claim 7: one network's change of ||W_h||^2 since step 0 per layer (equation 6: the same curve for every
+    layer, however different the norms), and every run's relative gap drift against the tolerance."""
+    fig = _panels([f"{example_name}: ||W_h||² − ||W_h(0)||²", "max |gap drift| / largest ||W||²"])
     for h in sorted(int(c.rsplit("_", 1)[1]) for c in example.columns if c.startswith("sqnorm_")):
-        _series(fig, example, f"sqnorm_{h}", f"layer {h}", plots.colour(h), 1)
+        change = example[f"sqnorm_{h}"] - example[f"sqnorm_{h}"].iloc[0]
+        start = example[f"sqnorm_{h}"].iloc[0]
+        _series(fig, example, change, f"layer {h} (||W_h(0)||² = {start:.3g})", plots.colour(h), 1)
     fig.add_trace(
         go.Bar(x=list(drifts), y=list(drifts.values()), marker={"color": plots.colour(1)}, showlegend=False),
         row=1,
         col=2,
     )
     fig.add_hline(y=tolerance, line={"color": "firebrick", "width": 1, "dash": "dash"}, row=1, col=2)
-    fig.update_yaxes(type="log", exponentformat="power")
+    fig.update_xaxes(type="category", row=1, col=2)  # plots.style sets linear axes
+    fig.update_yaxes(type="log", exponentformat="power", row=1, col=2)
     fig.update_xaxes(title_text="step", row=1, col=1)
+    fig.update_layout(height=plots.HEIGHT + 120, legend={"y": -0.42}, margin={"b": 150})  # room for the bar names
     return fig
 
 

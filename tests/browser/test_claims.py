@@ -90,7 +90,8 @@ def test_open_one_claim(server: Server, browser: object, size: tuple[int, int]) 
     wait_idle(page)
     assert claim.get_by_text("Verdict:").count() == 1
     assert claim.get_by_text("Tolerances:").count() == 1
-    summary.scroll_into_view_if_needed()
+    claim.get_by_text("Verdict:").evaluate("e => e.scrollIntoView({block: 'start'})")  # verdict and figure
+    page.wait_for_timeout(500)
     shoot(page, "claims-open")
     link = claim.get_by_role("link", name="Open in Explore")
     href = link.get_attribute("href")
