@@ -653,10 +653,9 @@ def _row(prefix: str, items: list[tuple[str, go.Figure, str]]) -> None:
 def live_section(prefix: str) -> None:
     """Status line and charts of the attached run, refreshed every ``REFRESH_S`` while it is active.
 
-    One fragment ticks: the status line and, unless "freeze charts" is on, the charts. Frozen charts are drawn
-    once by the page, so zoom and hover survive (Streamlit remounts a Plotly chart whose data changed, which
-    throws the view away). A change of state (queued -> running, -> finished or diverged) reruns the page, so
-    the buttons follow.
+    One fragment ticks: the status line and, unless "freeze charts" is on, the charts, which update in place
+    (``live_chart``: a zoom survives). Frozen charts are drawn once by the page and not touched again. A change of
+    state (queued -> running, -> finished or diverged) reruns the page, so the buttons follow.
     """
     run_id = st.session_state.get(f"{prefix}.run")
     if not run_id:
@@ -667,7 +666,7 @@ def live_section(prefix: str) -> None:
         st.toggle(
             "freeze charts",
             key=f"{prefix}.freeze",
-            help="stop redrawing the charts (training goes on) so you can zoom, pan and read values",
+            help="stop redrawing the charts (training goes on); a zoom survives the live refresh too",
         )
         st.toggle("log x", key=f"{prefix}.log_x", help="logarithmic step axis")
     # A paused run's charts change only by Step n, which reruns the page (below): no need to redraw them per tick.
