@@ -286,37 +286,38 @@ class BatchedTrainer:
         labels = y.expand(K, -1).reshape(-1)
         return F.cross_entropy(z.reshape(-1, z.shape[-1]), labels, reduction="none").reshape(K, -1).mean(1)
 
+    def _views(self) -> list[np.ndarray]:
+        """The weights as NumPy arrays sharing their memory: metrics are small reductions, cheaper in NumPy."""
+        return [p.detach().numpy() for p in self.params]
+
     def _sqnorms(self) -> np.ndarray:
         """||theta_p||^2 per member and parameter, [K, n_params]."""
-        with torch.no_grad():
-            sq = torch.stack([(p * p).reshape(len(p), -1).sum(1) for p in self.params], 1)
-        return sq.numpy().astype(float)
+        flat = [v.reshape(len(v), -1) for v in self._views()]
+        return np.stack([np.einsum("ki,ki->k", v, v) for v in flat], 1).astype(float)
 
     def _gaps(self, sq: np.ndarray) -> np.ndarray:
         """G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2, [K, L-1] (the pair matrix P has exactly those signs)."""
         return sq @ self.P.T
 
-    @torch.no_grad()
-    def _balances(self) -> list[torch.Tensor]:
+    def _balances(self) -> list[np.ndarray]:
         """Per hidden layer: B_i = ||w_in,i||^2 - ||w_out,i||^2, [K, n_h] (``invariants.neuron_balance``)."""
-        out = []
+        views, out = self._views(), []
         for g in self.model.neurons:
-            K = len(self.params[0])
-            incoming = sum((self.params[i] ** 2).reshape(K, g.count, -1).sum(2) for i in g.incoming)
-            W = self.params[g.outgoing]
+            K = len(views[0])
+            incoming = sum((views[i] ** 2).reshape(K, g.count, -1).sum(2) for i in g.incoming)
+            W = views[g.outgoing]
             out.append(incoming - (W * W).reshape(K, W.shape[1], g.count, -1).sum((1, 3)))
         return out
 
-    @torch.no_grad()
-    def _matrices(self) -> dict[int, torch.Tensor]:
+    def _matrices(self) -> dict[int, np.ndarray]:
         """D_h = W_{h+1}^T W_{h+1} - [W_h b_h][W_h b_h]^T, [K, n_h, n_h], for identity activations."""
-        out = {}
+        views, out = self._views(), {}
         for g in self.model.neurons:
             if g.linear:
-                K = len(self.params[0])
-                A = torch.cat([self.params[i].reshape(K, g.count, -1) for i in g.incoming], 2)
-                W = self.params[g.outgoing].reshape(K, -1, g.count)
-                out[g.layer] = torch.bmm(W.mT, W) - torch.bmm(A, A.mT)
+                K = len(views[0])
+                A = np.concatenate([views[i].reshape(K, g.count, -1) for i in g.incoming], 2)
+                W = views[g.outgoing].reshape(K, -1, g.count)
+                out[g.layer] = W.transpose(0, 2, 1) @ W - A @ A.transpose(0, 2, 1)
         return out
 
     # --- rows -----------------------------------------------------------------------------------------------
@@ -333,6 +334,10 @@ class BatchedTrainer:
 
     def rows(self) -> np.ndarray:
         """Every metric of every member's current state, [K, len(columns)] in ``columns`` order."""
+        with np.errstate(all="ignore"):  # a diverging member's last row may hold inf / nan, as Trainer's does
+            return self._rows()
+
+    def _rows(self) -> np.ndarray:
         k, K, layers = self.step_index, len(self.members), self.model.layers
         sq = self._sqnorms()
         w = [layer.weight for layer in layers]
@@ -340,14 +345,13 @@ class BatchedTrainer:
         cols += [sq[:, layer.bias] for layer in layers if layer.bias is not None]
         cols += list(np.sqrt(self.grad_sq[:, w]).T)
         G = self._gaps(sq)
-        with np.errstate(all="ignore"):  # a diverging member's last row may hold inf / nan, as Trainer's does
-            ratio = [np.where(sq[:, a] > 0, np.sqrt(sq[:, b] / sq[:, a]), np.inf) for a, b in itertools.pairwise(w)]
+        ratio = [np.where(sq[:, a] > 0, np.sqrt(sq[:, b] / sq[:, a]), np.inf) for a, b in itertools.pairwise(w)]
         cols += [*G.T, *(G - self.gap0).T, *(self.G - self.gap0).T, *ratio]
-        drift = torch.cat([(b - b0).abs() for b, b0 in zip(self._balances(), self.balance0)], 1)
-        cols += [drift.amax(1).numpy(), drift.mean(1).numpy()]
+        drift = np.concatenate([np.abs(b - b0) for b, b0 in zip(self._balances(), self.balance0)], 1)
+        cols += [drift.max(1), drift.mean(1)]
         for h, D in self._matrices().items():
-            D0 = self.matrix0[h]
-            cols += [torch.linalg.matrix_norm(D).numpy(), torch.linalg.matrix_norm(D - D0).numpy()]
+            E = D - self.matrix0[h]
+            cols += [np.sqrt(np.einsum("kij,kij->k", D, D)), np.sqrt(np.einsum("kij,kij->k", E, E))]
         return np.stack([np.asarray(c, dtype=float) for c in cols], 1)
 
     # --- stepping -------------------------------------------------------------------------------------------
@@ -489,8 +493,8 @@ class BatchedTrainer:
         self.grads = [sel(g) for g in self.grads]
         self.flat_grads = [sel(g) for g in self.flat_grads]
         self.buffers = {k: [sel(b) for b in bs] for k, bs in self.buffers.items()}
-        self.balance0 = [sel(b) for b in self.balance0]
-        self.matrix0 = {h: sel(D) for h, D in self.matrix0.items()}
+        self.balance0 = [b[keep] for b in self.balance0]
+        self.matrix0 = {h: D[keep] for h, D in self.matrix0.items()}
         if self.stacked:
             self.targets = sel(self.targets)
             if self.mf:
