@@ -7,9 +7,10 @@ seed. Every member starts from exactly the weights ``Trainer`` would build (``bu
 logs exactly the rows ``Trainer`` logs: the same ``metric_columns``, the same thinning (``should_log``), the same
 divergence rule, the same exact gap recursions (``theory.GapPredictor``), batched over members.
 
-Gradients: matrix factorisation uses the closed form of ``MatrixFactorisation.loss_and_gradients`` on [K, ...]
-(R = U V^T - M, dL/dU = R V, dL/dV^T = U^T R: three bmm); linear and MLP networks use autograd on the sum of the
-members' losses, whose gradient with respect to member k's weights is member k's own gradient.
+Gradients: matrix factorisation uses the closed form of ``MatrixFactorisation.loss_and_gradients``, for GD and
+momentum in the (r + r*)-dimensional subspaces the iterates never leave (``_reduce``: an exact change of
+coordinates, so the per-step cost no longer grows with d1 x d2); linear and MLP networks use backpropagation
+written out on the stacked weights (``_network_loss_and_gradients``), tested against single runs' autograd.
 
 A diverged member is dropped from the stack (its rows so far and its status are kept); the others go on.
 Mini-batch SGD, gradient flow, CNNs and BatchNorm do not batch (``batch_key`` is None): ``balance.sweep`` runs
@@ -109,6 +110,8 @@ class BatchedTrainer:
         self.model: HomogeneousModel = models[0]  # layout only: layers, neurons, activation
         self.columns = metric_columns(self.model)
         self.mf = first.model.name == "mf"
+        m = first.model
+        self.activation = ("linear" if m.name == "linear" else m.activation, m.negative_slope)
         task0 = tasks[first.data]
         self.loss_kind, self.samples = task0.loss, task0.samples
         self.stacked = len(tasks) > 1  # else one data set for all: broadcast instead of stacking
@@ -162,10 +165,8 @@ class BatchedTrainer:
         self.matrix0 = self._matrices()
 
     def _layout(self) -> None:
-        """Networks: leaves for autograd. MF: U [K, d1, r] kept as a view of a contiguous U^T (its GEMMs want it)."""
-        if not self.mf:
-            self.params = [p.requires_grad_() for p in self.params]
-        elif not getattr(self, "reduced", False):  # set by _reduce, which comes after the first call
+        """MF in full coordinates: U [K, d1, r] kept as a view of a contiguous U^T (its GEMMs want it)."""
+        if self.mf and not getattr(self, "reduced", False):  # set by _reduce, which comes after the first call
             self.params[1] = self.params[1].mT.contiguous().mT
 
     def _reduce(self) -> None:
@@ -198,10 +199,7 @@ class BatchedTrainer:
         elif self.mf:
             self.loss, self.grads = self._mf_loss_and_gradients()
         else:
-            with torch.enable_grad():
-                losses = self._network_losses()
-                self.grads = list(torch.autograd.grad(losses.sum(), self.params))
-            self.loss = losses.detach().numpy().astype(float)
+            self.loss, self.grads = self._network_loss_and_gradients()
             self.flat_grads = self.grads
         if not self.reduced:
             K = len(self.loss)
@@ -268,23 +266,64 @@ class BatchedTrainer:
             loss = loss + torch.from_numpy(self.hyper["reg"]) / 8 * torch.linalg.vecdot(D, D)
         return loss.numpy().astype(float)
 
-    def _network_losses(self) -> torch.Tensor:
-        """Each member's loss, [K]: x [N, d] (or [K, N, d]) through the stacked layers (``data.loss_value``)."""
-        z, last = self.inputs, len(self.model.layers) - 1
-        for h, layer in enumerate(self.model.layers):
-            z = torch.matmul(z, self.params[layer.weight].mT)  # [K, N, n_out]
+    @torch.no_grad()
+    def _network_loss_and_gradients(self) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Each member's loss [K] (``data.loss_value``) and gradients, backpropagation written out.
+
+        Forward: z_h = a_{h-1} W_h^T + b_h, a_h = phi(z_h), a_0 = x [N, d] (or [K, N, d]). Backward from
+        dL/dz_L (squared: (f - y) / N; logistic: -y sigmoid(-y f) / N; cross-entropy: (softmax f - onehot y) / N):
+        dL/dW_h = dz_h^T a_{h-1}, dL/db_h = sum_n dz_h, dz_{h-1} = (dz_h W_h) * phi'(z_{h-1}). About a third
+        fewer kernels than autograd on these stacked shapes, and no graph to build.
+        """
+        layers, ps = self.model.layers, self.params
+        acts, zs = [self.inputs], []
+        for h, layer in enumerate(layers):
+            z = torch.matmul(acts[-1], ps[layer.weight].mT)  # [K, N, n_out]
             if layer.bias is not None:
-                z = z + self.params[layer.bias][:, None, :]
-            if h < last:
-                z = self.model.phi(z)
-        y, K = self.targets, len(z)
+                z += ps[layer.bias][:, None, :]
+            if h < len(layers) - 1:
+                zs.append(z)
+                acts.append(self._phi(z))
+        f, y, (K, N) = z, self.targets, z.shape[:2]
         if self.loss_kind == "squared":
-            r = z - y
-            return 0.5 * (r * r).sum((1, 2)) / z.shape[1]
-        if self.loss_kind == "logistic":
-            return torch.logaddexp(torch.zeros_like(z), -y * z).mean((1, 2))
-        labels = y.expand(K, -1).reshape(-1)
-        return F.cross_entropy(z.reshape(-1, z.shape[-1]), labels, reduction="none").reshape(K, -1).mean(1)
+            dz = f - y
+            loss = 0.5 * (dz * dz).sum((1, 2)) / N
+            dz /= N
+        elif self.loss_kind == "logistic":
+            loss = torch.logaddexp(torch.zeros_like(f), -y * f).mean((1, 2))
+            dz = -y * torch.sigmoid(-y * f) / (N * f.shape[2])
+        else:
+            logp = torch.log_softmax(f, 2)
+            labels = y.expand(K, -1)[:, :, None]
+            loss = -logp.gather(2, labels)[:, :, 0].mean(1)
+            dz = torch.exp(logp).scatter_add_(2, labels, torch.full(labels.shape, -1.0, dtype=f.dtype)) / N
+        grads: list[torch.Tensor] = [torch.empty(0)] * len(ps)
+        for h in range(len(layers) - 1, -1, -1):
+            layer = layers[h]
+            grads[layer.weight] = torch.matmul(dz.mT, acts[h])  # [K, n_out, n_in]
+            if layer.bias is not None:
+                grads[layer.bias] = dz.sum(1)
+            if h:
+                dz = self._dphi(torch.matmul(dz, ps[layer.weight]), zs[h - 1], acts[h])
+        return loss.numpy().astype(float), grads
+
+    def _phi(self, z: torch.Tensor) -> torch.Tensor:
+        name, slope = self.activation
+        if name == "relu":
+            return torch.relu(z)
+        if name == "leaky_relu":
+            return F.leaky_relu(z, slope)
+        return torch.tanh(z) if name == "tanh" else z
+
+    def _dphi(self, da: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """dL/dz from dL/da = da at pre-activation z (post-activation a), as autograd's backward of ``_phi``."""
+        name, slope = self.activation
+        # autograd's own backward kernels: torch.where(z > 0, da, 0.0) costs 15x more at [8, 256, 64]
+        if name == "relu":
+            return torch.ops.aten.threshold_backward(da, z, 0)
+        if name == "leaky_relu":
+            return torch.ops.aten.leaky_relu_backward(da, z, slope, False)
+        return da * (1 - a * a) if name == "tanh" else da
 
     def _views(self) -> list[np.ndarray]:
         """The weights as NumPy arrays sharing their memory: metrics are small reductions, cheaper in NumPy."""
