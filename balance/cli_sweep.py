@@ -24,6 +24,13 @@ import tomli_w
 from balance.config import ConfigError, parse_value, schema
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EPILOG = """\
+examples:
+  balance sweep --model mf --d1 50 --d2 50 --rank 5 --lr 0.01,0.02,0.05 --init-scale 0.01,0.1 \\
+      --seeds 0-7 --steps 2000 --log-every 10 --out DIR
+  balance sweep --config SPEC.toml          (a sweep spec: name, preset, [base], [grid], [[list]])
+
+exit codes: 0 every member finished or diverged, 1 a member failed, 2 bad input (one line on stderr)"""
 _DEST = "sweep:"
 _LISTS = ("tuple[float, ...]", "tuple[int, ...]")
 
@@ -35,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sweep",
         help="train a grid of configurations together (comma-separated values, --seeds 0-7)",
-        description=__doc__.split("\n\n")[0],
-        epilog="exit codes: 0 every member finished or diverged, 1 a member failed, 2 bad input (one line on stderr)",
+        description="Train a grid of configurations together; every member lands in the run store as a run of the "
+        "sweep (see them on the Sweeps and Runs pages). A comma-separated value makes a setting an axis of the grid.",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
