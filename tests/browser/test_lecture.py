@@ -23,6 +23,7 @@ pytestmark = pytest.mark.browser
 
 DOCS = ROOT / "docs" / "screenshots"
 N = len(lecture.STEPS)
+PAGE_ICON = "https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/balance/"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,11 @@ def open_step(browser: object, server: Server, n: int, size: tuple[int, int]) ->
 
 
 def test_walk_every_step_with_the_keyboard(server: Server, browser: object, tmp_path: Path) -> None:
-    page = open_step(browser, server, 1, (1024, 768))
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(f"{server.url}/lecture?step=1")
+    wait_step(page, 1)
     assert_no_exception(page)
     assert (
         page.locator('[data-testid="stSidebar"]').count() == 0
@@ -106,6 +111,10 @@ def test_walk_every_step_with_the_keyboard(server: Server, browser: object, tmp_
         page.keyboard.press("ArrowLeft")
         wait_step(page, n)
     assert_no_exception(page)
+    elsewhere = [u for u in requests if not u.startswith((server.url, "data:", "blob:"))]
+    # Nothing from a CDN or any other host, except app.py's page icon (":material/balance:", which Streamlit
+    # fetches from fonts.gstatic.com; offline the tab just has no icon). Reported: an emoji icon is drawn locally.
+    assert [u for u in elsewhere if not u.startswith(PAGE_ICON)] == []
 
 
 def test_wide_screen_and_slider(server: Server, browser: object, tmp_path: Path) -> None:
