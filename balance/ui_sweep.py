@@ -36,6 +36,8 @@ def page(prefix: str) -> None:
         st.session_state[f"{prefix}.sweep"] = wanted
     info = sweeps.set_index("sweep")
     chosen = st.selectbox("Sweep", ids, key=f"{prefix}.sweep", format_func=functools.partial(_label, info))
+    if st.query_params.get("sweep") != chosen:  # a shareable link to this sweep's view
+        st.query_params["sweep"] = chosen
     df = summary(ui.store(), chosen)
     if df.empty:
         return

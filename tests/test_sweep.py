@@ -455,3 +455,16 @@ def test_sweeps_page(page_home: Path) -> None:
     at.session_state["sweep.open"] = result.run_ids[2]
     at.run()
     assert not at.exception and at.session_state["explore.run"] == result.run_ids[2]
+
+
+def test_sweeps_page_link_names_the_sweep(page_home: Path) -> None:
+    with RunStore(page_home) as s:
+        first = run_sweep(SweepSpec.from_toml(SPEC.replace('"lr-study"', '"first"')), s, workers=1).sweep
+        run_sweep(SweepSpec.from_toml(SPEC.replace('"lr-study"', '"second"')), s, workers=1)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "sweep.py"), default_timeout=60)
+    at.query_params["sweep"] = first
+    at.run()
+    assert not at.exception and at.selectbox(key="sweep.sweep").value == first
+    at = AppTest.from_file(str(ROOT / "app_pages" / "sweep.py"), default_timeout=60).run()
+    assert at.selectbox(key="sweep.sweep").value.startswith("second-")  # newest first without a link
+    assert at.query_params["sweep"] == at.selectbox(key="sweep.sweep").value
