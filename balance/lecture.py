@@ -12,6 +12,7 @@ step's runs are in the store before it opens; a demo's runs train in a few secon
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import logging
@@ -262,11 +263,15 @@ class Warmer:
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
+        self._stopped = False
         self._lock = threading.Lock()
         self._busy: dict[tuple[int, int | None], threading.Lock] = {}
         self._queue: deque[tuple[int, int | None]] = deque()
         self._thread: threading.Thread | None = None
         self.seconds: dict[tuple[int, int | None], float] = {}  # time each step's runs took (0 when found)
+        # a daemon thread killed inside torch at interpreter exit aborts the process ("terminate called ..."):
+        # stop taking work and let the step in hand finish first
+        atexit.register(self.stop)
 
     def _key_lock(self, key: tuple[int, int | None]) -> threading.Lock:
         with self._lock:
@@ -285,6 +290,8 @@ class Warmer:
     def warm(self, numbers: Sequence[int], seed: int | None = None) -> None:
         """Queue steps to train ahead, ``numbers[0]`` first; starts the thread if it is idle."""
         with self._lock:
+            if self._stopped:
+                return
             for n in reversed(numbers):
                 key = (n, seed)
                 if key in self._queue:
@@ -293,6 +300,15 @@ class Warmer:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="balance-lecture-warmer", daemon=True)
                 self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Drop the queue and wait (up to ``timeout`` s) for the step being trained; later ``warm`` calls do nothing."""
+        with self._lock:
+            self._stopped = True
+            self._queue.clear()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the queue is done (or ``timeout`` seconds); True if it is."""

@@ -36,7 +36,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BALANCE_HOME", str(path))
         yield path
-        ui_lecture.warmer().wait(TIMEOUT)
+        ui_lecture.warmer().stop(TIMEOUT)
         ui_lecture._warmer.clear()
         ui._store.clear()
 
@@ -196,6 +196,9 @@ def test_warmer_trains_ahead_and_then_answers_at_once(tmp_path: Path) -> None:
             w.runs(step)
         assert time.perf_counter() - start < 10
         assert set(w.seconds) >= {(n, None) for n in range(1, N + 1)}
+        w.stop()
+        w.warm([1, 2])  # stopped: takes no more work
+        assert w.idle()
     assert lecture.warm_order(4) == [4, 5, 3, 1, 2, 6, 7, 8]
     assert lecture.warm_order(8) == [8, 7, 1, 2, 3, 4, 5, 6]
 
