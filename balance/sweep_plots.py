@@ -25,9 +25,9 @@ METRICS = {
 CAPTIONS = {
     "heatmap": "Each cell is one step size and init scale; with several seeds it shows the median (divergence: the "
     "fraction of seeds that diverged). Grey: no finished member. Click a cell to open its run in Explore.",
-    "drift": "Measured final |gap drift| (markers, solid fit) and the exact prediction of the step recursion "
-    "(dashed) against the step size, log-log. The slope p of |drift| ∝ η^p is fitted per init scale by least "
-    "squares; the bracket is its 95% confidence interval.",
+    "drift": "Measured final |gap drift| (dots, one per run; solid line: the fit) and the exact prediction of the "
+    "step recursion (rings) against the step size, log-log. The slope p of |drift| ∝ η^p is fitted per init "
+    "scale by least squares; the bracket is its 95% confidence interval.",
 }
 
 
@@ -129,11 +129,13 @@ def drift_figure(df: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
                 hovertemplate="η=%{x:.3g}<br>|drift| %{y:.3g}<br>run %{customdata}<extra></extra>",
             )
         )
-        pred = group.groupby(X, sort=True)["pred_gap_drift"].median().abs()
-        if pred.notna().any():
+        pred = group["pred_gap_drift"].abs()
+        if pred.notna().any():  # the exact recursion: open rings that each member's marker should fill
             fig.add_trace(
-                go.Scatter(x=pred.index, y=pred.to_numpy(), mode="lines", line={"color": colour, "dash": "dash"},
-                           name=f"σ={_tick(sigma)} predicted", legendgroup=name, showlegend=False, hoverinfo="skip")
+                go.Scatter(x=group[X], y=pred, mode="markers", legendgroup=name, showlegend=False,
+                           marker={"color": colour, "size": 13, "symbol": "circle-open"}, name=f"{name} predicted",
+                           customdata=group["run"],
+                           hovertemplate="η=%{x:.3g}<br>predicted %{y:.3g}<br>run %{customdata}<extra></extra>")
             )  # fmt: skip
         if len(fit) and math.isfinite(fit["slope"].iloc[0]):
             f = fit.iloc[0]

@@ -408,7 +408,8 @@ def test_drift_figure_shows_members_prediction_and_fit() -> None:
     fig = sweep_plots.drift_figure(df, fit_slopes(df))
     members, predicted, fitted = fig.data
     assert list(members.customdata) == ["r0", "r1", "r2"] and "slope 2.000 [2.000, 2.000]" in members.name
-    assert predicted.line.dash == "dash" and fitted.line.dash is None
+    assert predicted.marker.symbol == "circle-open" and list(predicted.y) == list(members.y)  # exact for GD
+    assert fitted.mode == "lines" and list(fitted.y[[0, -1]]) == pytest.approx([2e-4, 32e-4], rel=1e-9)
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
 
 
