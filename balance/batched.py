@@ -590,4 +590,4 @@ def train_batched(configs: Sequence[RunConfig], on_step: Callable[[int], None] |
             limit = min(c.max_seconds for c in configs)
             for member, new in trainer.stop(f"stopped at the wall-time limit of {limit:g} s").items():
                 rows[member].extend(new)
-    return [RunResult(frame(trainer.columns, [list(r) for r in rs]), s) for rs, s in zip(rows, trainer.status)]
+    return [RunResult(frame(trainer.columns, np.stack(rs)), s) for rs, s in zip(rows, trainer.status)]  # type: ignore[arg-type]
