@@ -17,7 +17,7 @@ from latex2mathml.converter import convert
 from balance import lecture
 from balance.store import RunStore
 
-C_SHOWN = 2.0  # the rescaling slider's value drawn in the handout (the figure shows every c anyway)
+C_SHOWN = 2.0  # where step 1's slider starts in the handout
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 CSS = """
@@ -67,7 +67,7 @@ def handout_html(
     parts: list[str] = []
     plotly_included = False
     for i, step in enumerate(steps):
-        fig: go.Figure | None = lecture.step_figure(step, store, c=C_SHOWN)
+        fig: go.Figure | None = lecture.step_figure(step, store, c=C_SHOWN, slider=True)
         section = [
             f"<section id='step-{step.number}'><h2>{step.number}. {html.escape(step.title)}</h2>",
             f"<p>{inline_markdown(step.text)}</p>",

@@ -223,13 +223,15 @@ def rescale_curves(config: RunConfig) -> dict[str, dict[str, np.ndarray]]:
     return {"ReLU": rescaled_outputs(config, cs), "tanh": rescaled_outputs(tanh, cs)}
 
 
-def demo_figure(step: Step, store: RunStore, runs: Sequence[tuple[str, CachedRun]], c: float = 1.0) -> go.Figure | None:
+def demo_figure(
+    step: Step, store: RunStore, runs: Sequence[tuple[str, CachedRun]], c: float = 1.0, slider: bool = False
+) -> go.Figure | None:
     """The step's figure from its runs (``step_runs``); ``c`` is the rescaling slider of step 1. None for the
     summary, which has links instead."""
     frames = {label: run.metrics for label, run in runs}
     kind = step.figure
     if kind == "rescale":
-        return figures.rescale_figure(rescale_curves(step.links[0].config), c)
+        return figures.rescale_figure(rescale_curves(step.links[0].config), c, C_GRID if slider else ())
     if kind == "neurons":
         first, last = neuron_tables(store, runs[0][1])
         return figures.neuron_scatter(first, last)
@@ -246,9 +248,11 @@ def demo_figure(step: Step, store: RunStore, runs: Sequence[tuple[str, CachedRun
     return None
 
 
-def step_figure(step: Step, store: RunStore, seed: int | None = None, c: float = 1.0) -> go.Figure | None:
-    """Train (or look up) the step's runs, then draw its figure."""
-    return demo_figure(step, store, step_runs(step, store, seed), c)
+def step_figure(
+    step: Step, store: RunStore, seed: int | None = None, c: float = 1.0, slider: bool = False
+) -> go.Figure | None:
+    """Train (or look up) the step's runs, then draw its figure; ``slider``: step 1's c as a Plotly slider."""
+    return demo_figure(reseeded(step, seed), store, step_runs(step, store, seed), c, slider)
 
 
 # --- no waiting -----------------------------------------------------------------------------------------------------

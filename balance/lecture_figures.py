@@ -56,20 +56,42 @@ def _frame(df: pd.DataFrame, columns: Sequence[str], x: str = "step") -> pd.Data
 # --- step 1: the rescaling symmetry -----------------------------------------------------------------------------
 
 
-def rescale_figure(curves: Mapping[str, Mapping[str, np.ndarray]], c: float) -> go.Figure:
-    """Left: outputs f(x_i) against c (log axis) for each network of ``curves`` (ReLU solid, the rest dashed).
-    Right: the two rescaled layers' squared norms c^2 ||W_h||^2 and ||W_{h+1}||^2 / c^2. A line marks ``c``.
+def _nearest(cs: np.ndarray, c: float) -> int:
+    return int(np.argmin(np.abs(np.log(cs) - np.log(c))))
 
-    ``curves`` as returned by ``balance.lecture.rescale_curves`` (name -> ``rescaled_outputs``).
+
+def _change_title(curves: Mapping[str, Mapping[str, np.ndarray]], c: float) -> str:
+    """'outputs f(x) · change at c = 2: ReLU 2.2e-16, tanh 1.3e-01': the largest |f_c(x_i) - f_1(x_i)| per network."""
+    changes = []
+    for name, cv in curves.items():
+        i, one = _nearest(cv["c"], c), _nearest(cv["c"], 1.0)
+        changes.append(f"{name} {float(np.max(np.abs(cv['outputs'][i] - cv['outputs'][one]))):.1e}")
+    return f"outputs f(x) · change at c = {c:g}: {', '.join(changes)}"
+
+
+def _markers(curves: Mapping[str, Mapping[str, np.ndarray]], c: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """x and y of the marker traces at ``c``: one per network (left panel), then the two norms (right panel)."""
+    xs, ys = [], []
+    for cv in curves.values():
+        i = _nearest(cv["c"], c)
+        xs.append(np.full(cv["outputs"].shape[1], cv["c"][i]))
+        ys.append(cv["outputs"][i])
+    first = next(iter(curves.values()))
+    i = _nearest(first["c"], c)
+    xs.append(np.array([first["c"][i]] * 2))
+    ys.append(np.array([first["sqnorm_h"][i], first["sqnorm_next"][i]]))
+    return xs, ys
+
+
+def rescale_figure(curves: Mapping[str, Mapping[str, np.ndarray]], c: float, slider: Sequence[float] = ()) -> go.Figure:
+    """Left: outputs f(x_i) against c (log axis) for each network of ``curves`` (ReLU solid, the rest dashed).
+    Right: the two rescaled layers' squared norms c^2 ||W_h||^2 and ||W_{h+1}||^2 / c^2. Circles mark ``c``.
+
+    ``curves`` as returned by ``balance.lecture.rescale_curves`` (name -> ``rescaled_outputs``). With ``slider``
+    values, a Plotly slider below the chart moves the circles (for a page with no server, such as the handout).
     """
     first = next(iter(curves.values()))
-    i = int(np.argmin(np.abs(np.log(first["c"]) - np.log(c))))
-    changes = {
-        name: float(np.max(np.abs(cv["outputs"][i] - cv["outputs"][np.argmin(np.abs(cv["c"] - 1))])))
-        for name, cv in curves.items()
-    }
-    summary = ", ".join(f"{name} {v:.1e}" for name, v in changes.items())
-    fig = _two_panels((f"outputs f(x) · change at c = {c:g}: {summary}", "squared norms of the two layers"))
+    fig = _two_panels((_change_title(curves, c), "squared norms of the two layers"))
     for k, (name, cv) in enumerate(curves.items()):
         dash = "solid" if k == 0 else "dash"
         for j in range(cv["outputs"].shape[1]):
@@ -82,24 +104,30 @@ def rescale_figure(curves: Mapping[str, Mapping[str, np.ndarray]], c: float) -> 
             )
     fig.add_trace(_line(first["c"], first["sqnorm_h"], "c² ‖W₁‖²", plots.colour(1)), row=1, col=2)
     fig.add_trace(_line(first["c"], first["sqnorm_next"], "‖W₂‖² / c²", plots.colour(2)), row=1, col=2)
-    # the slider's c: a dot on every curve (a shape on a log axis would need log10 coordinates)
+    # c: a circle on every curve (a shape on a log axis would need log10 coordinates)
     marker = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2.5, "color": "#333"}}
-    for cv in curves.values():
-        fig.add_trace(
-            go.Scatter(x=np.full(cv["outputs"].shape[1], cv["c"][i]), y=cv["outputs"][i], mode="markers",
-                       marker=marker, name=f"c = {c:g}", legendgroup="c", showlegend=False, hoverinfo="skip"),
-            row=1,
-            col=1,
-        )  # fmt: skip
-    y = [first["sqnorm_h"][i], first["sqnorm_next"][i]]
-    fig.add_trace(
-        go.Scatter(x=[first["c"][i]] * 2, y=y, mode="markers", marker=marker, name=f"c = {c:g}", legendgroup="c"),
-        row=1,
-        col=2,
-    )
+    xs, ys = _markers(curves, c)
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        last = k == len(xs) - 1
+        trace = go.Scatter(
+            x=x, y=y, mode="markers", marker=marker, name="c", legendgroup="c", showlegend=last, hoverinfo="skip"
+        )
+        fig.add_trace(trace, row=1, col=2 if last else 1)
     plots.style(fig, "", "c", "", log_x=True, hovermode="closest")
     fig.update_yaxes(type="log", row=1, col=2)
-    return present(fig)
+    if not slider:
+        return present(fig)
+    markers = list(range(len(fig.data) - len(xs), len(fig.data)))
+    steps = []
+    for value in slider:
+        xs, ys = _markers(curves, value)
+        title = {"annotations[0].text": _change_title(curves, value)}
+        steps.append({"label": f"{value:g}", "method": "update", "args": [{"x": xs, "y": ys}, title, markers]})
+    active = _nearest(np.asarray(slider, dtype=float), c)
+    fig.update_layout(
+        sliders=[{"active": active, "steps": steps, "currentvalue": {"prefix": "c = "}, "pad": {"t": 60}, "len": 1.0}]
+    )
+    return present(fig, height=HEIGHT + 110, bottom=130)
 
 
 # --- step 2: per-neuron balance -----------------------------------------------------------------------------------

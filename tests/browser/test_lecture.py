@@ -157,4 +157,9 @@ def test_handout_opens_offline(browser: object, tmp_path: Path) -> None:
     assert [u for u in requests if not u.startswith(("file:", "data:", "blob:"))] == []
     assert page.locator("math").count() == N
     page.screenshot(path=str(ARTIFACTS / "lecture-handout-1024.png"))
+    rail = page.locator("#step-1 .slider-rail-touch-rect")  # step 1's c, a Plotly slider here
+    rail.scroll_into_view_if_needed()
+    box = rail.bounding_box()
+    page.mouse.click(box["x"] + box["width"] - 3, box["y"] + box["height"] / 2)
+    page.wait_for_function("document.querySelector('#step-1').textContent.includes('change at c = 10:')")
     context.close()
