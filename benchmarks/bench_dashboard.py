@@ -99,7 +99,8 @@ def cpu_split(server_pid: int) -> dict[str, float]:
 
     below = tree(server_pid)
     workers = {pid for pid in below if "multiprocessing" in procs[pid][2]}
-    chromium = {pid for pid, (_, _, cmd) in procs.items() if "chrom" in cmd and pid not in below}
+    # this benchmark's browser only (Playwright's driver is our child), not another program's Chromium
+    chromium = {pid for pid in tree(os.getpid()) - below if "chrom" in procs[pid][2]}
     total = lambda pids: sum(procs[pid][1] for pid in pids if pid in procs)  # noqa: E731
     return {"server": total(below - workers), "workers": total(workers), "chromium": total(chromium)}
 
