@@ -12,6 +12,12 @@ recursions below exact (formula sheet, section 3):
 - Nesterov:               G_{k+1} = G_k - 2 eta (lambda (1+beta) G_k + beta^2 B_k) + eta^2 Delta||u_k||^2,
                           B_{k+1} = beta B_k + lambda G_k - eta Delta<u_k, v_{k+1}>;
 - Adam:                   no prediction (coordinate-wise scaling breaks the symmetry at first order).
+
+A term of the objective that is not rescaling-invariant by design (MF's balancing regulariser
+lambda/8 ||U^T U - V^T V||_F^2, problem (9)) makes E = Delta<theta, g> nonzero; it is measured each step and enters
+exactly where the recursions above drop it: GD  G_{k+1} = (1 - eta lambda)^2 G_k - 2 eta (1 - eta lambda) E_k +
+eta^2 Delta||g_k||^2; heavy ball and Nesterov add E_k wherever lambda G_k appears. For the regulariser,
+E = lambda/2 (||U^T U||_F^2 - ||V^T V||_F^2). Gradient flow then has no closed form: no prediction (NaN).
 """
 
 from __future__ import annotations
@@ -39,33 +45,39 @@ def pair_matrix(model: HomogeneousModel) -> np.ndarray:
 class GapPredictor:
     """Accumulates the predicted drift G_k - G_0 step by step; ``drift`` is NaN where theory has no prediction."""
 
-    def __init__(self, cfg: OptimConfig, pairs: np.ndarray, gap0: Sequence[float]) -> None:
+    def __init__(self, cfg: OptimConfig, pairs: np.ndarray, gap0: Sequence[float], invariant: bool = True) -> None:
+        """``invariant``: the objective is rescaling-invariant (False: it has a term like MF's regulariser, and
+        ``update`` must be given E = Delta<theta, g> each step)."""
         self.cfg = cfg
         self.P = pairs
         self.gap0 = np.asarray(gap0, dtype=float)
         self.G = self.gap0.copy()
         self.B = np.zeros_like(self.G)
-        if cfg.name == "adam":
+        if cfg.name == "adam" or (cfg.name == "flow" and not invariant):
             self.G[:] = np.nan
 
     @property
     def drift(self) -> np.ndarray:
         return self.G - self.gap0
 
-    def update(self, lr: float, grad_sq: np.ndarray, extras: dict[str, list[float]]) -> None:
-        """Advance by one step of size ``lr``; ``grad_sq`` holds ||g_p||^2 per parameter (the gradient used)."""
+    def update(
+        self, lr: float, grad_sq: np.ndarray, extras: dict[str, list[float]], theta_grad: np.ndarray | None = None
+    ) -> None:
+        """Advance by one step of size ``lr``; ``grad_sq`` holds ||g_p||^2 per parameter (the gradient used) and
+        ``theta_grad`` <theta_p, g_p> (only needed, and only used, when the objective is not invariant)."""
         name, lam, beta = self.cfg.name, self.cfg.weight_decay, self.cfg.momentum
         G, B = self.G, self.B
+        E = 0.0 if theta_grad is None else self.P @ theta_grad  # Delta<theta, g>: 0 for an invariant objective
         if name in ("gd", "sgd"):
-            self.G = (1 - lr * lam) ** 2 * G + lr**2 * (self.P @ grad_sq)
+            self.G = (1 - lr * lam) ** 2 * G - 2 * lr * (1 - lr * lam) * E + lr**2 * (self.P @ grad_sq)
         elif name == "momentum":
             C = self.P @ np.asarray(extras["vv"])
-            self.G = G - 2 * lr * beta * B - 2 * lr * lam * G + lr**2 * C
-            self.B = beta * B + lam * G - lr * C
+            self.G = G - 2 * lr * (beta * B + E + lam * G) + lr**2 * C
+            self.B = beta * B + E + lam * G - lr * C
         elif name == "nesterov":
             uu, uv = self.P @ np.asarray(extras["uu"]), self.P @ np.asarray(extras["uv"])
-            self.G = G - 2 * lr * (lam * (1 + beta) * G + beta**2 * B) + lr**2 * uu
-            self.B = beta * B + lam * G - lr * uv
+            self.G = G - 2 * lr * ((1 + beta) * (lam * G + E) + beta**2 * B) + lr**2 * uu
+            self.B = beta * B + lam * G + E - lr * uv
         # flow: G stays G_0; adam: stays NaN
 
 

@@ -85,7 +85,9 @@ class Trainer:
         self.balance0 = [neuron_balance(self.views, g) for g in self.model.neurons]
         self.matrix0 = {g.layer: matrix_invariant(self.views, g) for g in self.model.neurons if g.linear}
         self.gap0 = gaps(*self._layer_sqnorms())
-        self.predictor = GapPredictor(config.optim, pair_matrix(self.model), self.gap0)
+        # MF's balancing regulariser is not rescaling-invariant: its first-order effect enters the prediction
+        self._invariant = not getattr(self.model, "regularizer", 0.0)
+        self.predictor = GapPredictor(config.optim, pair_matrix(self.model), self.gap0, self._invariant)
 
     # --- evaluation ---------------------------------------------------------------------------------------
 
@@ -121,6 +123,10 @@ class Trainer:
         self.batch_loss, self.grads = self._loss_and_gradients(self._next_batch())
         self.loss = self.batch_loss
         self.grad_sq = np.array([float(np.vdot(g, g)) for g in (g.numpy() for g in self.grads)])
+
+    def _theta_grad(self) -> np.ndarray:
+        """<theta_p, g_p> per parameter tensor."""
+        return np.array([float(np.vdot(v, g.numpy())) for v, g in zip(self.views, self.grads)])
 
     def _layer_sqnorms(self) -> tuple[list[float], list[float]]:
         sq = [float(np.vdot(v, v)) for v in self.views]
@@ -177,12 +183,13 @@ class Trainer:
             self._finish(why)
             return rows
         lr = self.lr_at(k)
+        theta_grad = None if self._invariant else self._theta_grad()  # before the step moves theta
         try:
             extras = self.optimizer.step(self.grads, lr)
         except FloatingPointError as exc:  # the gradient-flow solver gave up (e.g. stuck on a ReLU kink)
             self.status = RunStatus("failed", k, f"failed at step {k} (t = {self.t:.4g}): {exc}")
             return rows
-        self.predictor.update(lr, self.grad_sq, extras)
+        self.predictor.update(lr, self.grad_sq, extras, None if self._invariant else theta_grad)
         self.step_index, self.t = k + 1, self.t + lr
         self._evaluate()
         if self.step_index == last:
