@@ -443,12 +443,13 @@ class BatchedTrainer:
             lr = lr[keep]
             if not self.running:
                 return out
+        E = self._symmetry_defect()  # before the update moves theta
         if self.mf:
             extras = self._update(lr)
         else:
             with torch.no_grad():
                 extras = self._update(lr)
-        self._predict(lr, extras)
+        self._predict(lr, extras, E)
         self.step_index, self.t = k + 1, self.t + lr
         self._evaluate()
         if self.step_index == last:
@@ -506,20 +507,37 @@ class BatchedTrainer:
             return {"vv": _inner(vs, vs)}
         return {"uu": _inner(us, us), "uv": _inner(us, vs)}
 
-    def _predict(self, lr: np.ndarray, extras: dict[str, np.ndarray]) -> None:
-        """``theory.GapPredictor.update`` for every member at once: G, B [K, L-1]."""
+    @torch.no_grad()
+    def _symmetry_defect(self) -> np.ndarray:
+        """E = Delta<theta, g> [K, L-1]: nonzero only for MF members with the balancing regulariser, as the single
+        trainer measures it (0 for the others, whose objective is rescaling-invariant). The subspace coordinates
+        are orthonormal, so the inner products are those of the full weights."""
+        E = np.zeros_like(self.G)
+        if not self.mf or not self.hyper["reg"].any():
+            return E
+        (Vt, U), (gVt, gU) = self.params, self.flat_grads
+        if not self.reduced:  # U is stored transposed, and its gradient kept as U^T
+            U = U.mT
+        K = len(Vt)
+        dots = [torch.linalg.vecdot(x.reshape(K, -1), g.reshape(K, -1)).numpy() for x, g in ((Vt, gVt), (U, gU))]
+        E[:] = np.stack(dots, 1) @ self.P.T
+        E[self.hyper["reg"] == 0] = 0.0
+        return E
+
+    def _predict(self, lr: np.ndarray, extras: dict[str, np.ndarray], E: np.ndarray) -> None:
+        """``theory.GapPredictor.update`` for every member at once: G, B [K, L-1]; E as ``_symmetry_defect``."""
         lam, beta = self.hyper["lam"][:, None], self.hyper["beta"][:, None]
         eta, G, B = lr[:, None], self.G, self.B
         if self.optimizer == "gd":
-            self.G = (1 - eta * lam) ** 2 * G + eta**2 * (self.grad_sq @ self.P.T)
+            self.G = (1 - eta * lam) ** 2 * G - 2 * eta * (1 - eta * lam) * E + eta**2 * (self.grad_sq @ self.P.T)
         elif self.optimizer == "momentum":
             C = extras["vv"] @ self.P.T
-            self.G = G - 2 * eta * beta * B - 2 * eta * lam * G + eta**2 * C
-            self.B = beta * B + lam * G - eta * C
+            self.G = G - 2 * eta * (beta * B + E + lam * G) + eta**2 * C
+            self.B = beta * B + E + lam * G - eta * C
         elif self.optimizer == "nesterov":
             uu, uv = extras["uu"] @ self.P.T, extras["uv"] @ self.P.T
-            self.G = G - 2 * eta * (lam * (1 + beta) * G + beta**2 * B) + eta**2 * uu
-            self.B = beta * B + lam * G - eta * uv
+            self.G = G - 2 * eta * ((1 + beta) * (lam * G + E) + beta**2 * B) + eta**2 * uu
+            self.B = beta * B + lam * G + E - eta * uv
 
     def _keep(self, keep: np.ndarray) -> None:
         """Drop the members not in ``keep`` (finished or diverged) from every stacked tensor and array."""

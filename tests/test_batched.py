@@ -71,6 +71,17 @@ def test_mf_regulariser_and_log_every_identical_to_single_runs() -> None:
         assert_same(result.metrics, run(config).metrics)
 
 
+@pytest.mark.parametrize("optimizer", ["gd", "momentum", "nesterov", "adam"])
+def test_mf_regulariser_prediction_identical_to_single_runs(optimizer: str) -> None:
+    """The regulariser's first-order term in the prediction (theory: E = Delta<theta, g>), for every optimiser, in
+    the subspace coordinates (gd, momentum, nesterov) and the full ones (adam), with weight decay."""
+    optim = OptimConfig(name=optimizer, lr=0.03, momentum=0.7, weight_decay=0.05)
+    base = make_config(FAMILIES[0], optim=optim, steps=30, model={"init_scale": 0.7})
+    configs = [base.replace(**{"model.regularizer": r}) for r in (0.0, 0.5, 2.0)]
+    for config, result in zip(configs, train_batched(configs)):
+        assert_same(result.metrics, run(config).metrics)
+
+
 def test_a_diverged_member_does_not_stop_the_others() -> None:
     mf = FAMILIES[0]
     base = make_config(mf, steps=200, model={"init_scale": 1.0})
