@@ -45,11 +45,14 @@ def _analysed(number: int, run_ids: tuple[str, ...], home: str) -> claims.Evalua
 
 
 def explore_url(config: RunConfig, run_id: str) -> str:
-    """Explore with this config (``ui.link_query``: the settings and the seed) and the stored run attached."""
+    """Explore with this config (``ui.link_query``: the settings and the seed) and the stored run attached.
+
+    Explore is the app's default page, so its address is the app's root: ``/?...`` (``/explore`` is not a route).
+    """
     query = urllib.parse.urlencode({**ui.link_query(config), "run": run_id}, safe=",")
-    page = (st.context.url or "").split("?")[0]
-    base = page.rsplit("/", 1)[0] if "/" in page.removeprefix("http://").removeprefix("https://") else ""
-    return f"{base}/explore?{query}"
+    page = (st.context.url or "").split("?")[0]  # e.g. http://host:8501/claims
+    root = page.rsplit("/", 1)[0] if page.count("/") >= 3 else ""
+    return f"{root}/?{query}"
 
 
 def train(prefix: str, ids: dict[int, list[str | None]]) -> dict[int, list[str | None]]:

@@ -16,7 +16,7 @@ BADGE = {"supported": "✅ supported", "refuted": "❌ refuted", "partly": "◐ 
 
 
 def explore_link(config: RunConfig, run_id: str = "") -> str:
-    """The dashboard path that opens ``config`` (and the stored run) in Explore.
+    """The dashboard path that opens ``config`` (and the stored run) in Explore, the app's default page (``/``).
 
     The same query as ``balance.ui.link_query`` (the settings that differ from the defaults, and the seed), which
     cannot be imported here: it lives in the Streamlit layer.
@@ -24,7 +24,7 @@ def explore_link(config: RunConfig, run_id: str = "") -> str:
     query = {**config.to_query(), "seed": str(config.seed)}
     if run_id:
         query["run"] = run_id
-    return "/explore?" + urllib.parse.urlencode(query, safe=",")
+    return "/?" + urllib.parse.urlencode(query, safe=",")
 
 
 def value_text(value: Any) -> str:
