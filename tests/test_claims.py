@@ -262,3 +262,19 @@ def test_page_with_missing_runs_offers_to_train_them(home: Path, monkeypatch: py
     labels = [e.label for e in at.expander]
     assert re.search(r"9\. Weight decay\*\* · .*(supported|refuted|partly)", "\n".join(labels)), labels
     assert not at.button  # nothing missing any more
+
+
+def test_claims_package_never_imports_the_ui() -> None:
+    """STYLE rule 1: the experiments, verdicts, figures and report are core code (the page is balance/ui_claims.py)."""
+    for path in (ROOT / "balance" / "claims").glob("*.py"):
+        assert not re.search(r"^\s*(import|from) (streamlit|balance\.ui)", path.read_text(), re.M), path.name
+
+
+def test_report_link_is_the_dashboards_link() -> None:
+    """The report cannot import balance.ui (Streamlit): its Explore link must still be the one the page builds."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    config = claims.by_number([6])[0].configs(False)[0]
+    link = claims.report.explore_link(config, "abc123")
+    assert urlsplit(link).path == "/"
+    assert dict(parse_qsl(urlsplit(link).query)) == {**ui.link_query(config), "run": "abc123"}
