@@ -166,8 +166,8 @@ def momentum_holds(
     amps = " and ".join(f"x{fmt(m)} ({n}; formula {fmt(f)})" for n, (m, f) in amplification.items())
     slopes = ", ".join(f"{n} {fmt(fits[n].slope)}" for n in limit)
     reason = (
-        f"The drift vanishes linearly with the step size for {len(vanish)} of {len(limit)} of SGD, heavy ball and "
-        f"Nesterov (slopes {slopes}), momentum amplifies it by {amps}, and Adam's drift "
+        f"The drift vanishes linearly with the step size for {len(vanish)} of the {len(limit)} optimisers SGD, heavy "
+        f"ball and Nesterov (slopes {slopes}), momentum amplifies it by {amps}, and Adam's drift "
         f"{'does not vanish' if adam_breaks else 'vanishes too'} (slope "
         f"{fmt(fits['adam'].slope) if 'adam' in fits else 'not measured'})."
     )
@@ -193,7 +193,7 @@ def batchnorm_moves_invariant(
     reason = (
         f"The layer feeding BatchNorm {'only grew' if shrinks <= 0 else 'also shrank'}, by Σ η² ||g||² to "
         f"{fmt(100 * growth_err, 2)}%; quartering the step divided the cross-layer gap's drift by only "
-        f"{fmt(gap_drift_ratio)} (it does not vanish) but the (gamma, beta) invariant's by {fmt(neuron_drift_ratio)}."
+        f"{fmt(gap_drift_ratio)} (it does not vanish) but the (γ, β) invariant's by {fmt(neuron_drift_ratio)}."
     )
     return Verdict(outcome, reason, _tolerances("batchnorm"))
 
