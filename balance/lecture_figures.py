@@ -49,8 +49,10 @@ def _line(x: np.ndarray, y: np.ndarray, name: str, color: str, dash: str = "soli
     )
 
 
-def _frame(df: pd.DataFrame, columns: Sequence[str], x: str = "step") -> pd.DataFrame:
-    return plots.decimate(df[[x, *[c for c in columns if c in df.columns]]], 600, x=x)
+def _frame(df: pd.DataFrame, columns: Sequence[str], x: str = "step", log_x: bool = False) -> pd.DataFrame:
+    """The rows to draw (decimated, extremes kept); on a log x axis without step 0."""
+    d = df[[x, *[c for c in columns if c in df.columns]]]
+    return plots.decimate(d[d[x] > 0] if log_x else d, 600, x=x)
 
 
 # --- step 1: the rescaling symmetry -----------------------------------------------------------------------------
@@ -180,12 +182,12 @@ def figure1(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
     """Left: ||U|| / ||V|| (``ratio_1`` of mf: layer 2 is U, layer 1 is V) per run, 1 dotted. Right: the loss."""
     fig = _two_panels(("‖U‖ / ‖V‖ (Frobenius norms)", "loss ½‖UVᵀ − M*‖²"))
     for k, (label, df) in enumerate(frames.items()):
-        d, c = _frame(df, ["ratio_1", "loss"]), plots.colour(k + 1)
+        d, c = _frame(df, ["ratio_1", "loss"], log_x=True), plots.colour(k + 1)
         x = d["step"].to_numpy()
         fig.add_trace(_line(x, d["ratio_1"].to_numpy(), label, c, legendgroup=label), row=1, col=1)
         fig.add_trace(_line(x, d["loss"].to_numpy(), label, c, legendgroup=label, showlegend=False), row=1, col=2)
     fig.add_hline(y=1, line={"color": GREY, "width": 1.5, "dash": "dot"}, row=1, col=1)
-    plots.style(fig, "", "step", "")
+    plots.style(fig, "", "step", "", log_x=True)  # the balancing happens in the first 100 steps
     fig.update_yaxes(type="log", exponentformat="power")
     return present(fig)
 
@@ -251,7 +253,7 @@ def difference_figure(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
     """Left: ||U||^2 and ||V||^2 of the first run (log y) with its gap G = ||U||^2 - ||V||^2 (dashed, constant).
     Right: ||U|| / ||V|| of every run (first in colour, the others grey), 1 dotted."""
     (label, df), *others = frames.items()
-    d = _frame(df, ["sqnorm_1", "sqnorm_2", "gap_1", "ratio_1"])
+    d = _frame(df, ["sqnorm_1", "sqnorm_2", "gap_1", "ratio_1"], log_x=True)
     x = d["step"].to_numpy()
     gap = float(df["gap_1"].iloc[-1])
     fig = _two_panels((f"{label}: squared norms, gap G ≈ {gap:.3g}", "ratio ‖U‖ / ‖V‖"))
@@ -260,9 +262,9 @@ def difference_figure(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
     fig.add_trace(_line(x, d["gap_1"].to_numpy(), "G = ‖U‖² − ‖V‖²", plots.colour(3), "dash"), row=1, col=1)
     fig.add_trace(_line(x, d["ratio_1"].to_numpy(), label, plots.colour(4)), row=1, col=2)
     for other, odf in others:
-        o = _frame(odf, ["ratio_1"])
+        o = _frame(odf, ["ratio_1"], log_x=True)
         fig.add_trace(_line(o["step"].to_numpy(), o["ratio_1"].to_numpy(), other, GREY), row=1, col=2)
     fig.add_hline(y=1, line={"color": GREY, "width": 1.5, "dash": "dot"}, row=1, col=2)
-    plots.style(fig, "", "step", "")
+    plots.style(fig, "", "step", "", log_x=True)
     fig.update_yaxes(type="log", exponentformat="power")
     return present(fig)
