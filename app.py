@@ -11,7 +11,5 @@ import streamlit as st
 
 from balance import ui
 
-st.set_page_config(
-    page_title="balance: layers balance under gradient descent", page_icon="⚖️", layout="wide"
-)
+st.set_page_config(page_title="balance: layers balance under gradient descent", page_icon="⚖️", layout="wide")
 ui.navigation().run()

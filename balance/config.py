@@ -584,3 +584,9 @@ def choices_of(f: dataclasses.Field) -> tuple[str, ...] | None:
 def applicable(flat: Mapping[str, Any]) -> list[str]:
     """The dotted settings that matter for the flat settings ``flat`` (e.g. ``model.rank`` only for mf)."""
     return [key for key, f in schema() if f.metadata.get("applies", lambda _: True)(flat)]
+
+
+def link_query(config: RunConfig) -> dict[str, str]:
+    """A link's query: the settings that differ from the defaults, and the seed always (a link should say which
+    seed it is). The dashboard's URL, share links and the claims' and lecture's links into Explore all use it."""
+    return {**config.to_query(), "seed": str(config.seed)}

@@ -143,8 +143,9 @@ def layout(
         "legend": {"font": {"size": 11}, "groupclick": "togglegroup"},
         "hovermode": hovermode,
         "uirevision": UIREVISION,
-        "xaxis": {"title": {"text": x_title}, "type": "log" if log_x else "linear", "exponentformat": "power"},
-        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear", "exponentformat": "power"},
+        # "-" lets plotly pick linear, date or category from the data: a forced "linear" draws text as nothing
+        "xaxis": {"title": {"text": x_title}, "type": "log" if log_x else "-", "exponentformat": "power"},
+        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "-", "exponentformat": "power"},
     }
 
 

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from balance import plots
-from balance.config import ConfigError, RunConfig, applicable, choices_of, parse_value, schema
+from balance.config import ConfigError, RunConfig, applicable, choices_of, link_query, parse_value, schema
 from balance.data import DATASETS
 from balance.models import MODELS
 from balance.optim import OPTIMIZERS
@@ -433,11 +433,6 @@ def link_flags(hidden: frozenset[str]) -> dict[str, str]:
     if len(shown) < len(hidden):
         return {"show": ",".join(shown)}
     return {f"{name}_hide": "1" for name in sorted(hidden)}
-
-
-def link_query(config: RunConfig) -> dict[str, str]:
-    """The settings that differ from the defaults, and the seed always (a link should say which seed it is)."""
-    return {**config.to_query(), "seed": str(config.seed)}
 
 
 def sync_url(prefix: str, config: RunConfig | None) -> None:

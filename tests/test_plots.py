@@ -72,7 +72,7 @@ def test_charts_use_numpy_and_shared_style(frames, case):
     before = df.copy()
     for name, fig in all_charts(df, case).items():
         assert fig.layout.template.layout.paper_bgcolor == "white", name  # plotly_white's look ...
-        assert fig.layout.template.data.to_plotly_json() == {}, name  # ... without its per-trace defaults (the default's cost)
+        assert fig.layout.template.data.to_plotly_json() == {}, name  # ... without its per-trace defaults (costly)
         assert fig.layout.uirevision == plots.UIREVISION
         assert fig.layout.height == plots.HEIGHT
         for t in fig.data:
@@ -86,7 +86,7 @@ def test_loss_figure(frames):
     fig = plots.loss_figure(df)
     np.testing.assert_array_equal(trace(fig, "loss").y, df["loss"].to_numpy())
     np.testing.assert_array_equal(trace(fig, "loss").x, df["step"].to_numpy())
-    assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.type == "linear"
+    assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.type == "-"
     log_x = plots.loss_figure(df, log_x=True)
     assert log_x.layout.xaxis.type == "log"
     np.testing.assert_array_equal(trace(log_x, "loss").x, df["step"].to_numpy()[1:])  # step 0 left out
@@ -131,7 +131,7 @@ def test_gaps_figure(frames, case):
     flow = trace(fig, "gradient flow")
     assert flow.line.dash == "dot" and np.all(flow.y == 0)
     assert flow.x[0] == df["step"].iloc[0] and flow.x[-1] == df["step"].iloc[-1]
-    assert fig.layout.yaxis.type == "linear"  # the drift changes sign
+    assert fig.layout.yaxis.type == "-"  # not log: the drift changes sign
 
 
 def test_gaps_without_prediction(frames):
@@ -188,7 +188,7 @@ def test_balance_figure_is_two_panels_sharing_the_legend(frames, case):
         np.testing.assert_array_equal(a.y, b.y)
     shown = [t.name for t in fig.data if t.showlegend is not False]
     assert len(shown) == len(set(shown))  # a pair's gap and ratio traces share one legend entry
-    assert fig.layout.yaxis.type == "linear" and fig.layout.yaxis2.type == "log"
+    assert fig.layout.yaxis.type == "-" and fig.layout.yaxis2.type == "log"
 
 
 @pytest.mark.parametrize("case", ["mf", "adam"])
@@ -217,7 +217,7 @@ def test_overlay_figure(frames):
     assert fig.layout.yaxis.type == "log"
     assert fig.data[0].line.color != fig.data[1].line.color
     linear = plots.overlay_figure(runs, "gap_drift_1", log_y=False, x="t")
-    assert linear.layout.yaxis.type == "linear"
+    assert linear.layout.yaxis.type == "-"
     np.testing.assert_array_equal(linear.data[0].x, frames["mf"]["t"].to_numpy())
     missing = plots.overlay_figure(runs, "matrix_drift_2")
     assert not missing.data and "no run has the column 'matrix_drift_2'" in annotations(missing)
@@ -258,7 +258,7 @@ def test_neuron_figure_with_biases(tables, log_axes):
             assert ok.any()
             np.testing.assert_allclose(y[ok] - x[ok], offset, atol=1e-12)
         assert points.marker.color == lines.line.color
-    assert fig.layout.xaxis.type == ("log" if log_axes else "linear")
+    assert fig.layout.xaxis.type == ("log" if log_axes else "-")
     assert tuple(fig.layout.xaxis.range) == tuple(fig.layout.yaxis.range)
     diagonal = trace(fig, "in = out")
     assert diagonal.line.dash == "dot"
@@ -428,3 +428,11 @@ def test_plots_never_import_streamlit():
     imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [m for m in imported if m.split(".")[0] == "streamlit"]
+
+
+def test_a_text_axis_is_not_forced_linear():
+    """style leaves a non-log axis to plotly's autotype, so categories on x are drawn (a forced "linear" draws
+    nothing for text)."""
+    fig = plots.style(plots.figure(go.Scatter(x=["a", "b"], y=[1.0, 2.0])))
+    assert fig.layout.xaxis.type == "-"
+    assert plots.styled([], log_x=True).layout.xaxis.type == "log"

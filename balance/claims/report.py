@@ -10,18 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from balance.claims.base import fmt
-from balance.config import RunConfig
+from balance.config import RunConfig, link_query
 
 BADGE = {"supported": "✅ supported", "refuted": "❌ refuted", "partly": "◐ partly"}
 
 
 def explore_link(config: RunConfig, run_id: str = "") -> str:
-    """The dashboard path that opens ``config`` (and the stored run) in Explore, the app's default page (``/``).
-
-    The same query as ``balance.ui.link_query`` (the settings that differ from the defaults, and the seed), which
-    cannot be imported here: it lives in the Streamlit layer.
-    """
-    query = {**config.to_query(), "seed": str(config.seed)}
+    """The dashboard path that opens ``config`` (and the stored run) in Explore, the app's default page (``/``)."""
+    query = link_query(config)
     if run_id:
         query["run"] = run_id
     return "/?" + urllib.parse.urlencode(query, safe=",")
