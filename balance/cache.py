@@ -3,7 +3,8 @@
 A cached run is an ordinary run in the run store (it shows on the Runs page and opens in Explore) whose name ends
 in ``#KEY``, where KEY hashes the full config and the source of the modules that produce the numbers. Change either
 and the key changes, so a stale result is never reused. Only runs that ended on their own (finished or diverged)
-are reused; a run stopped at a wall-time limit, failed or interrupted is trained again.
+are reused; a run stopped at a wall-time limit, failed or interrupted is trained again. A run of the config that
+is still training (another page, the lecture's warmer) is waited for, not trained twice.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +27,8 @@ from balance.trainer import RunStatus
 # the modules whose code decides a run's numbers (not the UI, the store or the plots)
 CODE_MODULES = ("config", "data", "models", "invariants", "optim", "theory", "trainer", "api")
 REUSABLE = ("finished", "diverged")
+TRAINING = ("queued", "running")  # a run of the config under way: waited for rather than trained twice
+POLL_SECONDS, WAIT_SECONDS = 0.2, 600.0
 
 
 class CachedRun(NamedTuple):
@@ -49,12 +53,22 @@ def cache_key(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def find_cached(store: RunStore, configs: Sequence[RunConfig]) -> list[str | None]:
-    """The id of a reusable stored run of each config, or None."""
+def find_cached(store: RunStore, configs: Sequence[RunConfig], training: bool = False) -> list[str | None]:
+    """The id of a reusable stored run of each config, or None. With ``training``, a run of the config that is
+    still queued or training (in this process or another) counts too, when no ended one is there."""
     runs = store.list_runs()
-    runs = runs[runs["state"].isin(REUSABLE)]
+    states = REUSABLE + (TRAINING if training else ())
+    runs = runs[runs["state"].isin(states)].sort_values("state", key=lambda s: s.isin(REUSABLE))  # ended ones last
     by_key = {name.rpartition("#")[2]: run_id for run_id, name in zip(runs["id"], runs["name"]) if "#" in name}
     return [by_key.get(cache_key(c)) for c in configs]
+
+
+def _wait_stored(store: RunStore, run_id: str, timeout: float) -> str:
+    """Wait until a run that another process trains has ended; returns its state (the last seen on timeout)."""
+    deadline = time.monotonic() + timeout
+    while (state := store.get_run(run_id).state) in TRAINING and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    return state
 
 
 def load(store: RunStore, run_id: str) -> CachedRun:
@@ -76,7 +90,13 @@ def cached_runs(
     runs train in its worker processes, in parallel; without one, here, one after another. ``on_done(done, total)``
     reports progress.
     """
-    found = find_cached(store, configs)
+    found = find_cached(store, configs, training=True)
+    states = {run_id: store.get_run(run_id).state for run_id in found if run_id is not None}
+    for i, run_id in enumerate(found):  # trained elsewhere right now (another page, the lecture's warmer): wait
+        if run_id is not None and states[run_id] in TRAINING:
+            waited = runner.wait(run_id).state if runner is not None and run_id in runner.active() else None
+            if (waited or _wait_stored(store, run_id, WAIT_SECONDS)) not in REUSABLE:
+                found[i] = None  # stopped, failed or still going: train it here
     total, done = len(configs), sum(run_id is not None for run_id in found)
     if on_done is not None:
         on_done(done, total)

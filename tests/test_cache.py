@@ -66,3 +66,28 @@ def test_the_runner_path_gives_the_same_numbers(store: RunStore) -> None:
         want = run(config).metrics
         np.testing.assert_array_equal(got.metrics.to_numpy(), want.to_numpy())
     assert cache.find_cached(store, configs) == [r.run_id for r in background]
+
+
+def _record(store: RunStore, config: RunConfig, state: str) -> str:
+    """A run of ``config`` as another process would leave it mid-way: created, claimed, in ``state``."""
+    metrics = run(config).metrics
+    run_id = store.create_run(config, list(metrics.columns), name=f"elsewhere #{cache.cache_key(config)}")
+    store.claim_run(run_id, list(metrics.columns))
+    store.append_rows(run_id, metrics.to_numpy(dtype="float64"))
+    store.set_status(run_id, state, 10)
+    return run_id
+
+
+@pytest.mark.parametrize(("ends", "reused"), [("finished", True), ("stopped", False)])
+def test_a_run_training_elsewhere_is_waited_for(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch, ends: str, reused: bool
+) -> None:
+    """Two pages (or the lecture's warmer and a page) asking for one config train it once."""
+    import threading
+
+    monkeypatch.setattr(cache, "POLL_SECONDS", 0.01)
+    run_id = _record(store, TINY, "running")
+    threading.Timer(0.3, store.set_status, (run_id, ends, 30)).start()
+    (got,) = cache.cached_runs([TINY], "test", store)
+    assert (got.run_id == run_id) is reused
+    assert len(store.list_runs()) == (1 if reused else 2)
