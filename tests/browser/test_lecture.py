@@ -103,6 +103,10 @@ def test_walk_every_step_with_the_keyboard(server: Server, browser: object, tmp_
         assert page.get_by_text(lecture.STEPS[n - 1].title).count() >= 1
         shoot(page, tmp_path, f"lecture-step-{n}")
     print("seconds to open each step with the arrow key:", {k: round(v, 2) for k, v in seconds.items()})
+    with page.expect_download(timeout=120_000) as download:  # the handout, from the summary step
+        page.get_by_role("button", name="Handout (HTML, works offline)").click()
+    handout = Path(download.value.path()).read_text(encoding="utf-8")
+    assert len(handout) > 1_000_000 and handout.count("<math") == N
     page.keyboard.press("ArrowRight")  # the last step stays the last
     page.wait_for_timeout(500)
     wait_idle(page)
