@@ -23,7 +23,6 @@ pytestmark = pytest.mark.browser
 
 DOCS = ROOT / "docs" / "screenshots"
 N = len(lecture.STEPS)
-PAGE_ICON = "https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/balance/"
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +115,7 @@ def test_walk_every_step_with_the_keyboard(server: Server, browser: object, tmp_
         wait_step(page, n)
     assert_no_exception(page)
     elsewhere = [u for u in requests if not u.startswith((server.url, "data:", "blob:"))]
-    # Nothing from a CDN or any other host, except app.py's page icon (":material/balance:", which Streamlit
-    # fetches from fonts.gstatic.com; offline the tab just has no icon). Reported: an emoji icon is drawn locally.
-    assert [u for u in elsewhere if not u.startswith(PAGE_ICON)] == []
+    assert elsewhere == []  # nothing from a CDN or any other host (app.py's icon is an emoji: drawn locally)
 
 
 def test_wide_screen_and_slider(server: Server, browser: object, tmp_path: Path) -> None:
