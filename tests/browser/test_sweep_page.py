@@ -5,16 +5,19 @@ AppTest cannot click a Plotly chart; this drives the real chart. A small MF swee
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
 
 import pytest
-from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, Server, wait_idle
+from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, ROOT, Server, wait_idle
 
 from balance.store import RunStore
 from balance.sweep import SweepSpec, run_sweep
 
 pytestmark = pytest.mark.browser
+DOCS = ROOT / "docs" / "screenshots"
 
 SPEC = """
 name = "browser"
@@ -44,6 +47,13 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, l
     server.stop()
 
 
+def shoot(page: object, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / name))
+    if os.environ.get("BALANCE_DOCS_SCREENSHOTS"):
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ARTIFACTS / name, DOCS / name)
+
+
 def test_clicking_a_cell_opens_its_run_in_explore(stored: tuple[Server, list[str]]) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -57,7 +67,11 @@ def test_clicking_a_cell_opens_its_run_in_explore(stored: tuple[Server, list[str
         assert page.locator('[data-testid="stException"]').count() == 0
         assert page.locator(".js-plotly-plot").count() == 5
         time.sleep(1)  # let Plotly finish laying out before the picture and the click
-        page.screenshot(path=str(ARTIFACTS / "sweeps-1280.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "sweeps-full-1280.png"), full_page=True)
+        for width, height in ((1024, 768), (1280, 800)):  # the README's sizes; the click below at 1280 x 800
+            page.set_viewport_size({"width": width, "height": height})
+            time.sleep(1)
+            shoot(page, f"sweeps-{width}.png")
         # Cells run row by row from the smallest init scale: point 4 is (lr 0.05, init scale 0.5), member index 3.
         page.locator(".js-plotly-plot").first.locator(".scatterlayer .point").nth(4).click(force=True)
         page.wait_for_url(f"**run={run_ids[3]}**", timeout=60_000)
