@@ -85,7 +85,7 @@ _START = threading.Lock()
 
 
 @contextmanager
-def _neutral_main() -> Iterator[None]:
+def neutral_main() -> Iterator[None]:
     """Start a spawned child as if ``__main__`` were an empty module.
 
     A spawned child first re-imports the parent's ``__main__`` from its file. Under Streamlit that is the page
@@ -111,7 +111,7 @@ class _Worker:
         args = (commands, messages, str(store.home), store.timeout, store.max_bytes, backend == "process")
         if backend == "process":
             self.proc: Any = ctx.Process(target=_worker_main, args=args, name="balance-worker", daemon=True)
-            with _neutral_main():
+            with neutral_main():
                 self.proc.start()
             commands.close()  # the child has its own copies; ours would hide its death from the other end
             messages.close()

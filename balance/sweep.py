@@ -335,9 +335,12 @@ def _run_local(configs: Sequence[RunConfig], units: list[list[int]], collect: Ca
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from balance.runner import neutral_main
+
     # spawn: a forked child of a process that has used torch threads can deadlock
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(train_chunk, [configs[i] for i in unit]): unit for unit in units}
+        with neutral_main():  # the pool spawns its workers while tasks are submitted: not as the page script
+            futures = {pool.submit(train_chunk, [configs[i] for i in unit]): unit for unit in units}
         for future in as_completed(futures):
             collect(futures[future], future.result())
 

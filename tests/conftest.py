@@ -8,6 +8,8 @@ hidden unit i, so tests can check the library against an independent reading of 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,13 @@ from torch import Tensor
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from balance.data import Task, loss_value, make_task
 from balance.models import CNN, MLP, MODELS, HomogeneousModel, MatrixFactorisation, build_model
+
+
+def pytest_configure(config: object) -> None:
+    """No test reads or writes the user's run store: the default home is a fresh directory (tests that need their
+    own set BALANCE_HOME themselves; spawned workers inherit this one)."""
+    os.environ["BALANCE_HOME"] = tempfile.mkdtemp(prefix="balance-tests-")
+
 
 # The tensors here are tiny: intra-op threads only add synchronisation (100x slower on a busy 2-core machine).
 torch.set_num_threads(1)

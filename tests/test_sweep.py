@@ -229,6 +229,23 @@ def test_members_that_cannot_batch_train_in_a_process_pool(store: RunStore) -> N
         assert_like_single(store, run_id)
 
 
+def test_pool_workers_do_not_run_the_parents_main_script(
+    store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under Streamlit (and after an AppTest) ``__main__`` is a page script; a spawned pool worker must not run it."""
+    import sys
+    import types
+
+    script = tmp_path / "page.py"
+    script.write_text("raise SystemExit('a pool worker ran the page script')\n")
+    page = types.ModuleType("__main__")
+    page.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    cnn = make_config(FAMILIES[-2], steps=2)
+    result = run_sweep(SweepSpec(cnn, (), ((("seed", 1),), (("seed", 2),)), "main"), store, workers=2)
+    assert result.states == ["finished", "finished"]
+
+
 # --- the command line ----------------------------------------------------------------------------------------------
 
 
