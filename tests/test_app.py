@@ -344,3 +344,15 @@ def test_only_the_ui_modules_import_streamlit() -> None:
         if p not in allowed and re.search(r"^\s*(import|from) streamlit", p.read_text(), re.M)
     ]
     assert offenders == []
+
+
+def test_streamlit_config_serves_plotly_and_skips_the_per_run_gc() -> None:
+    """The live charts need static serving (plotly.js from static/, no CDN); a full gc.collect after every fragment
+    tick cost 42% of the server's CPU while a run trained. Streamlit reads this file from next to app.py."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["enableStaticServing"] is True
+    assert config["runner"]["postScriptGC"] is False
+    ui.serve_plotly_js()
+    assert (ui.STATIC / "plotly.min.js").stat().st_size > 1_000_000
