@@ -349,7 +349,10 @@ def test_only_the_ui_modules_import_streamlit() -> None:
 def test_streamlit_config_serves_plotly_and_skips_the_per_run_gc() -> None:
     """The live charts need static serving (plotly.js from static/, no CDN); a full gc.collect after every fragment
     tick cost 42% of the server's CPU while a run trained. Streamlit reads this file from next to app.py."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["enableStaticServing"] is True
