@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -100,12 +100,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     one = base.add_mutually_exclusive_group()
     one.add_argument("--preset", metavar="NAME", help=f"start from a preset: {', '.join(PRESETS)}")
     one.add_argument("--config", metavar="FILE.toml", help="start from a TOML file (see: balance config)")
+    add_setting_flags(parser)
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser, group_title: str = "{section} settings", dest: str = _DEST
+) -> None:
+    """One flag per setting of ``schema()``, in a group per section; parsed values land under ``dest + key``."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for key, f in schema():
         section = key.rpartition(".")[0] or "run"
         if section not in groups:
-            groups[section] = parser.add_argument_group(f"{section} settings")
-        options: dict[str, Any] = {"dest": _DEST + key, "default": argparse.SUPPRESS, "help": _help(f)}
+            groups[section] = parser.add_argument_group(group_title.format(section=section))
+        options: dict[str, Any] = {"dest": dest + key, "default": argparse.SUPPRESS, "help": _help(f)}
         if f.type == "bool":
             options["action"] = argparse.BooleanOptionalAction
         else:
@@ -205,11 +212,12 @@ class _progress:
             self.bar.close()
 
 
-def check_output(path: str) -> None:
-    """Refuse, before any training, an output path of unknown format or one that cannot be written."""
+def check_output(path: str, suffixes: Sequence[str] = tuple(WRITERS)) -> Path:
+    """The output path; refused (``UsageError``) before any work if its suffix is not one of ``suffixes``, it is a
+    folder, or it cannot be written."""
     target = Path(path).expanduser()
-    if target.suffix.lower() not in WRITERS:
-        raise UsageError(f"--out {path}: the file name must end in {' or '.join(WRITERS)}")
+    if target.suffix.lower() not in suffixes:
+        raise UsageError(f"--out {path}: the file name must end in {' or '.join(suffixes)}")
     if target.is_dir():
         raise UsageError(f"--out {path}: is a directory")
     try:  # the only reliable test of writability is to write
@@ -218,6 +226,7 @@ def check_output(path: str) -> None:
         raise UsageError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(probe)
+    return target
 
 
 def write_metrics(metrics: pd.DataFrame, path: str) -> None:

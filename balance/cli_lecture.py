@@ -31,21 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_output(path: str) -> Path:
-    """The output path, or ``UsageError`` (exit 2, one line) before any work: wrong suffix, a folder, unwritable."""
-    from balance.cli import UsageError
+    """The output path, or ``UsageError`` (exit 2, one line) before any work: not .html, a folder, unwritable."""
+    from balance.cli import check_output
 
-    target = Path(path).expanduser()
-    if target.suffix.lower() not in SUFFIXES:
-        raise UsageError(f"--out {path}: the file name must end in .html")
-    if target.is_dir():
-        raise UsageError(f"--out {path}: is a directory")
-    try:  # the only reliable test of writability is to write
-        fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UsageError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
-    os.close(fd)
-    os.unlink(probe)
-    return target
+    return check_output(path, SUFFIXES)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ _LISTS = ("tuple[float, ...]", "tuple[int, ...]")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``sweep`` to the ``balance`` command's subparsers."""
-    from balance.cli import _help, _metavar, flag_of
+    from balance.cli import add_setting_flags
 
     p = subparsers.add_parser(
         "sweep",
@@ -60,17 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=int, metavar="N", help="worker processes (default: the CPU count)")
     run.add_argument("--chunk", type=int, metavar="N", help="members per batch (default: 64 for mf, else 8)")
     run.add_argument("--ray-address", metavar="HOST:PORT", help="send the batches to this Ray cluster")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for key, f in schema():
-        section = key.rpartition(".")[0] or "run"
-        if section not in groups:
-            groups[section] = p.add_argument_group(f"{section} settings (comma-separated values: an axis)")
-        options: dict[str, Any] = {"dest": _DEST + key, "default": argparse.SUPPRESS, "help": _help(f)}
-        if f.type == "bool":
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["metavar"] = _metavar(key, f)
-        groups[section].add_argument(flag_of(key, f), **options)
+    add_setting_flags(p, "{section} settings (comma-separated values: an axis)", _DEST)
     p.set_defaults(handler=_cmd_sweep)
 
 

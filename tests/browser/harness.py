@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DOCS = ROOT / "docs" / "screenshots"
 LAUNCH_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -78,3 +80,43 @@ def wait_idle(page: object, timeout: float = 30_000) -> None:
     """Connected to the server and no script running."""
     page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=timeout)
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+
+
+def serve(home: Path, log_name: str) -> Iterator[Server]:
+    """The body of a module's ``server`` fixture: skip without Chromium, else a server on ``home`` until done."""
+    import pytest
+
+    if not CHROMIUM.exists():
+        pytest.skip("browser tests need /usr/bin/chromium (apt-get install chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = Server(home, ARTIFACTS / log_name)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def launch() -> Iterator[object]:
+    """The body of a module's ``browser`` fixture: headless system Chromium until done."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def save_screenshot(page: object, path: Path) -> Path:
+    """Screenshot with the mouse out of the way (no tooltip); with BALANCE_DOCS_SCREENSHOTS=1 also into
+    docs/screenshots/ under the same name (the README shows them)."""
+    import shutil
+
+    w, h = page.viewport_size["width"], page.viewport_size["height"]
+    page.mouse.move(w - 5, h - 5)
+    page.screenshot(path=str(path))
+    if os.environ.get("BALANCE_DOCS_SCREENSHOTS"):
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS / path.name)
+    return path

@@ -7,49 +7,30 @@ BALANCE_DOCS_SCREENSHOTS=1 also to docs/screenshots/claims-*.png.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 
 import pytest
-from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, ROOT, Server, wait_idle
+from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
 
 pytestmark = pytest.mark.browser
 
-DOCS = ROOT / "docs" / "screenshots"
 BUDGET_S = 60  # the bound for the whole page's experiments on the 2-core machine, cold
 DONE = "text=Trained"  # the status box once every claim has its runs
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not CHROMIUM.exists():
-        pytest.skip("browser tests need /usr/bin/chromium (apt-get install chromium)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    s = Server(tmp_path_factory.mktemp("balance-home"), ARTIFACTS / "streamlit-claims.log")
-    yield s
-    s.stop()
+    yield from serve(tmp_path_factory.mktemp("balance-home"), "streamlit-claims.log")
 
 
 @pytest.fixture(scope="module")
 def browser(server: Server) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
+    yield from launch()
 
 
 def shoot(page: object, name: str) -> None:
-    w = page.viewport_size["width"]
-    path = ARTIFACTS / f"{name}-{w}.png"
-    page.mouse.move(w - 5, 5)  # no tooltip in the picture
-    page.screenshot(path=str(path))
-    if os.environ.get("BALANCE_DOCS_SCREENSHOTS"):
-        DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, DOCS / path.name)
+    save_screenshot(page, ARTIFACTS / f"{name}-{page.viewport_size['width']}.png")
 
 
 def assert_no_exception(page: object) -> None:

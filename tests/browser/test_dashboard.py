@@ -6,19 +6,16 @@ the ones the README shows.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 
 import pytest
-from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, ROOT, Server, wait_idle
+from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
 
 pytestmark = pytest.mark.browser
 
 SIZES = [(1280, 800), (1024, 768)]
-DOCS = ROOT / "docs" / "screenshots"
 # A run long enough to watch for a few seconds: the Figure 1 analogue, small init, many steps.
 LONG_RUN = "/?model.init_scale=0.001&optim.lr=0.002&steps=200000"
 TRACES = """() => document.querySelector('div.balance-chart.js-plotly-plot')._fullData.length"""
@@ -43,33 +40,16 @@ LAST_X = """() => {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not CHROMIUM.exists():
-        pytest.skip("browser tests need /usr/bin/chromium (apt-get install chromium)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    home = tmp_path_factory.mktemp("balance-home")
-    s = Server(home, ARTIFACTS / "streamlit.log")
-    yield s
-    s.stop()
+    yield from serve(tmp_path_factory.mktemp("balance-home"), "streamlit.log")
 
 
 @pytest.fixture(scope="module")
 def browser(server: Server) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
+    yield from launch()
 
 
 def shoot(page: object, name: str) -> None:
-    w = page.viewport_size["width"]
-    path = ARTIFACTS / f"{name}-{w}.png"
-    page.mouse.move(w - 5, 5)  # no tooltip in the picture
-    page.screenshot(path=str(path))
-    if os.environ.get("BALANCE_DOCS_SCREENSHOTS"):
-        DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, DOCS / path.name)
+    save_screenshot(page, ARTIFACTS / f"{name}-{page.viewport_size['width']}.png")
 
 
 def button(page: object, name: str) -> object:

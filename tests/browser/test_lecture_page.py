@@ -7,7 +7,6 @@ docs/screenshots/lecture-step-N-1024.png (and lecture-step-N-1280.png for the wi
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -15,46 +14,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, ROOT, Server, wait_idle
+from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
 
 from balance import lecture
 
 pytestmark = pytest.mark.browser
 
-DOCS = ROOT / "docs" / "screenshots"
 N = len(lecture.STEPS)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not CHROMIUM.exists():
-        pytest.skip("browser tests need /usr/bin/chromium (apt-get install chromium)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    home = tmp_path_factory.mktemp("balance-home")
-    s = Server(home, ARTIFACTS / "streamlit-lecture.log")
-    yield s
-    s.stop()
+    yield from serve(tmp_path_factory.mktemp("balance-home"), "streamlit-lecture.log")
 
 
 @pytest.fixture(scope="module")
 def browser(server: Server) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
+    yield from launch()
 
 
 def shoot(page: object, tmp: Path, name: str) -> Path:
-    w = page.viewport_size["width"]
-    path = tmp / f"{name}-{w}.png"
-    page.mouse.move(w - 5, page.viewport_size["height"] - 5)  # no tooltip in the picture
-    page.screenshot(path=str(path))
+    path = save_screenshot(page, tmp / f"{name}-{page.viewport_size['width']}.png")
     shutil.copy(path, ARTIFACTS / path.name)
-    if os.environ.get("BALANCE_DOCS_SCREENSHOTS"):
-        DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, DOCS / path.name)
     return path
 
 

@@ -5,19 +5,16 @@ AppTest cannot click a Plotly chart; this drives the real chart. A small MF swee
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 
 import pytest
-from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, ROOT, Server, wait_idle
+from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, Server, save_screenshot, wait_idle
 
 from balance.store import RunStore
 from balance.sweep import SweepSpec, run_sweep
 
 pytestmark = pytest.mark.browser
-DOCS = ROOT / "docs" / "screenshots"
 
 SPEC = """
 name = "browser"
@@ -48,10 +45,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, l
 
 
 def shoot(page: object, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / name))
-    if os.environ.get("BALANCE_DOCS_SCREENSHOTS"):
-        DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ARTIFACTS / name, DOCS / name)
+    save_screenshot(page, ARTIFACTS / name)
 
 
 def test_clicking_a_cell_opens_its_run_in_explore(stored: tuple[Server, list[str]]) -> None:
