@@ -231,6 +231,28 @@ def _missing(df: pd.DataFrame, x: str, needed: Sequence[str], what: str) -> str:
     return ""
 
 
+def _rows(
+    df: pd.DataFrame,
+    needed: Sequence[object],
+    what: str,
+    title: str,
+    columns: Sequence[str],
+    names: Sequence[str] | None,
+    x: str,
+    log_x: bool,
+    max_points: int,
+) -> pd.DataFrame | go.Figure:
+    """A chart's rows (``_prepare``), or the empty figure titled ``title`` that says why there are none.
+
+    ``needed``: the chart's layers or columns (none: nothing to draw); ``names`` are checked against the metrics.
+    """
+    why = _missing(df, x, needed, what)
+    if why:
+        return empty_figure(why, title)
+    _check_names(df, names)
+    return _prepare(df, columns, x, log_x, max_points)
+
+
 def _layer_label(h: int, names: Sequence[str] | None) -> str:
     return f"layer {h}" if names is None else names[h - 1]
 
@@ -260,10 +282,9 @@ def loss_figure(
 
     ``layer_names`` is unused: it keeps the signature the same as the other charts of ``FIGURES``.
     """
-    why = _missing(df, x, _present(df, "loss"), "loss")
-    if why:
-        return empty_figure(why, "loss")
-    d = _prepare(df, ["loss"], x, log_x, max_points)
+    d = _rows(df, _present(df, "loss"), "loss", "loss", ["loss"], None, x, log_x, max_points)
+    if isinstance(d, go.Figure):
+        return d
     return styled(_line(d[x].to_numpy(), d["loss"].to_numpy(), "loss", colour(1)), "loss", x, "loss", log_x, True)
 
 
@@ -271,11 +292,9 @@ def _per_layer(
     df: pd.DataFrame, prefix: str, title: str, y_title: str, names: Sequence[str] | None, x: str, log_x: bool, n: int
 ) -> go.Figure:
     hs = _indices(df, prefix)
-    why = _missing(df, x, hs, prefix)
-    if why:
-        return empty_figure(why, title)
-    _check_names(df, names)
-    d = _prepare(df, [f"{prefix}_{h}" for h in hs], x, log_x, n)
+    d = _rows(df, hs, prefix, title, [f"{prefix}_{h}" for h in hs], names, x, log_x, n)
+    if isinstance(d, go.Figure):
+        return d
     xs = d[x].to_numpy()
     traces = [_line(xs, d[f"{prefix}_{h}"].to_numpy(), _layer_label(h, names), colour(h)) for h in hs]
     return styled(traces, title, x, y_title, log_x, log_y=True)
@@ -395,12 +414,10 @@ def gaps_figure(
     The drift, not G itself, is drawn (linear y): it is often many orders of magnitude smaller than G_0, so on a
     plot of G it would be invisible.
     """
-    hs = _indices(df, "gap_drift")
-    why = _missing(df, x, hs, "gap")
-    if why:
-        return empty_figure(why, "gap drift")
-    _check_names(df, layer_names)
-    d = _prepare(df, _balance_columns(df), x, log_x, max_points)
+    hs, columns = _indices(df, "gap_drift"), _balance_columns(df)
+    d = _rows(df, hs, "gap", "gap drift", columns, layer_names, x, log_x, max_points)
+    if isinstance(d, go.Figure):
+        return d
     fig = figure(_gap_traces(d, x, layer_names))
     _no_prediction_note(fig, d)
     return style(fig, "gap drift: measured vs predicted", x, "G_k − G_0", log_x)
@@ -416,11 +433,10 @@ def ratios_figure(
 ) -> go.Figure:
     """||W_{h+1}|| / ||W_h|| (solid, log y) against theory.predicted_ratio (dashed) and the balanced value 1."""
     hs = _indices(df, "ratio")
-    why = _missing(df, x, hs, "ratio")
-    if why:
-        return empty_figure(why, "layer ratio")
-    _check_names(df, layer_names)
-    d = _prepare(df, _balance_columns(df) or _present(df, *(f"ratio_{h}" for h in hs)), x, log_x, max_points)
+    columns = _balance_columns(df) or _present(df, *(f"ratio_{h}" for h in hs))
+    d = _rows(df, hs, "ratio", "layer ratio", columns, layer_names, x, log_x, max_points)
+    if isinstance(d, go.Figure):
+        return d
     fig = figure(_ratio_traces(d, x, layer_names, set()))
     fig.add_hline(y=1, line={"color": FLOW_COLOUR, "width": 1, "dash": "dot"})
     return style(fig, "layer ratio: measured vs implied by the gap", x, "ratio", log_x, log_y=True)
@@ -435,12 +451,10 @@ def balance_figure(
     max_points: int = MAX_POINTS,
 ) -> go.Figure:
     """``gaps_figure`` (left) and ``ratios_figure`` (right) as two panels of one figure, sharing the legend."""
-    hs = _indices(df, "gap_drift")
-    why = _missing(df, x, hs, "gap")
-    if why:
-        return empty_figure(why, "balance")
-    _check_names(df, layer_names)
-    d = _prepare(df, _balance_columns(df), x, log_x, max_points)
+    hs, columns = _indices(df, "gap_drift"), _balance_columns(df)
+    d = _rows(df, hs, "gap", "balance", columns, layer_names, x, log_x, max_points)
+    if isinstance(d, go.Figure):
+        return d
     gaps = _gap_traces(d, x, layer_names)
     ratios = _ratio_traces(d, x, layer_names, {t.name for t in gaps})
     for trace in ratios:
@@ -479,12 +493,10 @@ def matrix_figure(
     hs = _indices(df, "matrix_drift")
     if not hs:
         return empty_figure("no linear layers", "matrix invariant")
-    why = _missing(df, x, hs, "matrix")
-    if why:
-        return empty_figure(why, "matrix invariant")
-    _check_names(df, layer_names)
     columns = _present(df, *(f"{p}_{h}" for h in hs for p in ("matrix_drift", "matrix_inv")))
-    d = _prepare(df, columns, x, log_x, max_points)
+    d = _rows(df, hs, "matrix", "matrix invariant", columns, layer_names, x, log_x, max_points)
+    if isinstance(d, go.Figure):
+        return d
     xs, traces = d[x].to_numpy(), []
     for h in hs:
         pair, c = _pair_label(h, layer_names), colour(h)
