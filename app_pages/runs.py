@@ -1,5 +1,5 @@
 """Runs: the stored runs as a table; overlay, download, open or delete them."""
 
-from balance import ui
+from balance import ui_runs
 
-ui.runs_page("runs")
+ui_runs.runs_page("runs")
