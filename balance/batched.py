@@ -34,6 +34,7 @@ from balance.config import RunConfig
 from balance.data import make_task
 from balance.models import HomogeneousModel, build_model
 from balance.optim import SCHEDULES
+from balance.sharpness import step_advice
 from balance.theory import pair_matrix
 from balance.trainer import DIVERGENCE_FACTOR, DTYPES, RunStatus, metric_columns, should_log
 
@@ -430,7 +431,8 @@ class BatchedTrainer:
         lr = self.lr_at(k)
         for i, member in enumerate(self.members):
             if why[i]:
-                msg = f"diverged at step {k} (t = {self.t[i]:.4g}): {why[i]}; try a step size below {lr[i] / 2:.3g}"
+                advice = step_advice(self.configs[member], float(lr[i]))[1]
+                msg = f"diverged at step {k} (t = {self.t[i]:.4g}): {why[i]}; {advice}"
                 self.status[member] = RunStatus("diverged", k, msg)
             elif k == last:
                 self.status[member] = RunStatus("finished", k)

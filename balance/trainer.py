@@ -21,6 +21,7 @@ from balance.data import Task, loss_value, make_task
 from balance.invariants import gaps, matrix_invariant, neuron_balance, ratios
 from balance.models import MODELS, HomogeneousModel, build_model
 from balance.optim import SCHEDULES, make_optimizer
+from balance.sharpness import step_advice
 from balance.theory import GapPredictor, pair_matrix
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -199,10 +200,8 @@ class Trainer:
     def _finish(self, why: str) -> None:
         k = self.step_index
         if why:
-            lr = self.lr_at(k)
-            self.status = RunStatus(
-                "diverged", k, f"diverged at step {k} (t = {self.t:.4g}): {why}; try a step size below {lr / 2:.3g}"
-            )
+            advice = step_advice(self.config, self.lr_at(k))[1]
+            self.status = RunStatus("diverged", k, f"diverged at step {k} (t = {self.t:.4g}): {why}; {advice}")
         else:
             self.status = RunStatus("finished", k)
 

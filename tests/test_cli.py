@@ -183,7 +183,7 @@ def test_failed_write_leaves_no_file(
 def test_diverged_run_exits_3(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "diverged.csv"
     code, out, _ = _run(capsys, "run", *DIVERGES, "--out", str(path))
-    assert code == 3 and out.startswith("diverged: 1 step, final loss") and "try a step size below" in out
+    assert code == 3 and out.startswith("diverged: 1 step, final loss") and "try a step size of" in out
     assert len(pd.read_csv(path)) == 2  # the rows up to and including the step that went wrong
 
 
