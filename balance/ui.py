@@ -66,6 +66,30 @@ ADVANCED = frozenset(
         "max_seconds",
     }
 )
+# A model's usual starting point (its preset): a model change brings these values for ``MODEL_FIELDS``, except
+# where the user set one in this session. Not batch norm: switched on for an MLP, it stays, and the message under it
+# says that it does not fit the new model.
+MODEL_DEFAULTS: dict[str, RunConfig] = {
+    "mf": RunConfig(),
+    "mlp": PRESETS["mlp-relu"][1],
+    "linear": PRESETS["linear-deep"][1],
+    "cnn": PRESETS["cnn"][1],
+}
+MODEL_FIELDS = (
+    "data.name",
+    "data.samples",
+    "data.input_dim",
+    "data.image_size",
+    "model.depth",
+    "model.width",
+    "model.widths",
+    "model.rank",
+    "model.init_scale",
+    "model.layer_scales",
+    "model.regularizer",
+    "optim.lr",
+    "steps",
+)
 # The log-spaced grid offered for a ``log`` field; the config's own min / max where absent.
 LOG_RANGES = {"model.init_scale": (1e-4, 10.0), "optim.lr": (1e-5, 10.0), "optim.eps": (1e-12, 1e-2)}
 LABELS = {
@@ -157,6 +181,21 @@ def runner() -> Any:
     return _runner(os.environ.get("BALANCE_HOME", ""))
 
 
+_PUNCTUATION = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|[!-\-/:-@\[-^`{-~]")  # ASCII punctuation but . and _
+_LINKISH = re.compile(r"(?i)(?<=www)(?=\.)|(?<=[:@])(?=\S)")
+
+
+def literal(text: str) -> str:
+    """``text`` (from a file, a link, a stored run) as Markdown that shows it character for character.
+
+    Every ASCII punctuation mark is backslash-escaped, so no link, image, HTML, formula, list or heading can
+    start; '.' and an '_' inside a word start nothing and stay as they are (``optim.lr``, ``layer_scales``). GFM's
+    autolinks and Streamlit's ``:emoji:`` and ``:material/icon:`` codes are found in the text after the escapes
+    are resolved: an invisible zero-width space after ':' and '@' and inside 'www.' breaks them.
+    """
+    return _LINKISH.sub("\u200b", _PUNCTUATION.sub(lambda m: "\\" + m.group(0), str(text)))
+
+
 def plain(text: str) -> str:
     """``text`` shown literally by Markdown: formulas such as ||W_h||_F^2 keep their underscores and stars."""
     return re.sub(r"([\\`*_\[\]<>#$~|])", r"\\\1", text)
@@ -199,6 +238,9 @@ def config_values(config: RunConfig) -> dict[str, Any]:
     return {name: to_widget(name, value_of(config, name)) for name in FIELDS}
 
 
+DEFAULT_VALUES = config_values(RunConfig())
+
+
 def build_config(values: Mapping[str, Any]) -> tuple[RunConfig | None, str, str]:
     """``(config, field, message)``: the config of the widget values, or None with the offending field and why."""
     parsed: dict[str, Any] = {}
@@ -239,21 +281,31 @@ def help_text(name: str, f: dataclasses.Field) -> str:
 
 
 def load_config(prefix: str, config: RunConfig) -> None:
-    """Set every config widget of the page to ``config`` (before the widgets are drawn, or in a callback)."""
+    """Set every config widget of the page to ``config`` (before the widgets are drawn, or in a callback).
+
+    A whole config (a preset, a link, a stored run) counts as nobody's edit: a model change may replace its values.
+    """
     values = config_values(config)
     for name, value in values.items():
         st.session_state[f"{prefix}.{name}"] = value
     st.session_state[f"{prefix}.values"] = values
+    st.session_state[f"{prefix}.touched"] = set()
 
 
 def current_values(prefix: str) -> dict[str, Any]:
-    return {name: st.session_state.get(f"{prefix}.{name}") for name in FIELDS}
+    """Every setting's value: its widget's, or the last value saved for it (``{prefix}.values``).
+
+    Streamlit deletes a widget's state at the end of a run that did not draw it (a setting hidden by a model
+    change, or another page): a callback that runs before the next run would read None there and build no config.
+    That was why the first Start after a model change did nothing.
+    """
+    saved = st.session_state.get(f"{prefix}.values") or DEFAULT_VALUES
+    return {name: st.session_state.get(f"{prefix}.{name}", saved.get(name)) for name in FIELDS}
 
 
 def _restore_widgets(prefix: str) -> None:
     """Streamlit forgets the state of widgets not drawn on a run (another page): put back the last values."""
-    saved = st.session_state.get(f"{prefix}.values") or config_values(RunConfig())
-    for name, value in saved.items():
+    for name, value in current_values(prefix).items():
         st.session_state.setdefault(f"{prefix}.{name}", value)
 
 
@@ -261,11 +313,8 @@ def _widget(prefix: str, name: str, f: dataclasses.Field) -> None:
     key = f"{prefix}.{name}"
     label = LABELS.get(name) or name.rpartition(".")[2].replace("_", " ")
     common: dict[str, Any] = {"key": key, "help": help_text(name, f)}
+    common.update(on_change=_edited, args=(prefix, name))
     choices = choices_of(f)
-    if name in ("model.name", "data.name"):
-        common.update(on_change=_repair_pair, args=(prefix, name))
-    if name == "optim.lr":
-        common.update(on_change=_lr_changed, args=(prefix,))
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     if choices is not None:
         st.selectbox(label, choices, **common)
@@ -327,7 +376,7 @@ def config_sidebar(prefix: str) -> tuple[RunConfig | None, str]:
     st.session_state[f"{prefix}.values"] = values
     config, field, message = build_config(values)
     if message:
-        (slots.get(field) or top).error(message, icon=":material/warning:")
+        (slots.get(field) or top).error(literal(message), icon=":material/warning:")
     return config, message
 
 
@@ -341,6 +390,37 @@ def _load_preset(prefix: str) -> None:
         load_config(prefix, PRESETS[name][1])
         st.session_state[f"{prefix}.preset"] = ""
         st.toast(f"Loaded preset: {PRESETS[name][0]}")
+
+
+def _edited(prefix: str, name: str) -> None:
+    """A widget's on_change: remember that the user set ``name``; a new model brings its own defaults."""
+    touched = st.session_state.setdefault(f"{prefix}.touched", set())
+    touched.add(name)
+    if name == "model.name":
+        _model_defaults(prefix, touched)
+    if name in ("model.name", "data.name"):
+        _repair_pair(prefix, name)
+    if name == "optim.lr":
+        _lr_changed(prefix)
+
+
+def _model_defaults(prefix: str, touched: set[str]) -> None:
+    """Give the settings that follow the model (``MODEL_FIELDS``) the new model's defaults, except those the user
+    set in this session: MF's init scale and step size leave an MLP at rest, an MLP's teacher data make a CNN slow.
+    """
+    values = current_values(prefix)
+    model = values["model.name"]
+    if model not in MODEL_DEFAULTS:
+        return
+    fresh = config_values(MODEL_DEFAULTS[model])
+    new = {n: fresh[n] for n in MODEL_FIELDS if n not in touched and values[n] != fresh[n]}
+    for name, value in new.items():
+        st.session_state[f"{prefix}.{name}"] = value
+    if new.pop("data.name", None) is not None and build_config({**values, "model.name": model})[0] is None:
+        st.toast(f"{LABELS['data.name']} set to {fresh['data.name']}: {values['data.name']} does not fit {model}")
+    shown = [f"{LABELS.get(n) or n} {number_text(v)}" for n, v in new.items() if n in applicable({**values, **new})]
+    if shown:
+        st.toast(f"{model}'s usual settings: " + ", ".join(shown))
 
 
 def _repair_pair(prefix: str, changed: str) -> None:
@@ -408,7 +488,7 @@ def _attach_stored(prefix: str, run_id: str, load: bool = True) -> None:
 def url_warnings(prefix: str) -> None:
     problems = st.session_state.pop(f"{prefix}.url_problems", None)
     if problems:
-        lines = "\n".join(f"- {p}" for p in problems)
+        lines = "\n".join(f"- {literal(p)}" for p in problems)
         st.warning(f"This link had settings that could not be used; they were left at their defaults:\n{lines}")
 
 
@@ -479,10 +559,17 @@ def attach(prefix: str, run_id: str | None) -> None:
 
 
 def _start(prefix: str) -> None:
-    config, _, _ = build_config(current_values(prefix))
-    if config is not None:
-        name = st.session_state.get(f"{prefix}.name", "") or ""
-        attach(prefix, runner().start(config, name=name))
+    """Start's on_click: start a run of the sidebar's settings, or leave the reason why not for the page to show."""
+    config, _, message = build_config(current_values(prefix))
+    if config is None:
+        st.session_state[f"{prefix}.start_error"] = f"Not started: {message}"
+        return
+    try:
+        run_id = runner().start(config, name=st.session_state.get(f"{prefix}.name") or "")
+    except (ConfigError, StoreError) as exc:
+        st.session_state[f"{prefix}.start_error"] = f"Not started: {exc}"
+        return
+    attach(prefix, run_id)
 
 
 def _act(prefix: str, action: str, *args: Any) -> None:
@@ -543,6 +630,9 @@ def run_controls(prefix: str, config: RunConfig | None) -> None:
             label_visibility="collapsed",
             width=200,
         )
+    why = st.session_state.pop(f"{prefix}.start_error", "")
+    if why:
+        st.error(literal(why), icon=":material/block:")
 
 
 def status_line(status: Status) -> None:
@@ -565,11 +655,11 @@ def status_line(status: Status) -> None:
         head, _, why = status.message.partition(": ")
         head = head[:1].upper() + head[1:] if head else "Diverged"
         advice = "" if "try" in why else "; try a smaller step size or a smaller init scale"
-        st.error(f"**{head}**: {plain(why)}{advice}", icon=":material/error:")
+        st.error(f"**{literal(head)}**: {literal(why)}{advice}", icon=":material/error:")
     elif status.state in ("failed", "missing") and status.message:
-        st.error(status.message)
+        st.error(literal(status.message))
     elif status.message and status.state not in ACTIVE:
-        st.info(status.message)
+        st.info(literal(status.message))
 
 
 # --- live charts ------------------------------------------------------------------------------------------------
@@ -688,7 +778,7 @@ def render_charts(prefix: str, run_id: str) -> None:
         neurons = neuron_tables(prefix, run_id)
         config = run_config(prefix, run_id)
     except StoreError as exc:  # e.g. deleted on the Runs page by another session
-        st.info(f"No charts: {exc}")
+        st.info(f"No charts: {literal(exc)}")
         return
     if df is None or df.empty:
         st.caption("waiting for the first rows…")
@@ -775,7 +865,7 @@ def explore_page(prefix: str) -> None:
     with st.expander("What am I looking at?"):
         st.markdown(asset("explore.md"))
     if error:
-        st.error(f"Cannot start yet: {error}", icon=":material/warning:")
+        st.error(f"Cannot start yet: {literal(error)}", icon=":material/warning:")
     run_controls(prefix, config)
     changed_note(prefix, config)
     live_section(prefix)

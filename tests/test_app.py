@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from balance import ui
-from balance.config import RunConfig, applicable
+from balance.config import ConfigError, RunConfig, applicable
 from balance.presets import PRESETS, preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,8 @@ def set_widgets(at: AppTest, values: dict[str, object]) -> AppTest:
 
 
 def sidebar_config(at: AppTest) -> RunConfig | None:
-    return ui.build_config({name: at.session_state[f"explore.{name}"] for name in ui.FIELDS})[0]
+    """The config the sidebar holds (its saved values: Streamlit drops the state of settings it does not draw)."""
+    return ui.build_config(at.session_state["explore.values"])[0]
 
 
 def start(at: AppTest, **widgets: object) -> str:
@@ -171,6 +172,57 @@ def test_new_model_picks_a_dataset_that_fits() -> None:
     assert at.session_state["explore.data.name"] != "lowrank"
     assert not at.sidebar.error
     assert any("does not fit" in t.value for t in at.toast)
+
+
+@pytest.mark.parametrize(
+    ("query", "key", "choice"),
+    [({}, "model.name", "mlp"), ({}, "model.name", "linear"), ({}, "model.name", "cnn"),
+     ({"optim.name": "momentum"}, "optim.name", "gd")],
+)  # fmt: skip
+def test_first_start_after_a_change_starts_a_run(query: dict[str, str], key: str, choice: str) -> None:
+    """Streamlit drops the state of widgets a run did not draw (MF's d1 after a switch to mlp): Start's callback
+    read None there, built no config and did nothing, silently; the second press worked."""
+    at = app(query)
+    at.selectbox(key=f"explore.{key}").select(choice).run()
+    at.button(key="explore.start").click().run()
+    assert not at.exception
+    run_id = at.session_state["explore.run"]
+    assert run_id, [e.value for e in at.error]
+    assert ui.store().get_run(run_id).config.flat()[key] == choice
+    ui.runner().stop(run_id)
+    ui.runner().wait(run_id, timeout=TIMEOUT)
+
+
+def test_start_that_is_refused_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(config: RunConfig, **_: object) -> str:
+        raise ConfigError("steps = 100000000: this run would take about 9 days, over the limit of 1 day")
+
+    at = app()
+    monkeypatch.setattr(ui.runner(), "start", refuse)
+    at.button(key="explore.start").click().run()
+    assert not at.exception
+    assert "explore.run" not in at.session_state or not at.session_state["explore.run"]
+    assert any("Not started" in e.value and "over the limit" in e.value for e in at.error)
+
+
+def test_new_model_brings_its_defaults_except_what_the_user_set() -> None:
+    """MF's init 0.1 and step 0.01 leave an MLP at rest; an MLP's teacher data make a CNN crawl."""
+    at = app()
+    at.selectbox(key="explore.model.name").select("mlp").run()
+    mlp = PRESETS["mlp-relu"][1]
+    assert sidebar_config(at).model.init_scale == mlp.model.init_scale
+    assert sidebar_config(at).optim.lr == mlp.optim.lr and sidebar_config(at).data.name == "teacher"
+    assert any("usual settings" in t.value for t in at.toast)
+    set_widgets(at, {"explore.model.width": 12, "explore.optim.lr": 0.02})  # the user's own choices
+    at.selectbox(key="explore.model.name").select("cnn").run()
+    assert not at.exception
+    config, cnn = sidebar_config(at), PRESETS["cnn"][1]
+    assert config.data.name == "images" and config.model.init_scale == cnn.model.init_scale
+    assert config.steps == cnn.steps
+    assert config.model.width == 12 and config.optim.lr == 0.02  # kept: the user set them
+    at.selectbox(key="explore.preset").select("fig1-small").run()  # a preset's values are nobody's edits
+    at.selectbox(key="explore.model.name").select("linear").run()
+    assert sidebar_config(at).model.init_scale == PRESETS["linear-deep"][1].model.init_scale
 
 
 def test_preset_sets_every_widget() -> None:

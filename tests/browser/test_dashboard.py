@@ -134,6 +134,34 @@ def test_start_watch_stop(server: Server, browser: object, size: tuple[int, int]
     page.close()
 
 
+def choose(page: object, label: str, option: str) -> None:
+    """Pick ``option`` in the sidebar's select box labelled ``label``."""
+    box = page.get_by_test_id("stSidebar").get_by_role("combobox", name=label, exact=True)
+    box.click()
+    box.fill(option)  # a click alone does not always open the list; typing filters it and does
+    page.get_by_role("option", name=option, exact=True).click()
+    wait_idle(page)
+
+
+CHANGES = [("", "model", "mlp"), ("", "model", "cnn"), ("&optim.name=momentum", "optimiser", "gd")]
+
+
+@pytest.mark.parametrize(("query", "label", "option"), CHANGES)
+def test_one_start_after_a_change_starts_a_run(
+    server: Server, browser: object, query: str, label: str, option: str
+) -> None:
+    """The first Start after a model change used to be lost (no run, no message): press it exactly once."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server.url + "/?steps=100000" + query)
+    wait_idle(page)
+    choose(page, label, option)
+    click(page, "Start")
+    page.wait_for_function("() => location.search.includes('run=')", timeout=15_000)
+    page.wait_for_selector("text=/step \\d/", timeout=30_000)  # the status line of the new run
+    assert_no_exception(page)
+    page.close()
+
+
 @pytest.fixture(scope="module")
 def stored_runs(server: Server) -> list[str]:
     """Two finished runs of one config at two step sizes, written straight into the server's store."""
