@@ -381,6 +381,18 @@ def test_number_text_round_trips(v: float) -> None:
     assert type(v)(ui.number_text(v)) == v
 
 
+@pytest.mark.parametrize(
+    "text", ["![b](http://h/b.png)", "<img src=x>", "www.h.com", "a@h.com", ":smile:", "$x$", "**b** _i_ `c`", "# h"]
+)
+def test_literal_leaves_no_markup(text: str) -> None:
+    """Every markup character escaped (CommonMark renders an escaped one as itself); autolinks and :codes: broken."""
+    out = ui.literal(text)
+    assert re.sub(r"\\(.)", r"\1", out).replace("\u200b", "") == text  # shows the same characters
+    assert not re.search(r"(?<!\\)[!\[\]()<>*`$#:@]", out)  # none of them unescaped
+    assert "www." not in out and ":smile:" not in out.replace("\\", "")
+    assert ui.literal("optim.lr = 'abc' layer_scales") == "optim.lr \\= \\'abc\\' layer_scales"
+
+
 def test_error_field_names_the_setting() -> None:
     assert ui.error_field("model.batch_norm = True: batch norm is available for mlp only") == "model.batch_norm"
     assert ui.error_field("run.steps = -1: out of range") == "steps"

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
+
+from balance.config import RunConfig
 
 pytestmark = pytest.mark.browser
 
@@ -158,6 +161,38 @@ def test_one_start_after_a_change_starts_a_run(
     click(page, "Start")
     page.wait_for_function("() => location.search.includes('run=')", timeout=15_000)
     page.wait_for_selector("text=/step \\d/", timeout=30_000)  # the status line of the new run
+    assert_no_exception(page)
+    page.close()
+
+
+HOSTILE = (
+    "![b](http://beacon.invalid/1.png) <img src=http://beacon.invalid/2.png> [l](http://beacon.invalid/3) "
+    "www.beacon.invalid :smile: $x^2$ **bold** `code`"
+)
+
+
+def test_run_messages_and_link_values_are_shown_as_text(server: Server, browser: object) -> None:
+    """An imported run's message (and a link's value) is text: nothing in it is fetched, linked or formatted."""
+    from balance.store import RunStore
+
+    with RunStore(server.home) as store:
+        run_id = store.create_run(RunConfig(), [], name="imported")
+        store.set_status(run_id, "failed", 0, HOSTILE)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(f"{server.url}/?run={run_id}")
+    wait_idle(page)
+    alert = page.get_by_test_id("stAlert").filter(has_text="beacon")
+    alert.first.wait_for()
+    assert HOSTILE in alert.first.inner_text().replace("\u200b", "")
+    assert alert.first.locator("img, a, strong, code, .katex").count() == 0, alert.first.inner_html()
+    page.goto(f"{server.url}/?run=" + urllib.parse.quote("![b](http://beacon.invalid/4.png)"))
+    wait_idle(page)
+    alert.first.wait_for()
+    assert "![b](http://beacon.invalid/4.png)" in alert.first.inner_text().replace("\u200b", "")
+    assert alert.first.locator("img, a").count() == 0, alert.first.inner_html()
+    assert [u for u in requests if "beacon" in (urllib.parse.urlsplit(u).hostname or "")] == []
     assert_no_exception(page)
     page.close()
 
