@@ -7,8 +7,14 @@ AppTest runs a ``run_every`` fragment once per ``run()`` and does not rewrite th
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -423,3 +429,53 @@ def test_streamlit_config_serves_plotly_and_skips_the_per_run_gc() -> None:
     assert config["runner"]["postScriptGC"] is False
     ui.serve_plotly_js()
     assert (ui.STATIC / "plotly.min.js").stat().st_size > 1_000_000
+    assert config["server"]["address"] == "127.0.0.1"  # no login: loopback unless the owner says otherwise
+    assert config["client"]["toolbarMode"] == "viewer"  # no Deploy button, no developer menu
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on ``port`` (from /proc/net/tcp and tcp6), in hex."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the listening sockets from /proc/net")
+def test_a_bare_streamlit_run_listens_on_loopback_only(tmp_path: Path) -> None:
+    """`streamlit run app.py` from another folder, no flags: the config beside app.py binds 127.0.0.1 only."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port)]
+    command += ["--server.headless", "true"]
+    env = {**os.environ, "BALANCE_HOME": str(tmp_path)}
+    with (tmp_path / "log").open("w") as log:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+                    if r.read() == b"ok":
+                        break
+            except OSError:
+                time.sleep(0.2)
+        assert listening(port) == {"0100007F"}, (tmp_path / "log").read_text()  # 127.0.0.1, and no [::]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_make_run_binds_loopback_and_a_class_switch_says_what_it_exposes() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    plain = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--server.address 127.0.0.1" in plain and "--server.fileWatcherType none" in plain
+    assert "no login" not in plain
+    wide = subprocess.run(["make", "-n", "run", "HOST=0.0.0.0"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "--server.address 0.0.0.0" in wide and "no login" in wide and "delete every" in wide

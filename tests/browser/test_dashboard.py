@@ -162,6 +162,10 @@ def test_one_start_after_a_change_starts_a_run(
     page.wait_for_function("() => location.search.includes('run=')", timeout=15_000)
     page.wait_for_selector("text=/step \\d/", timeout=30_000)  # the status line of the new run
     assert_no_exception(page)
+    assert page.get_by_test_id("stAppDeployButton").count() == 0  # .streamlit/config.toml: toolbarMode viewer
+    page.get_by_test_id("stMainMenu").click()
+    items = page.get_by_test_id("stMainMenuItemLabel").all_inner_texts()
+    assert items and not {"Rerun", "Clear cache"} & set(items), items
     page.close()
 
 
