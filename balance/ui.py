@@ -26,9 +26,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from balance import plots
+from balance import plots, uploads
 from balance.config import ConfigError, RunConfig, applicable, choices_of, link_query, parse_value, schema
 from balance.data import DATASETS
+from balance.files import FileRefused
 from balance.models import MODELS
 from balance.optim import OPTIMIZERS
 from balance.presets import PRESETS
@@ -50,7 +51,6 @@ ADVANCED = frozenset(
         "data.singular_values",
         "data.teacher_width",
         "data.image_size",
-        "data.csv_path",
         "data.target",
         "data.loss",
         "data.seed",
@@ -290,6 +290,10 @@ def load_config(prefix: str, config: RunConfig) -> None:
         st.session_state[f"{prefix}.{name}"] = value
     st.session_state[f"{prefix}.values"] = values
     st.session_state[f"{prefix}.touched"] = set()
+    key = uploads.key_of(store().home, config.data.csv_path) if config.data.csv_path else ""
+    if key:  # a file the dashboard may read (csv_picker clears any other path)
+        shown = key if key.endswith(".csv") else f"uploaded file {key}"
+        st.session_state.setdefault(f"{prefix}.csv_files", {}).setdefault(key, shown)
 
 
 def current_values(prefix: str) -> dict[str, Any]:
@@ -316,7 +320,9 @@ def _widget(prefix: str, name: str, f: dataclasses.Field) -> None:
     common.update(on_change=_edited, args=(prefix, name))
     choices = choices_of(f)
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if choices is not None:
+    if name == "data.csv_path":
+        csv_picker(prefix, common)
+    elif choices is not None:
         st.selectbox(label, choices, **common)
         if name in REGISTRIES and st.session_state.get(key) in REGISTRIES[name]:
             st.caption(REGISTRIES[name][st.session_state[key]].help)
@@ -375,9 +381,59 @@ def config_sidebar(prefix: str) -> tuple[RunConfig | None, str]:
     values = current_values(prefix)
     st.session_state[f"{prefix}.values"] = values
     config, field, message = build_config(values)
+    if field == "data.csv_path":  # the config's own words are for the command line (--dataset csv:PATH)
+        message = "data.csv_path: upload a CSV file (numeric features, then the target column) or choose one"
     if message:
         (slots.get(field) or top).error(literal(message), icon=":material/warning:")
     return config, message
+
+
+# --- CSV data: uploads and the server's data folder, never a path typed or linked ------------------------------
+
+
+def csv_picker(prefix: str, common: dict[str, Any]) -> None:
+    """The CSV of the csv dataset: an upload, or a file of the folder the server's owner offers.
+
+    The setting holds a server path, but only one that ``uploads.find_csv`` gave: this session's uploads and the
+    data folder's files are the choices, and a path from anywhere else (a stored or imported run) is cleared.
+    """
+    home = store().home
+    known = st.session_state.setdefault(f"{prefix}.csv_files", {})  # key -> name shown (uploads of this session)
+    choices = {str(p): name for name, p in uploads.folder_files().items()}
+    choices.update({str(p): known[k] for k in known if (p := uploads.find_csv(home, k)) is not None})
+    if st.session_state.get(common["key"]) not in choices:
+        st.session_state[common["key"]] = ""  # never read a path this page did not offer
+    st.file_uploader(
+        "CSV file",
+        type=["csv"],
+        key=f"{prefix}.csv_upload",
+        max_upload_size=uploads.MAX_CSV_BYTES >> 20,
+        on_change=_csv_uploaded,
+        args=(prefix,),
+        help="numeric feature columns and a target column (the last, unless you name another)",
+    )
+    names = {"": "(upload a file)" if len(choices) == 0 else "(choose a file)", **choices}
+    st.selectbox("data file", list(names), format_func=names.__getitem__, **common)
+    why = st.session_state.pop(f"{prefix}.csv_error", "")
+    if why:
+        st.error(literal(why), icon=":material/block:")
+
+
+def _csv_uploaded(prefix: str) -> None:
+    """Store the upload by its content hash (its size checked first) and choose it."""
+    file = st.session_state.get(f"{prefix}.csv_upload")
+    if file is None:
+        return
+    try:
+        if file.size > uploads.MAX_CSV_BYTES:  # before a byte is written
+            raise FileRefused(f"{file.name}: larger than the {uploads.MAX_CSV_BYTES >> 20} MiB limit")
+        key = uploads.save_upload(store().home, file.getvalue())
+    except (FileRefused, OSError) as exc:
+        st.session_state[f"{prefix}.csv_error"] = f"Not stored: {exc}"
+        return
+    st.session_state.setdefault(f"{prefix}.csv_files", {})[key] = file.name
+    st.session_state[f"{prefix}.data.csv_path"] = str(uploads.find_csv(store().home, key))
+    st.session_state.setdefault(f"{prefix}.touched", set()).add("data.csv_path")
 
 
 def _show_all(prefix: str) -> None:
@@ -461,7 +517,7 @@ def init_session(prefix: str) -> None:
     query = {k: v for k, v in st.query_params.to_dict().items() if k != "run"}
     st.session_state[f"{prefix}.hidden"], query = hidden_by_link(query)
     run_id = st.query_params.get("run", "")
-    config, problems = RunConfig.from_query(query, strict=False)
+    config, problems = config_from_link(query)
     if problems:
         st.session_state[f"{prefix}.url_problems"] = problems
     if run_id and not query and not problems:
@@ -470,6 +526,38 @@ def init_session(prefix: str) -> None:
     load_config(prefix, config)
     if run_id:
         _attach_stored(prefix, run_id, load=False)
+
+
+CSV_PARAM = "csv"  # a link names its CSV by key (uploads.find_csv), never by path
+
+
+def page_query(config: RunConfig) -> dict[str, str]:
+    """``link_query`` and, for the csv dataset, the key of its file (``csv=<key>``): a link without a path."""
+    query = link_query(config)
+    if config.data.name == "csv" and (key := uploads.key_of(store().home, config.data.csv_path)):
+        query[CSV_PARAM] = key
+    return query
+
+
+def config_from_link(query: Mapping[str, str]) -> tuple[RunConfig, list[str]]:
+    """``RunConfig.from_query`` (lenient) with the file named by ``csv=<key>``, if the dashboard may read it.
+
+    data.name=csv is valid only with a path, which no query carries: the rest is validated with the teacher data as
+    a stand-in, then the dataset and its file are set (or the stand-in kept, and the problem named).
+    """
+    query = dict(query)
+    key = query.pop(CSV_PARAM, "")
+    if query.get("data.name") != "csv":
+        return RunConfig.from_query(query, strict=False)
+    stand_in, problems = RunConfig.from_query({**query, "data.name": "teacher"}, strict=False)
+    path = uploads.find_csv(store().home, key) if key else None
+    if path is None:
+        why = f"{CSV_PARAM} = {key!r}: no such CSV file here" if key else "the link names no CSV file"
+        return stand_in, [*problems, f"data.name = 'csv': {why}; the data are teacher until you upload the file"]
+    try:
+        return stand_in.replace(**{"data.name": "csv", "data.csv_path": str(path)}), problems
+    except ConfigError as exc:
+        return stand_in, [*problems, str(exc)]
 
 
 def _attach_stored(prefix: str, run_id: str, load: bool = True) -> None:
@@ -519,7 +607,7 @@ def sync_url(prefix: str, config: RunConfig | None) -> None:
     """Write the config (see ``link_query``) and the attached run into the URL."""
     if config is None:  # keep the last good link while the user fixes a value
         return
-    wanted = {**link_query(config), **link_flags(st.session_state.get(f"{prefix}.hidden", frozenset()))}
+    wanted = {**page_query(config), **link_flags(st.session_state.get(f"{prefix}.hidden", frozenset()))}
     run_id = st.session_state.get(f"{prefix}.run")
     if run_id:
         wanted["run"] = run_id
@@ -900,7 +988,7 @@ def share(prefix: str, config: RunConfig | None) -> None:
     base = (st.context.url or "").split("?")[0]
     with st.expander("Share this experiment"):
         st.caption("The link holds every setting, the seed included: opening it sets up the same run.")
-        st.code(f"{base}?{urlencode(link_query(config), safe=',')}", language=None)
+        st.code(f"{base}?{urlencode(page_query(config), safe=',')}", language=None)
         shown = st.multiselect(
             "Classroom link: show students only these settings",
             list(FIELDS),
@@ -909,7 +997,7 @@ def share(prefix: str, config: RunConfig | None) -> None:
             placeholder="e.g. step size η",
         )
         if shown:
-            query = {**link_query(config), "show": ",".join(shown)}
+            query = {**page_query(config), "show": ",".join(shown)}
             st.code(f"{base}?{urlencode(query, safe=',')}", language=None)
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from balance import ui
+from balance import ui, uploads
 from balance.config import ConfigError, RunConfig, applicable
 from balance.presets import PRESETS, preset
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", *(f"app_pages/{p.name}" for p in sorted((ROOT / "app_pages").glob("*.py")))]
 TIMEOUT = 60
+CSV = b"x1,x2,y\n0.5,1,0\n1.5,0,1\n2,2,1\n-1,0.5,0\n"
 TINY = {"explore.data.d1": 20, "explore.data.d2": 10, "explore.steps": 200}
 
 
@@ -83,6 +84,11 @@ def figures(at: AppTest) -> dict[str, dict]:
     return out
 
 
+def shown(markdown: str) -> str:
+    """Text as the page shows it: ``ui.literal``'s escapes and zero-width spaces taken out."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
+
+
 def trace_names(spec: dict) -> list[str]:
     return [t.get("name", "") for t in spec["data"]]
 
@@ -107,7 +113,7 @@ def widget_keys(at: AppTest) -> set[str]:
     return {w.key for w in [*at.selectbox, *at.number_input, *at.toggle, *at.select_slider, *at.text_input]}
 
 
-def test_widgets_come_from_the_schema_and_only_what_applies_is_shown() -> None:
+def test_widgets_come_from_the_schema_and_only_what_applies_is_shown(home: Path) -> None:
     at = app()
     assert widget_keys(at) >= {f"explore.{name}" for name in applicable(RunConfig().flat())}
     assert "explore.model.depth" not in widget_keys(at)  # mf has no depth
@@ -118,7 +124,7 @@ def test_widgets_come_from_the_schema_and_only_what_applies_is_shown() -> None:
     for query in [
         {"model.name": "mlp", "data.name": "teacher", "model.activation": "leaky_relu", "optim.name": "adam"},
         {"model.name": "cnn", "data.name": "images", "optim.name": "momentum", "optim.schedule": "step"},
-        {"model.name": "mlp", "data.name": "csv", "optim.name": "flow", "data.csv_path": __file__},
+        {"model.name": "mlp", "data.name": "csv", "optim.name": "flow", "csv": uploads.save_upload(home, CSV)},
         {"optim.schedule": "theorem"},
     ]:
         at = app(query)
@@ -254,6 +260,39 @@ def test_bad_link_opens_with_defaults_and_names_the_values() -> None:
     assert "optim.lr" in text and "model.depth" in text and "nonsense" in text
     assert at.session_state["explore.optim.lr"] == RunConfig().optim.lr
     assert at.session_state["explore.steps"] == 50  # the good value is kept
+
+
+def test_a_link_names_an_upload_by_its_key_never_a_path(home: Path) -> None:
+    """`?data.name=csv&data.csv_path=/path` + Start used to read any file the server could read."""
+    key = uploads.save_upload(home, CSV)
+    at = app({"model.name": "mlp", "data.name": "csv", "csv": key, "data.csv_path": "/etc/passwd"})
+    assert not at.exception
+    assert any("data.csv_path: a link cannot set this" in shown(w.value) for w in at.warning)
+    config = sidebar_config(at)
+    assert config is not None and config.data.csv_path == str(uploads.find_csv(home, key))
+    query = ui.page_query(config)
+    assert query["csv"] == key and not any("/" in v for v in query.values())
+    at = app({"model.name": "mlp", "data.name": "csv", "csv": "../../etc/passwd"})
+    assert any("no such CSV file here" in shown(w.value) for w in at.warning)
+    assert sidebar_config(at).model.name == "mlp" and sidebar_config(at).data.csv_path == ""
+
+
+def test_a_stored_run_s_csv_path_is_read_only_if_the_page_offers_it(home: Path) -> None:
+    """An imported run may name any path: Explore never reads it, and asks for an upload instead."""
+    config = RunConfig().replace(**{"model.name": "mlp", "data.name": "csv", "data.csv_path": "/etc/passwd"})
+    foreign = ui.store().create_run(config, [], name="imported")
+    ui.store().set_status(foreign, "finished", 0)
+    at = app({"run": foreign})
+    assert not at.exception
+    assert at.session_state["explore.values"]["data.csv_path"] == ""
+    assert at.button(key="explore.start").disabled
+    assert any("upload a CSV file" in e.value for e in at.error)
+    path = str(uploads.find_csv(home, uploads.save_upload(home, CSV)))
+    own = ui.store().create_run(config.replace(**{"data.csv_path": path}), [])
+    ui.store().set_status(own, "finished", 0)
+    at = app({"run": own})
+    assert at.session_state["explore.values"]["data.csv_path"] == path
+    assert not at.button(key="explore.start").disabled
 
 
 def test_unknown_run_in_link_says_so() -> None:

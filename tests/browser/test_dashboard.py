@@ -10,6 +10,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
@@ -166,6 +167,33 @@ def test_one_start_after_a_change_starts_a_run(
     page.get_by_test_id("stMainMenu").click()
     items = page.get_by_test_id("stMainMenuItemLabel").all_inner_texts()
     assert items and not {"Rerun", "Clear cache"} & set(items), items
+    page.close()
+
+
+def test_csv_data_come_from_an_upload_never_from_a_link(server: Server, browser: object, tmp_path) -> None:
+    """A link's data.csv_path is refused; an upload is stored by its hash under BALANCE_HOME and trained on; the
+    URL names it by that hash (csv=<key>), never by a path."""
+    from balance.store import RunStore
+
+    data = tmp_path / "mine.csv"
+    data.write_text("x1,x2,y\n" + "".join(f"{i % 7},{i % 3},{i % 2}\n" for i in range(40)))
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server.url + "/?model.name=mlp&data.name=csv&data.csv_path=/etc/passwd&steps=20")
+    wait_idle(page)
+    page.get_by_text("data.csv_path: a link cannot set this").wait_for()
+    page.get_by_test_id("stSidebar").get_by_text("Data", exact=True).click()
+    choose(page, "dataset", "csv")
+    page.get_by_test_id("stSidebar").locator("input[type=file]").set_input_files(str(data))
+    page.wait_for_function("() => location.search.includes('csv=')", timeout=15_000)
+    wait_idle(page)
+    click(page, "Start")
+    page.wait_for_selector("text=finished", timeout=60_000)
+    assert_no_exception(page)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
+    assert "data.csv_path" not in query and not any("/" in v[0] for v in query.values()), query
+    with RunStore(server.home) as store:
+        used = Path(store.get_run(query["run"][0]).config.data.csv_path)
+    assert used == server.home / "uploads" / f"{query['csv'][0]}.csv" and used.read_bytes() == data.read_bytes()
     page.close()
 
 
