@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import logging
 import math
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -25,11 +26,13 @@ from urllib.parse import urlencode
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from latex2mathml.converter import convert
 
 from balance import plots, uploads
 from balance.config import ConfigError, RunConfig, applicable, choices_of, link_query, parse_value, schema
 from balance.data import DATASETS
 from balance.files import FileRefused
+from balance.laws import why_no_law
 from balance.models import MODELS
 from balance.optim import OPTIMIZERS
 from balance.presets import PRESETS
@@ -781,13 +784,22 @@ def run_figures(
     neurons: tuple[pd.DataFrame | None, pd.DataFrame | None],
     log_x: bool,
     max_points: int = plots.MAX_POINTS,
+    marks: Sequence[tuple[float, str]] = (),
 ) -> list[tuple[str, go.Figure, str]]:
-    """(name, figure, caption) in display order; the matrix chart only where there are linear layers."""
+    """(name, figure, caption) in display order; the matrix chart only where there are linear layers.
+
+    Where the layer-gap law does not apply (``why_no_law``) the balance chart draws no prediction and it and its
+    caption say why; ``marks`` (step, label) are drawn on every step axis (a step size changed mid-run).
+    """
     names = plots.MF_LAYER_NAMES if config.model.name == "mf" else None
+    no_law = why_no_law(config)
     out = []
     for name in ("loss", "norms", "balance", "grad_norms"):
         fn, caption = plots.FIGURES[name]
-        out.append((name, fn(df, layer_names=names, log_x=log_x, max_points=max_points), caption))
+        extra = {"no_law": no_law} if name == "balance" else {}
+        if extra and no_law:
+            caption += f" **Here there is no prediction:** {no_law}."
+        out.append((name, fn(df, layer_names=names, log_x=log_x, max_points=max_points, **extra), caption))
     now, initial = neurons
     if now is not None:
         figure = plots.neuron_figure(now, initial=initial, max_points=max_points)
@@ -795,7 +807,17 @@ def run_figures(
     if any(str(c).startswith("matrix_drift_") for c in df.columns):
         fn, caption = plots.FIGURES["matrix"]
         out.append(("matrix", fn(df, layer_names=names, log_x=log_x, max_points=max_points), caption))
+    for name, fig, _ in out:
+        plots.mark_steps(fig, marks)
+        plots.fit_legend(fig, plots.WIDE if name == "balance" else plots.NARROW)
     return out
+
+
+def lr_marks(s: RunStore, run_id: str) -> tuple[tuple[float, str], ...]:
+    """Where the run's step size was changed while it trained: (step, 'η → new value') from its events."""
+    events = s.events(run_id)
+    changes = events[events["kind"] == "lr"]
+    return tuple((float(step), f"η → {number_text(float(v))}") for step, v in zip(changes["step"], changes["value"]))
 
 
 def show_figures(prefix: str, figures: list[tuple[str, go.Figure, str]]) -> None:
@@ -820,7 +842,7 @@ def _row(prefix: str, items: list[tuple[str, go.Figure, str]]) -> None:
     for column, (name, fig, caption) in zip(st.columns(1 if items[0][0] == "balance" else 2), items):
         with column:
             live_chart(fig, key=f"{prefix}.chart.{name}", config=chart_config(name))
-            st.caption(plain(caption))
+            st.caption(caption)  # Markdown with LaTeX: assets/captions.toml and balance.laws, no outside text
 
 
 def live_section(prefix: str) -> None:
@@ -865,6 +887,7 @@ def render_charts(prefix: str, run_id: str) -> None:
         df = fetch_rows(prefix, run_id)
         neurons = neuron_tables(prefix, run_id)
         config = run_config(prefix, run_id)
+        marks = lr_marks(store(), run_id)
     except StoreError as exc:  # e.g. deleted on the Runs page by another session
         st.info(f"No charts: {literal(exc)}")
         return
@@ -873,10 +896,10 @@ def render_charts(prefix: str, run_id: str) -> None:
         return
     log_x = st.session_state.get(f"{prefix}.log_x", False)
     snapshot = -1 if neurons[0] is None else int(neurons[0]["step"].iloc[0])
-    key = (run_id, len(df), int(df["step"].iloc[-1]), snapshot, log_x)
+    key = (run_id, len(df), int(df["step"].iloc[-1]), snapshot, log_x, marks)
     cached = st.session_state.get(f"{prefix}.figures")
     if cached is None or cached[0] != key:
-        cached = (key, run_figures(df, config, neurons, log_x, LIVE_POINTS))
+        cached = (key, run_figures(df, config, neurons, log_x, LIVE_POINTS, marks))
         st.session_state[f"{prefix}.figures"] = cached
     show_figures(prefix, cached[1])
 
@@ -914,14 +937,26 @@ def run_html(s: RunStore, run_id: str) -> str:
     """Every chart of a run at full resolution, as one HTML page."""
     neurons = s.neurons(run_id), s.neurons(run_id, step=0)
     tables = tuple(t if len(t) else None for t in neurons)
-    return figures_html(run_figures(s.metrics(run_id), s.get_run(run_id).config, tables, False))
+    marks = lr_marks(s, run_id)
+    return figures_html(run_figures(s.metrics(run_id), s.get_run(run_id).config, tables, False, marks=marks))
+
+
+def caption_html(caption: str) -> str:
+    """A caption's Markdown as HTML for a file that opens offline: ``$...$`` as MathML (browsers draw it, no
+    MathJax from a CDN), ``**bold**`` as <strong>, everything else escaped."""
+    parts = re.split(r"\$([^$]+)\$", caption)  # odd parts are formulas
+    out = [
+        convert(part) if i % 2 else re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part, quote=False))
+        for i, part in enumerate(parts)
+    ]
+    return "".join(out)
 
 
 def figures_html(figures: list[tuple[str, go.Figure, str]]) -> str:
     """One stand-alone HTML page with every chart and its caption (plotly.js included once)."""
     parts = []
     for i, (_, fig, caption) in enumerate(figures):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0) + f"<p>{caption}</p>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0) + f"<p>{caption_html(caption)}</p>")
     return "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
 
 
@@ -933,13 +968,15 @@ PAGES = Path(__file__).resolve().parent.parent / "app_pages"
 def navigation() -> Any:
     """The app's pages, Explore first (the default); navigation at the top so the sidebar holds the settings."""
     serve_plotly_js()
+    # Titles only: with an icon each, the six links were 11 px wider than the navigation bar at 1024 x 768 with
+    # the sidebar open, and "About" was cut off.
     pages = [
-        st.Page(PAGES / "explore.py", title="Explore", icon=":material/monitoring:", default=True),
-        st.Page(PAGES / "runs.py", title="Runs", icon=":material/table_rows:"),
-        st.Page(PAGES / "sweep.py", title="Sweeps", icon=":material/grid_on:"),
-        st.Page(PAGES / "claims.py", title="Claims", icon=":material/fact_check:"),
-        st.Page(PAGES / "lecture.py", title="Lecture", icon=":material/school:"),
-        st.Page(PAGES / "about.py", title="About", icon=":material/menu_book:"),
+        st.Page(PAGES / "explore.py", title="Explore", default=True),
+        st.Page(PAGES / "runs.py", title="Runs"),
+        st.Page(PAGES / "sweep.py", title="Sweeps"),
+        st.Page(PAGES / "claims.py", title="Claims"),
+        st.Page(PAGES / "lecture.py", title="Lecture"),
+        st.Page(PAGES / "about.py", title="About"),
     ]
     return st.navigation(pages, position="top")
 

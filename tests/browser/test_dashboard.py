@@ -197,6 +197,74 @@ def test_csv_data_come_from_an_upload_never_from_a_link(server: Server, browser:
     page.close()
 
 
+CHART_FACTS = """() => Array.from(document.querySelectorAll('div.balance-chart.js-plotly-plot')).map(gd => {
+    const L = gd._fullLayout;
+    const axes = Object.keys(L).filter(k => /^[xy]axis\\d*$/.test(k) && L[k]._vals && L[k].visible !== false);
+    return {
+        title: (L.title && L.title.text) || (gd.data[0] && gd.data[0].name) || '',
+        plot: [L._size.w, L._size.h],
+        axes: axes.map(k => ({
+            name: k, type: L[k].type, title: (L[k].title && L[k].title.text) || '',
+            ticks: L[k]._vals.filter(v => v.text !== '')
+                .map(v => [L[k].type === 'log' ? Math.pow(10, v.x) : v.x, v.text]),
+        })),
+    };
+})"""
+
+
+def tick_value(label: str) -> float:
+    """A tick label as the number it states: 1,000 · −0.5 · 2e−7 · 10<sup>−5</sup> · 2×10<sup>−7</sup>."""
+    text = label.replace("−", "-").replace(",", "").replace("\u2009", "")
+    text = re.sub(r"^(.*?)[×x]10<sup>(.+)</sup>$", r"\1e\2", text)
+    text = re.sub(r"^10<sup>(.+)</sup>$", r"1e\1", text)
+    return float(text)
+
+
+def assert_readable(facts: list[dict], whole_steps: bool = False) -> None:
+    """Every chart has a plot area of at least 150 x 150 px and every tick label states its tick's value."""
+    assert facts
+    for chart in facts:
+        w, h = chart["plot"]
+        assert w >= 150 and h >= 150, (chart["title"], w, h)
+        for axis in chart["axes"]:
+            for value, label in axis["ticks"]:
+                stated = tick_value(label)
+                assert stated == pytest.approx(value, rel=1e-6, abs=1e-12), (chart["title"], axis["name"], label)
+                if whole_steps and axis["title"] == "step":
+                    assert value == round(value), (chart["title"], axis["name"], label)
+
+
+NAV_VISIBLE = """() => Array.from(document.querySelectorAll('[data-testid="stTopNav"] a')).map(a => {
+    const r = a.getBoundingClientRect();
+    return [a.textContent.trim(), a.contains(document.elementFromPoint(r.right - 2, r.top + r.height / 2))];
+})"""
+READABLE = [
+    "model.init_scale=0.3&steps=2",  # ticks at whole steps
+    "model.name=mlp&data.name=teacher&model.depth=6&model.width=12&steps=40",  # 6 layers: long legends
+    "model.name=mlp&data.name=teacher&model.activation=tanh&optim.lr=0.05&steps=300",  # ratios across 1, no law
+]
+
+
+@pytest.mark.parametrize("query", READABLE)
+def test_every_chart_is_readable_at_1024x768(server: Server, browser: object, query: str) -> None:
+    """A legend at the side squeezed the per-neuron chart to about 60 px; minor log labels read "2" for 0.2 and for
+    2; a two-step run had ticks at 0.5 and 1.5. Measured in the browser on the charts as drawn."""
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    page.goto(f"{server.url}/?{query}")
+    wait_idle(page)
+    click(page, "Start")
+    page.wait_for_selector("text=finished", timeout=60_000)
+    wait_idle(page)
+    page.wait_for_function("() => document.querySelectorAll('div.balance-chart.js-plotly-plot').length >= 5")
+    page.wait_for_timeout(500)
+    facts = page.evaluate(CHART_FACTS)
+    assert {"per-neuron balance", "squared norms", "loss"} <= {f["title"] for f in facts}
+    assert_readable(facts, whole_steps=query.endswith("steps=2"))
+    assert all(visible for _, visible in page.evaluate(NAV_VISIBLE)), page.evaluate(NAV_VISIBLE)  # About was cut
+    assert_no_exception(page)
+    page.close()
+
+
 HOSTILE = (
     "![b](http://beacon.invalid/1.png) <img src=http://beacon.invalid/2.png> [l](http://beacon.invalid/3) "
     "www.beacon.invalid :smile: $x^2$ **bold** `code`"
