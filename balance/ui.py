@@ -1012,6 +1012,22 @@ def changed_note(prefix: str, config: RunConfig | None) -> None:
         differ.remove("optim.lr")  # applied to the running run already
     if differ:
         st.caption(f"The sidebar differs from the run shown ({', '.join(differ)}): press **Start** to train it.")
+    changes = lr_changes(prefix, run_id)
+    if changes:
+        st.caption(
+            f"The run shown changed its step size while it trained ({changes}; dotted lines on the charts). "
+            "**Start** trains the sidebar's settings from step 0 with one step size: it does not replay those "
+            "changes."
+        )
+
+
+def lr_changes(prefix: str, run_id: str) -> str:
+    """'at step 120: η → 0.02; ...' for the attached run's step-size changes, '' if there were none."""
+    try:
+        marks = lr_marks(store(), run_id)
+    except StoreError:
+        return ""
+    return "; ".join(f"at step {step:,.0f}: {label}" for step, label in marks)
 
 
 def _changed(a: RunConfig, b: RunConfig) -> set[str]:
@@ -1023,9 +1039,20 @@ def share(prefix: str, config: RunConfig | None) -> None:
     if config is None:
         return
     base = (st.context.url or "").split("?")[0]
+    run_id = st.session_state.get(f"{prefix}.run")
+    changes = lr_changes(prefix, run_id) if run_id else ""
     with st.expander("Share this experiment"):
         st.caption("The link holds every setting, the seed included: opening it sets up the same run.")
         st.code(f"{base}?{urlencode(page_query(config), safe=',')}", language=None)
+        if changes:
+            start = run_config(prefix, run_id)
+            st.warning(
+                f"The run shown changed its step size while it trained ({changes}). A link sets up a run from "
+                f"step 0 with one step size: the link above uses the sidebar's (η = {number_text(config.optim.lr)}), "
+                f"and none replays the changes. The run's starting settings (η = {number_text(start.optim.lr)}):",
+                icon=":material/info:",
+            )
+            st.code(f"{base}?{urlencode(page_query(start), safe=',')}", language=None)
         shown = st.multiselect(
             "Classroom link: show students only these settings",
             list(FIELDS),

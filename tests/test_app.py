@@ -356,6 +356,13 @@ def test_step_size_changes_while_running_without_a_reset() -> None:
     events = ui.store().events(run_id)
     assert (events["kind"] == "lr").any() and events["value"].iloc[-1] == 0.02
     assert at.session_state["explore.run"] == run_id  # the same run, not a new one
+    step = int(events.loc[events["kind"] == "lr", "step"].iloc[-1])
+    for name, spec in figures(at).items():  # a dotted line and a label at that step on every step axis
+        if spec["layout"].get("xaxis", {}).get("title", {}).get("text") == "step":
+            assert any(a.get("text") == "η → 0.02" and a.get("x") == step for a in spec["layout"]["annotations"]), name
+    notes = " ".join(c.value for c in at.caption) + " ".join(w.value for w in at.warning)
+    assert f"at step {step:,}: η → 0.02" in notes and "does not replay" in notes
+    assert "The run's starting settings (η = 0.01)" in notes  # the share link says what it re-creates
     before = ui.runner().status(run_id).step
     at.button(key="explore.step10").click().run()
     deadline = time.monotonic() + TIMEOUT
