@@ -29,6 +29,7 @@ import streamlit as st
 from latex2mathml.converter import convert
 
 from balance import plots, uploads
+from balance.advice import divergence_advice, settings_key
 from balance.config import ConfigError, RunConfig, applicable, choices_of, link_query, parse_value, schema
 from balance.data import DATASETS
 from balance.files import FileRefused
@@ -631,6 +632,7 @@ class Status:
     steps_per_second: float = 0.0
     t: float = float("nan")
     loss: float = float("nan")
+    lr: float = float("nan")
 
 
 def run_status(run_id: str) -> Status:
@@ -638,7 +640,40 @@ def run_status(run_id: str) -> Status:
         v = runner().status(run_id)
     except (StoreError, ValueError):
         return Status("missing", 0, f"run {run_id} is not stored here")
-    return Status(v.state, int(v.step), v.message or "", v.steps_per_second or 0.0, v.t, v.loss)
+    return Status(v.state, int(v.step), v.message or "", v.steps_per_second or 0.0, v.t, v.loss, v.lr)
+
+
+WORKED_AFTER = 100  # a run stopped by hand after this many steps without diverging counts as one that worked
+
+
+def remember_outcome(prefix: str, run_id: str, status: Status) -> None:
+    """Note in the session which step sizes finished and which diverged for the run's settings (for the advice)."""
+    ended = status.state in ("finished", "diverged") or (status.state == "stopped" and status.step >= WORKED_AFTER)
+    if not ended or not math.isfinite(status.lr):
+        return
+    try:
+        key = settings_key(run_config(prefix, run_id))
+    except StoreError:
+        return
+    seen = st.session_state.setdefault(f"{prefix}.outcomes", {}).setdefault(key, ({}, {}))
+    seen[status.state == "diverged"][status.lr] = True  # (worked, diverged): dicts as ordered sets
+
+
+def session_advice(prefix: str, run_id: str, status: Status) -> tuple[str, float] | None:
+    """For a diverged run: its message's explanation and a step size to try, checked against this session."""
+    if status.state != "diverged" or not math.isfinite(status.lr):
+        return None
+    try:
+        key = settings_key(run_config(prefix, run_id))
+    except StoreError:
+        return None
+    worked, diverged = st.session_state.get(f"{prefix}.outcomes", {}).get(key, ({}, {}))
+    return divergence_advice(status.message.partition(": ")[2], status.lr, worked, diverged)
+
+
+def _use_lr(prefix: str, lr: float) -> None:
+    st.session_state[f"{prefix}.optim.lr"] = lr
+    st.session_state.setdefault(f"{prefix}.touched", set()).add("optim.lr")
 
 
 def attach(prefix: str, run_id: str | None) -> None:
@@ -726,8 +761,12 @@ def run_controls(prefix: str, config: RunConfig | None) -> None:
         st.error(literal(why), icon=":material/block:")
 
 
-def status_line(status: Status) -> None:
-    """One line: state, step, t, loss, steps per second; a diverged or failed run says what to try."""
+def status_line(status: Status, prefix: str = "", advice: tuple[str, float] | None = None) -> None:
+    """One line: state, step, t, loss, steps per second; a diverged or failed run says what to try.
+
+    ``advice`` (``session_advice``): the explanation to show for a diverged run and a step size offered by a
+    button that sets it in the sidebar.
+    """
     colour = {"running": "blue", "paused": "orange", "finished": "green", "diverged": "red", "failed": "red"}
     parts = [
         f":{colour.get(status.state, 'gray')}-badge[{status.state}]",
@@ -745,8 +784,14 @@ def status_line(status: Status) -> None:
     if status.state == "diverged":
         head, _, why = status.message.partition(": ")
         head = head[:1].upper() + head[1:] if head else "Diverged"
-        advice = "" if "try" in why else "; try a smaller step size or a smaller init scale"
-        st.error(f"**{literal(head)}**: {literal(why)}{advice}", icon=":material/error:")
+        if advice is not None:
+            st.error(f"**{literal(head)}**: {literal(advice[0])}", icon=":material/error:")
+            label = f"Use step size {number_text(advice[1])}"
+            if st.button(label, key=f"{prefix}.use_lr", on_click=_use_lr, args=(prefix, advice[1])):
+                st.rerun(scope="app")  # the sidebar shows the new value
+            return
+        tip = "" if "try" in why else "; try a smaller step size or a smaller init scale"
+        st.error(f"**{literal(head)}**: {literal(why)}{tip}", icon=":material/error:")
     elif status.state in ("failed", "missing") and status.message:
         st.error(literal(status.message))
     elif status.message and status.state not in ACTIVE:
@@ -870,7 +915,8 @@ def live_section(prefix: str) -> None:
     @st.fragment(run_every=REFRESH_S if first.state in ACTIVE else None)
     def live() -> None:
         status = run_status(run_id)
-        status_line(status)
+        remember_outcome(prefix, run_id, status)
+        status_line(status, prefix, session_advice(prefix, run_id, status))
         if status.state != first.state or (first.state == "paused" and status.step != first.step):
             st.rerun(scope="app")
         if not still:

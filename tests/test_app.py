@@ -330,6 +330,29 @@ def test_diverged_run_says_so_with_a_suggestion() -> None:
     assert "try a step size of" in errors or "smaller step size" in errors
 
 
+def test_divergence_advice_is_never_known_to_fail_and_offers_what_worked() -> None:
+    """The old advice halved the step size ("below 5" still diverged at 5, 2, 1, 0.5). The page keeps track of
+    the step sizes that finished and diverged in this session for these settings."""
+    at = app()
+    for lr in (10.0, 5.0):
+        at.select_slider(key="explore.optim.lr").set_value(lr).run()
+        start(at)
+    text = shown(" ".join(e.value for e in at.error))
+    offered = float(re.search(r"Use step size (\S+)", " ".join(b.label for b in at.button)).group(1))
+    assert "diverged at step" in text.lower() and offered < 5.0
+    at.select_slider(key="explore.optim.lr").set_value(0.01).run()
+    start(at)  # finishes: it worked
+    at.select_slider(key="explore.optim.lr").set_value(2.0).run()
+    start(at)
+    text = shown(" ".join(e.value for e in at.error))
+    assert "η = 0.01 worked for these settings in this session" in text
+    use = next(b for b in at.button if b.label.startswith("Use step size"))
+    assert use.label == "Use step size 0.01"
+    use.click().run()
+    assert not at.exception
+    assert at.session_state["explore.values"]["optim.lr"] == 0.01  # the sidebar holds it: one press of Start
+
+
 def test_reload_reattaches_to_the_run_in_the_url() -> None:
     at = app()
     run_id = start(at)
