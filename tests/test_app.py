@@ -425,6 +425,15 @@ def test_open_in_explore_loads_the_run() -> None:
     assert runs.session_state["explore.optim.lr"] == 0.05 and runs.session_state["explore.data.d1"] == 20
 
 
+def test_charts_html_has_its_formulas_as_mathml() -> None:
+    at = app()
+    run_id = start(at)
+    captions = re.findall(r"<p>(.*?)</p>", ui.run_html(ui.store(), run_id))
+    assert len(captions) >= 5 and all("<math" in c and "$" not in c and "\\" not in c for c in captions)
+    one = ui.caption_html("a $\\eta^2$ **b** <i>")
+    assert one.startswith("a <math") and one.endswith("</math> <strong>b</strong> &lt;i&gt;") and "<msup>" in one
+
+
 def test_runs_page_overlays_downloads_and_deletes() -> None:
     at = app()
     first = start(at, optim__lr=0.01)

@@ -261,6 +261,9 @@ def test_every_chart_is_readable_at_1024x768(server: Server, browser: object, qu
     assert {"per-neuron balance", "squared norms", "loss"} <= {f["title"] for f in facts}
     assert_readable(facts, whole_steps=query.endswith("steps=2"))
     assert all(visible for _, visible in page.evaluate(NAV_VISIBLE)), page.evaluate(NAV_VISIBLE)  # About was cut
+    captions = page.get_by_test_id("stCaptionContainer")
+    assert page.locator('[data-testid="stCaptionContainer"] .katex').count() >= 5  # formulas drawn, not ||W_h||^2
+    assert not [t for t in captions.all_inner_texts() if "$" in t or "||" in t or "\\" in t]
     assert_no_exception(page)
     page.close()
 
