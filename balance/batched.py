@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from balance.api import RunResult, frame
 from balance.config import RunConfig
 from balance.data import make_task
+from balance.laws import why_no_law
 from balance.models import HomogeneousModel, build_model
 from balance.optim import SCHEDULES
 from balance.sharpness import step_advice
@@ -160,7 +161,7 @@ class BatchedTrainer:
         sq = self._sqnorms()
         self.gap0 = self._gaps(sq)
         self.G, self.B = self.gap0.copy(), np.zeros_like(self.gap0)
-        if self.optimizer == "adam":
+        if why_no_law(first):  # Adam, tanh: no law (the reason is shared: both are part of the batch key)
             self.G[:] = np.nan
         self.balance0 = self._balances()
         self.matrix0 = self._matrices()

@@ -19,6 +19,7 @@ import torch
 from balance.config import RunConfig
 from balance.data import Task, loss_value, make_task
 from balance.invariants import gaps, matrix_invariant, neuron_balance, ratios
+from balance.laws import why_no_law
 from balance.models import MODELS, HomogeneousModel, build_model
 from balance.optim import SCHEDULES, make_optimizer
 from balance.sharpness import step_advice
@@ -88,7 +89,7 @@ class Trainer:
         self.gap0 = gaps(*self._layer_sqnorms())
         # MF's balancing regulariser is not rescaling-invariant: its first-order effect enters the prediction
         self._invariant = not getattr(self.model, "regularizer", 0.0)
-        self.predictor = GapPredictor(config.optim, pair_matrix(self.model), self.gap0, self._invariant)
+        self.predictor = GapPredictor(config.optim, pair_matrix(self.model), self.gap0, not why_no_law(config))
 
     # --- evaluation ---------------------------------------------------------------------------------------
 

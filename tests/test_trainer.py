@@ -25,6 +25,7 @@ from torch import Tensor
 from balance.api import run
 from balance.config import OptimConfig, RunConfig
 from balance.optim import SCHEDULES
+from balance.theory import GapPredictor, pair_matrix
 from balance.trainer import DENSE_STEPS, Trainer, metric_columns, should_log
 
 MF = FAMILIES[FAMILY_IDS.index("mf")]
@@ -129,11 +130,17 @@ def test_batch_norm_keeps_the_neuron_invariant_and_breaks_the_layer_gap() -> Non
                 scale = sum(sq(t) for t in (*into, out, *into2, out2))
                 assert abs(float(B2 - B - predicted)) <= 1e-12 * float(scale)
     df, _ = run(config)
+    # No law is claimed for batch norm (issue 12.6: "measured -1.158 against 'predicted' 1.5e-4"): the column is
+    # empty. The plain-GD formula, summed here by hand (a BN'd layer's bias has zero gradient), shows why.
+    assert all(df[f"pred_gap_drift_{h}"].isna().all() for h in _pairs(df))
+    step = df["lr"].to_numpy()[:-1] ** 2
+    g = {h: df[f"grad_norm_{h}"].to_numpy()[:-1] ** 2 for h in range(1, len(_pairs(df)) + 2)}
+    formula = {h: np.concatenate([[0.0], np.cumsum(step * (g[h + 1] - g[h]))]) for h in _pairs(df)}
     last = _pairs(df)[-1]
-    drift, pred = df[f"gap_drift_{last}"].abs().max(), df[f"pred_gap_drift_{last}"].abs().max()
-    err = (df[f"gap_drift_{last}"] - df[f"pred_gap_drift_{last}"]).abs().max()
+    drift, pred = df[f"gap_drift_{last}"].abs().max(), np.abs(formula[last]).max()
+    err = np.abs(df[f"gap_drift_{last}"].to_numpy() - formula[last]).max()
     assert err > 0.5 * drift and err > 10 * pred and err > 1e-3
-    inner = (df["gap_drift_1"] - df["pred_gap_drift_1"]).abs().max()
+    inner = np.abs(df["gap_drift_1"].to_numpy() - formula[1]).max()
     assert inner < 1e-2 * df["gap_drift_1"].abs().max()
 
 
@@ -277,10 +284,22 @@ def test_gradient_flow_keeps_every_gap_constant(config: RunConfig) -> None:
 # --- 6. tanh and Adam break it ---------------------------------------------------------------------------------
 
 
+def _with_the_formula_forced(config: RunConfig) -> pd.DataFrame:
+    """The run with the plain GD recursion accumulated anyway, where balance claims no law (tanh)."""
+    trainer = Trainer(config)
+    trainer.predictor = GapPredictor(config.optim, pair_matrix(trainer.model), trainer.gap0)
+    rows = []
+    while trainer.status.state == "running":
+        rows += trainer.step()
+    return pd.DataFrame(rows, columns=trainer.columns)
+
+
 def test_tanh_breaks_the_invariant_under_gd_and_flow() -> None:
-    gd, _ = run(make_config(TANH, optim=OptimConfig(name="gd", lr=0.01), steps=100))
-    err, size = _prediction_error(gd)
-    assert err > 100 * size  # first order in eta, against the eta^2 prediction
+    config = make_config(TANH, optim=OptimConfig(name="gd", lr=0.01), steps=100)
+    gd, _ = run(config)
+    assert all(gd[f"pred_gap_drift_{h}"].isna().all() for h in _pairs(gd))  # no law, nothing predicted
+    err, size = _prediction_error(_with_the_formula_forced(config))
+    assert err > 100 * size  # first order in eta, against the eta^2 formula: why nothing is predicted
     flow, _ = run(make_config(TANH, optim=OptimConfig(name="flow", lr=0.5), steps=20))
     drift = max(flow[f"gap_drift_{h}"].abs().max() for h in _pairs(flow))
     assert drift > 1e-2  # against <= 1e-6 (relative) for homogeneous nets under flow
