@@ -707,8 +707,17 @@ def _act(prefix: str, action: str, *args: Any) -> None:
         if run_status(run_id).state in ACTIVE:
             r.stop(run_id)
         attach(prefix, None)
+        return
+    try:
+        reached = getattr(r, action)(run_id, *args)
+    except (StoreError, ValueError) as exc:
+        reached, why = False, str(exc)
     else:
-        getattr(r, action)(run_id, *args)
+        why = f"it is {run_status(run_id).state}"
+    if not reached:  # every press is answered: it acts, or the page says why not
+        st.session_state[f"{prefix}.start_error"] = f"{action.capitalize()} did not reach the run: {why}"
+    elif action == "stop":
+        st.session_state[f"{prefix}.stopping"] = run_id  # shown at once; the state follows within a tick
 
 
 def run_controls(prefix: str, config: RunConfig | None) -> None:
@@ -768,8 +777,15 @@ def status_line(status: Status, prefix: str = "", advice: tuple[str, float] | No
     button that sets it in the sidebar.
     """
     colour = {"running": "blue", "paused": "orange", "finished": "green", "diverged": "red", "failed": "red"}
+    state = status.state
+    if (
+        state in ACTIVE
+        and prefix
+        and st.session_state.get(f"{prefix}.stopping") == st.session_state.get(f"{prefix}.run")
+    ):
+        state = "stopping…"  # Stop was pressed; the worker has not answered yet
     parts = [
-        f":{colour.get(status.state, 'gray')}-badge[{status.state}]",
+        f":{colour.get(state, 'gray')}-badge[{state}]",
         f"step **{status.step:,}**",
     ]
     if math.isfinite(status.t):

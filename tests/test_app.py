@@ -403,6 +403,34 @@ def test_step_size_changes_while_running_without_a_reset() -> None:
     assert ui.runner().wait(run_id, timeout=TIMEOUT).state == "stopped"
 
 
+def test_every_press_is_answered_even_when_the_run_ended_meanwhile() -> None:
+    at = app()
+    set_widgets(at, {**TINY, "explore.steps": 10**7})
+    at.button(key="explore.start").click().run()
+    run_id = at.session_state["explore.run"]
+    ui.runner().wait(run_id, timeout=TIMEOUT, states=("running",))
+    at.run()
+    assert not at.button(key="explore.pause").disabled
+    ui.runner().stop(run_id)  # elsewhere (another tab), between the page's last run and the click
+    ui.runner().wait(run_id, timeout=TIMEOUT)
+    at.button(key="explore.pause").click().run()
+    assert not at.exception
+    assert any("Pause did not reach the run: it is stopped" in shown(e.value) for e in at.error)
+
+
+def test_stop_shows_at_once() -> None:
+    at = app()
+    set_widgets(at, {**TINY, "explore.steps": 10**7})
+    at.button(key="explore.start").click().run()
+    run_id = at.session_state["explore.run"]
+    ui.runner().wait(run_id, timeout=TIMEOUT, states=("running",))
+    at.run()
+    at.button(key="explore.stop").click().run()
+    status = " ".join(m.value for m in at.markdown)
+    assert "stopping…" in status or "stopped" in status, status
+    assert ui.runner().wait(run_id, timeout=TIMEOUT).state == "stopped"
+
+
 def test_run_deleted_elsewhere_does_not_break_the_page() -> None:
     at = app()
     run_id = start(at)
