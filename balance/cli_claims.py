@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _error(message: str) -> int:
-    print(f"balance: error: {message}", file=sys.stderr)
+    from balance.config import clip
+
+    print(f"balance: error: {clip(message)}", file=sys.stderr)  # one line of at most a few hundred characters
     return EXIT_USAGE
 
 
@@ -73,6 +75,7 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     from balance import claims  # imported here: torch and the experiments load only for this command
     from balance.runner import Runner
     from balance.store import RunStore, StoreError
+    from balance.sweep import usable_cores
 
     try:
         chosen = claims.by_number(parse_only(args.only))
@@ -84,6 +87,10 @@ def _cmd_claims(args: argparse.Namespace) -> int:
         return _error(why)
     if args.workers < 0:
         return _error(f"--workers {args.workers}: must be at least 1 (0: one per core)")
+    cores = usable_cores()
+    if args.workers > cores:  # more processes than cores only add memory and contention
+        print(f"balance: note: --workers {args.workers}: using {cores}, the cores here", file=sys.stderr)
+        args.workers = cores
     try:
         store = RunStore(args.home)
     except StoreError as exc:
