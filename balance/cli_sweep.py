@@ -66,17 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The ``SweepSpec`` the flags describe: the spec file (or preset, or defaults), then each flag."""
+    from balance.cli import read_input
     from balance.presets import preset
     from balance.sweep import SweepSpec, parse_seeds
 
     if args.config:
-        path = Path(args.config).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"spec file {args.config}: cannot read it ({exc.strerror or exc})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"spec file {args.config}: not a UTF-8 text file") from None
+        text = read_input(args.config, "spec file")  # a regular file under a size cap: never a FIFO or /dev/zero
         spec = SweepSpec.from_toml(text, where=f"spec file {args.config}")
     elif args.preset:
         spec = SweepSpec(base=preset(args.preset))
@@ -129,12 +124,15 @@ def spec_to_dict(spec: Any) -> dict[str, Any]:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from balance.cli import UsageError
     from balance.store import RunStore, StoreError
-    from balance.sweep import run_sweep, summary
+    from balance.sweep import run_sweep, summary, usable_cores
 
     spec = spec_from_args(args)
     configs = spec.configs()
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: give at least 1")
+    if args.workers is not None and args.workers > usable_cores() and not args.ray_address:
+        print(f"balance: note: --workers {args.workers}: using {usable_cores()}, the cores here", file=sys.stderr)
+        args.workers = usable_cores()
     if args.chunk is not None and args.chunk < 1:
         raise UsageError(f"--chunk {args.chunk}: give at least 1")
     out = Path(args.out).expanduser() if args.out else None
@@ -164,7 +162,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         bar.close()
         table = summary(store, result.sweep)
         if out is not None:
-            _write_outputs(store, spec, table, out)
+            try:
+                _write_outputs(store, spec, table, out)
+            except OSError as exc:
+                raise UsageError(f"--out {args.out}: writing failed ({exc.strerror or exc})") from None
     finally:
         bar.close()
         store.close()
@@ -176,11 +177,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(store: Any, spec: Any, table: Any, out: Path) -> None:
+    """summary.csv, metrics.parquet and spec.toml in ``out``: each whole or not at all, with the usual permissions."""
     import pandas as pd
 
-    table.to_csv(out / "summary.csv", index=False)
+    from balance.files import write_atomic
+
+    write_atomic(out / "summary.csv", lambda tmp: table.to_csv(tmp, index=False))
     frames = [store.metrics(run_id).assign(run=run_id) for run_id in table["run"]]
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     metrics = metrics[["run", *[c for c in metrics.columns if c != "run"]]]
-    metrics.to_parquet(out / "metrics.parquet", index=False)
-    (out / "spec.toml").write_text(tomli_w.dumps(spec_to_dict(spec)), encoding="utf-8")
+    write_atomic(out / "metrics.parquet", lambda tmp: metrics.to_parquet(tmp, index=False))
+    write_atomic(out / "spec.toml", tomli_w.dumps(spec_to_dict(spec)))
