@@ -146,9 +146,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _base_config(args: argparse.Namespace) -> RunConfig:
     from balance.presets import preset
 
-    if getattr(args, "preset", None):
+    if getattr(args, "preset", None) is not None:
         return preset(args.preset)
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) is not None:
         return load_config(args.config)
     return RunConfig()
 
@@ -173,6 +173,8 @@ def read_input(path: str, what: str, limit: int = MAX_INPUT_BYTES) -> str:
         if not os.path.lexists(os.path.expanduser(path)):
             raise ConfigError(f"{what} {path}: cannot read it (no such file)") from None
         raise ConfigError(str(exc)) from None
+    except (RuntimeError, ValueError):  # '~nobody/x' (Path.expanduser: no such user), a NUL byte in the name
+        raise ConfigError(f"{what} {path}: cannot read it (not a usable file name)") from None
 
 
 # --- balance run --------------------------------------------------------------------------------------------
@@ -189,7 +191,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from balance.api import run
 
     config = config_from_args(args)
-    if args.out:
+    if args.out is not None:
         check_output(args.out)
     with _CtrlC() as ctrl_c, _progress(config.steps) as on_step:
         result = run(config, on_step, lambda: ctrl_c.pressed)  # stop: after a Ctrl-C
@@ -198,7 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from balance.cli_runs import record_run
 
             record_run(config, result.metrics, result.status)
-        if args.out:
+        if args.out is not None:
             write_metrics(result.metrics, args.out)
     print(summary(result.metrics, result.status.state, result.status.step, result.status.message))
     return EXIT_BY_STATE[result.status.state]
@@ -248,17 +250,20 @@ class _progress:
 
 
 def check_output(path: str, suffixes: Sequence[str] = tuple(WRITERS)) -> Path:
-    """The output path; refused (``UsageError``) before any work if its suffix is not one of ``suffixes``, it is a
-    folder, or it cannot be written."""
-    target = Path(path).expanduser()
-    if target.suffix.lower() not in suffixes:
+    """The output path (absolute, with ``~`` expanded); refused (``UsageError``) before any work if its suffix is not
+    one of ``suffixes``, it is a folder, or it cannot be written."""
+    if Path(path).suffix.lower() not in suffixes:
         raise UsageError(f"--out {path}: the file name must end in {' or '.join(suffixes)}")
-    if target.is_dir():
-        raise UsageError(f"--out {path}: is a directory")
-    try:  # the only reliable test of writability is to write
+    try:
+        target = Path(os.path.abspath(os.path.expanduser(path)))
+        if target.is_dir():
+            raise UsageError(f"--out {path}: is a directory")
+        # the only reliable test of writability is to write
         fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
+    except OSError as exc:  # no such folder, no permission, a name too long
         raise UsageError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL byte in the name
+        raise UsageError(f"--out {path}: not a usable file name") from None
     os.close(fd)
     os.unlink(probe)
     return target
@@ -267,9 +272,9 @@ def check_output(path: str, suffixes: Sequence[str] = tuple(WRITERS)) -> Path:
 def write_metrics(metrics: pd.DataFrame, path: str) -> None:
     """Write ``metrics`` by the suffix of ``path``, atomically (never half a file) and with the user's usual
     permissions (``write_atomic``)."""
-    writer = WRITERS[Path(path).expanduser().suffix.lower()]
+    writer = WRITERS[Path(path).suffix.lower()]
     try:
-        write_atomic(path, lambda tmp: writer(metrics, tmp))
+        write_atomic(Path(os.path.abspath(os.path.expanduser(path))), lambda tmp: writer(metrics, tmp))
     except OSError as exc:
         raise UsageError(f"--out {path}: writing failed ({exc.strerror or exc})") from None
 

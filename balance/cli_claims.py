@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +69,12 @@ def check_writable(path: Path) -> str:
         return f"--report {str(path)!r}: the directory {str(parent)!r} does not exist"
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         return f"--report {str(path)!r}: not writable"
+    try:  # the only reliable test of writability is to write (/proc passes the access test); before any training
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        return f"--report {str(path)!r}: not writable ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
     return ""
 
 
@@ -81,8 +88,11 @@ def _cmd_claims(args: argparse.Namespace) -> int:
         chosen = claims.by_number(parse_only(args.only))
     except ValueError as exc:
         return _error(str(exc))
-    report = Path(args.report).expanduser()
-    why = check_writable(report)
+    try:
+        report = Path(os.path.abspath(os.path.expanduser(args.report)))
+        why = check_writable(report)
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        why = f"--report {args.report!r}: not a usable file name"
     if why:
         return _error(why)
     if args.workers < 0:

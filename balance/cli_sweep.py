@@ -15,6 +15,7 @@ Exit codes: 0 every member finished or diverged (divergence is a result), 1 a me
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,10 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     from balance.presets import preset
     from balance.sweep import SweepSpec, parse_seeds
 
-    if args.config:
+    if args.config is not None:
         text = read_input(args.config, "spec file")  # a regular file under a size cap: never a FIFO or /dev/zero
         spec = SweepSpec.from_toml(text, where=f"spec file {args.config}")
-    elif args.preset:
+    elif args.preset is not None:
         spec = SweepSpec(base=preset(args.preset))
     else:
         spec = SweepSpec()
@@ -135,14 +136,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         args.workers = usable_cores()
     if args.chunk is not None and args.chunk < 1:
         raise UsageError(f"--chunk {args.chunk}: give at least 1")
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {args.out}: exists and is not a directory")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--out {args.out}: cannot create it ({exc.strerror or exc})") from None
+    out = _out_dir(args.out)
     try:
         store = RunStore(args.home)
     except StoreError as exc:
@@ -174,6 +168,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"wrote {out / 'summary.csv'}, {out / 'metrics.parquet'} and {out / 'spec.toml'}")
     return EXIT_FAILED if "failed" in result.states else EXIT_OK
+
+
+def _out_dir(text: str | None) -> Path | None:
+    """The ``--out`` folder, created; ``UsageError`` if it is not a folder or cannot be created."""
+    from balance.cli import UsageError
+
+    if text is None:
+        return None
+    if not text:
+        raise UsageError("--out: give a folder name")
+    try:
+        out = Path(os.path.abspath(os.path.expanduser(text)))
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {text}: exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no permission, a name too long
+        raise UsageError(f"--out {text}: cannot create it ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL byte in the name
+        raise UsageError(f"--out {text}: not a usable folder name") from None
+    return out
 
 
 def _write_outputs(store: Any, spec: Any, table: Any, out: Path) -> None:

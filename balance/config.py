@@ -34,6 +34,7 @@ else:  # pragma: no cover
 
 
 MAX_MESSAGE = 300  # characters of one error line: a value of 10^6 numbers must not print a 4 MB line
+MAX_TEXT = 4096  # characters of a text setting (a path, a column name): PATH_MAX; a link cannot carry megabytes
 
 
 class ConfigError(ValueError):
@@ -179,6 +180,8 @@ def _check_field(section: str, f: dataclasses.Field, value: Any) -> None:
                 raise ConfigError(f"{where}: expected a finite number")
         if base is str and not isinstance(v, str):
             raise ConfigError(f"{where}: expected text")
+        if base is str and len(v) > MAX_TEXT:
+            raise ConfigError(f"{where}: longer than {MAX_TEXT} characters")
         lo, hi = meta.get("min"), meta.get("max")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise ConfigError(f"{where}: out of range, allowed {lo} to {hi}")

@@ -14,6 +14,7 @@ import csv
 import io
 import logging
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -269,7 +270,7 @@ def _csv_bytes(path: Path) -> bytes:
     refusal, so it never tells whether a path exists, is a folder or is unreadable."""
     try:
         return read_limited(path, MAX_CSV_BYTES, "CSV file")
-    except FileRefused:
+    except (FileRefused, RuntimeError, ValueError):  # also '~nobody/x' (no such user) and a NUL in the name
         why = f"cannot read it: it is missing, not a regular file, not readable or over {MAX_CSV_BYTES // 2**20} MB"
         raise _csv_error(path, why) from None
 
@@ -312,7 +313,7 @@ def _csv(cfg: DataConfig, gen: torch.Generator, loss: str, image_input: bool) ->
     """
     import pandas as pd  # only this dataset needs pandas, and importing it is slow
 
-    path = Path(cfg.csv_path).expanduser()
+    path = Path(os.path.expanduser(cfg.csv_path))  # Path.expanduser raises for '~nobody/x'; this leaves it as is
     raw = _csv_bytes(path)
     if not raw.strip():
         raise _csv_error(path, "the file is empty")

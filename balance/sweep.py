@@ -127,13 +127,13 @@ class SweepSpec:
             if key not in SPEC_KEYS:
                 raise ConfigError(f"sweep spec: unknown key {key!r}; allowed: {', '.join(SPEC_KEYS)}")
         name = raw.get("name", "sweep")
-        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"sweep spec: name = {name!r}: use letters, digits, - and _")
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+            raise ConfigError(f"sweep spec: name = {name!r}: use letters, digits, - and _ (at most 64)")
         base = RunConfig()
         if "preset" in raw:
             from balance.presets import PRESETS, preset
 
-            if raw["preset"] not in PRESETS:
+            if not isinstance(raw["preset"], str) or raw["preset"] not in PRESETS:
                 raise ConfigError(f"sweep spec: preset {raw['preset']!r} is not one of {', '.join(PRESETS)}")
             base = preset(raw["preset"])
         if "base" in raw:

@@ -466,3 +466,40 @@ def test_ctrl_c_in_a_real_process(tmp_path: Path) -> None:
     with RunStore(home) as store:
         (run_id,) = store.list_runs()["id"]
         assert store.get_run(run_id).state == "interrupted" and len(store.metrics(run_id)) == len(df)
+
+
+AUDIT = {  # inputs that raised a traceback (or trained first, or were taken silently) before the bad-input audit
+    "NUL in --out": (["run", "--out", "\x00.csv"], "not a usable file name"),
+    "--out name too long": (["run", "--out", "a" * 300 + ".csv"], "cannot write there (File name too long)"),
+    "no such user in --config": (["run", "--config", "~nobody-such/x.toml"], "cannot read it (not a usable file name)"),
+    "NUL in --config": (["config", "--config", "\x00"], "cannot read it (not a usable file name)"),
+    "no such user in the CSV path": (
+        ["run", "--model", "mlp", "--dataset", "csv:~nobody-such/x.csv"],
+        "cannot read it",
+    ),
+    "empty --config": (["run", "--config", ""], "config file : cannot read it (no such file)"),
+    "empty --preset": (["config", "--preset", ""], "preset '': unknown"),
+    "empty --out": (["run", "--out", ""], "the file name must end in .csv or .parquet"),
+    "empty sweep --out": (["sweep", "--out", ""], "--out: give a folder name"),
+    "NUL in sweep --out": (["sweep", "--out", "\x00"], "not a usable folder name"),
+    "a 5,000-character sweep name": (["sweep", "--name", "x" * 5000], "use letters, digits, - and _ (at most 64)"),
+    "a 10^5-character text setting": (["config", "--target", "t" * 10**5], "longer than 4096 characters"),
+    "a 5,000-digit number": (["config", "--steps", "9" * 5000], "not a valid int"),
+    "a report under /proc": (["claims", "--report", "/proc/r.md", "--only", "1"], "not writable"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUDIT))
+def test_audited_inputs_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, case: str) -> None:
+    argv, why = AUDIT[case]
+    if "/proc/r.md" in argv and not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    argv = [*argv, "--home", str(tmp_path)] if argv[0] in ("sweep", "claims") else argv
+    err = _one_line_error(capsys, *argv)
+    assert why in err and len(err) <= 320, err
+
+
+def test_a_spec_with_a_list_as_preset_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text("preset = [1]\n")  # was TypeError: unhashable type: 'list'
+    assert "preset [1] is not one of" in _one_line_error(capsys, "sweep", "--config", str(spec))
