@@ -2,7 +2,9 @@
 
 Every setting of ``RunConfig`` is a flag, built from ``balance.config.schema()`` so a new field appears by itself;
 precedence is defaults < ``--preset`` or ``--config FILE.toml`` < flags. Exit codes: 0 finished, 2 bad input
-(one line on stderr), 3 diverged, 4 stopped at the wall-time limit, 130 interrupted.
+(one line on stderr), 3 diverged, 4 stopped at the wall-time limit, 130 interrupted (Ctrl-C on ``run`` stops after
+the current step; the rows so far are recorded and written). Files given as input are read only if they are regular
+files under a size cap; outputs are written whole (through a rename) with the user's usual permissions.
 
 A subcommand is one ``Command`` entry in ``COMMANDS``; ``add_config_arguments`` and ``config_from_args`` are
 shared by every subcommand that takes a config. Only the command-line modules print; the library logs.
@@ -46,7 +48,7 @@ _DEST = "config:"  # namespace prefix of the setting flags, so they never clash 
 
 EXIT_CODES = """\
 exit codes: 0 finished, 2 bad input (one line on stderr), 3 diverged, 4 stopped at the wall-time limit
-(--max-seconds), 130 interrupted"""
+(--max-seconds), 130 interrupted (Ctrl-C: the rows so far are recorded and written; press twice to quit at once)"""
 
 
 class UsageError(Exception):

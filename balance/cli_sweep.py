@@ -23,13 +23,17 @@ from typing import Any
 import tomli_w
 
 from balance.config import ConfigError, parse_value, schema
+from balance.sweep import MAX_MEMBERS, RAY_CONNECT_SECONDS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EPILOG = """\
+EPILOG = f"""\
 examples:
   balance sweep --model mf --d1 50 --d2 50 --rank 5 --lr 0.01,0.02,0.05 --init-scale 0.01,0.1 \\
       --seeds 0-7 --steps 2000 --log-every 10 --out DIR
   balance sweep --config SPEC.toml          (a sweep spec: name, preset, [base], [grid], [[list]])
+
+a sweep has at most {MAX_MEMBERS:,} members (counted before any is built); --workers is at most the cores here;
+a --ray-address that does not answer within {RAY_CONNECT_SECONDS:g} s is refused before anything is stored.
 
 exit codes: 0 every member finished or diverged, 1 a member failed, 2 bad input (one line on stderr)"""
 _DEST = "sweep:"
