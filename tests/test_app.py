@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from balance import ui, uploads
+from balance import ui, ui_links, ui_settings, uploads
 from balance.config import ConfigError, RunConfig, applicable
 from balance.presets import PRESETS, preset
 
@@ -58,7 +58,7 @@ def set_widgets(at: AppTest, values: dict[str, object]) -> AppTest:
 
 def sidebar_config(at: AppTest) -> RunConfig | None:
     """The config the sidebar holds (its saved values: Streamlit drops the state of settings it does not draw)."""
-    return ui.build_config(at.session_state["explore.values"])[0]
+    return ui_settings.build_config(at.session_state["explore.values"])[0]
 
 
 def start(at: AppTest, **widgets: object) -> str:
@@ -134,13 +134,13 @@ def test_widgets_come_from_the_schema_and_only_what_applies_is_shown(home: Path)
         shown = widget_keys(at)
         assert {f"explore.{name}" for name in applicable(config.flat())} <= shown
         seen |= shown
-    assert {f"explore.{name}" for name in ui.FIELDS} <= seen  # every setting has its widget somewhere
+    assert {f"explore.{name}" for name in ui_settings.FIELDS} <= seen  # every setting has its widget somewhere
 
 
 def test_classroom_link_shows_only_the_chosen_settings() -> None:
     at = app({"show": "optim.lr", "optim.lr": "0.05", "model.init_scale": "0.001"})
     assert not at.exception
-    assert widget_keys(at) & {f"explore.{name}" for name in [*ui.FIELDS, "preset"]} == {"explore.optim.lr"}
+    assert widget_keys(at) & {f"explore.{name}" for name in [*ui_settings.FIELDS, "preset"]} == {"explore.optim.lr"}
     config = sidebar_config(at)
     assert config is not None and config.model.init_scale == 0.001 and config.optim.lr == 0.05
     at.button(key="explore.show_all").click().run()
@@ -152,10 +152,10 @@ def test_hide_flag_hides_one_setting() -> None:
     assert not at.exception
     keys = widget_keys(at)
     assert "explore.optim.momentum" not in keys and "explore.optim.lr" in keys
-    assert ui.hidden_by_link({"optim.momentum_hide": "1", "nonsense_hide": "1"})[0] == {"optim.momentum"}
-    hidden = frozenset(ui.FIELDS) - {"optim.lr"}
-    assert ui.hidden_by_link(ui.link_flags(hidden))[0] == hidden
-    assert ui.hidden_by_link(ui.link_flags(frozenset({"steps"})))[0] == {"steps"}
+    assert ui_links.hidden_by_link({"optim.momentum_hide": "1", "nonsense_hide": "1"})[0] == {"optim.momentum"}
+    hidden = frozenset(ui_settings.FIELDS) - {"optim.lr"}
+    assert ui_links.hidden_by_link(ui_links.link_flags(hidden))[0] == hidden
+    assert ui_links.hidden_by_link(ui_links.link_flags(frozenset({"steps"})))[0] == {"steps"}
 
 
 # --- settings, presets, links ------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def test_a_link_names_an_upload_by_its_key_never_a_path(home: Path) -> None:
     assert any("data.csv_path: a link cannot set this" in shown(w.value) for w in at.warning)
     config = sidebar_config(at)
     assert config is not None and config.data.csv_path == str(uploads.find_csv(home, key))
-    query = ui.page_query(config)
+    query = ui_links.page_query(config)
     assert query["csv"] == key and not any("/" in v for v in query.values())
     at = app({"model.name": "mlp", "data.name": "csv", "csv": "../../etc/passwd"})
     assert any("no such CSV file here" in shown(w.value) for w in at.warning)
@@ -484,7 +484,7 @@ def test_runs_page_overlays_downloads_and_deletes() -> None:
 
 
 def test_log_grid_covers_the_range_and_keeps_the_current_value() -> None:
-    grid = ui.log_grid("model.init_scale", ui.FIELDS["model.init_scale"], 32**-0.5)
+    grid = ui_settings.log_grid("model.init_scale", ui_settings.FIELDS["model.init_scale"], 32**-0.5)
     assert grid[0] == 1e-4 and grid[-1] == 10.0 and 32**-0.5 in grid and grid == sorted(grid)
 
 
@@ -506,9 +506,10 @@ def test_literal_leaves_no_markup(text: str) -> None:
 
 
 def test_error_field_names_the_setting() -> None:
-    assert ui.error_field("model.batch_norm = True: batch norm is available for mlp only") == "model.batch_norm"
-    assert ui.error_field("run.steps = -1: out of range") == "steps"
-    assert ui.error_field("config: something else") == ""
+    field = ui_settings.error_field
+    assert field("model.batch_norm = True: batch norm is available for mlp only") == "model.batch_norm"
+    assert field("run.steps = -1: out of range") == "steps"
+    assert field("config: something else") == ""
 
 
 def test_only_the_ui_modules_import_streamlit() -> None:
