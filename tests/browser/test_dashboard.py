@@ -345,6 +345,7 @@ def test_other_pages(server: Server, browser: object, stored_runs: list[str], si
     wait_idle(page)
     click(page, "Start")
     page.wait_for_selector("text=Diverged at step", timeout=60_000)
+    page.wait_for_selector("div.balance-chart.js-plotly-plot", timeout=30_000)
     wait_idle(page)
     assert_no_exception(page)
     shoot(page, "explore-diverged")
