@@ -344,7 +344,8 @@ def _model_defaults(prefix: str, touched: set[str]) -> None:
         st.session_state[f"{prefix}.{name}"] = value
     if new.pop("data.name", None) is not None and build_config({**values, "model.name": model})[0] is None:
         st.toast(f"{LABELS['data.name']} set to {fresh['data.name']}: {values['data.name']} does not fit {model}")
-    shown = [f"{LABELS.get(n) or n} {number_text(v)}" for n, v in new.items() if n in applicable({**values, **new})]
+    shown = [f"{LABELS.get(n) or n} {v:.3g}" if isinstance(v, float) else f"{LABELS.get(n) or n} {v}"
+             for n, v in new.items() if n in applicable({**values, **new})]  # fmt: skip
     if shown:
         st.toast(f"{model}'s usual settings: " + ", ".join(shown))
 
