@@ -10,7 +10,19 @@ import streamlit as st
 
 from balance.config import ConfigError, RunConfig
 from balance.store import StoreError
-from balance.ui import ACTIVE, asset, attach, literal, metrics_csv, number_text, run_html, run_status, runner, store
+from balance.ui import (
+    ACTIVE,
+    Status,
+    asset,
+    attach,
+    literal,
+    metrics_csv,
+    number_text,
+    run_html,
+    run_status,
+    runner,
+    store,
+)
 from balance.ui_links import init_session, page_query, sync_url, url_warnings
 from balance.ui_live import live_section, lr_changes, run_config
 from balance.ui_settings import FIELDS, LABELS, build_config, config_sidebar, current_values
@@ -52,10 +64,11 @@ def _act(prefix: str, action: str, *args: Any) -> None:
         st.session_state[f"{prefix}.stopping"] = run_id  # shown at once; the state follows within a tick
 
 
-def run_controls(prefix: str, config: RunConfig | None) -> None:
-    """Start, Pause / Resume, Step 1 / 10 / 100, Stop, Reset, as one row of buttons."""
+def run_controls(prefix: str, config: RunConfig | None, status: Status | None = None) -> None:
+    """Start, Pause / Resume, Step 1 / 10 / 100, Stop, Reset, as one row of buttons, for the attached run's
+    ``status`` (read here if not given)."""
     run_id = st.session_state.get(f"{prefix}.run")
-    state = run_status(run_id).state if run_id else ""
+    state = (status or run_status(run_id)).state if run_id else ""
     active = state in ACTIVE
     with st.container(horizontal=True, vertical_alignment="bottom"):
         st.button(
@@ -128,9 +141,13 @@ def explore_page(prefix: str) -> None:
         st.markdown(asset("explore.md"))
     if error:
         st.error(f"Cannot start yet: {literal(error)}", icon=":material/warning:")
-    run_controls(prefix, config)
+    run_id = st.session_state.get(f"{prefix}.run")
+    # One reading of the run's state for the buttons and the live section: read twice, a run that paused in
+    # between drew "Pause" while the live section, already seeing "paused", never reran the page to say "Resume".
+    status = run_status(run_id) if run_id else None
+    run_controls(prefix, config, status)
     changed_note(prefix, config)
-    live_section(prefix)
+    live_section(prefix, status)
     share(prefix, config)
     downloads(prefix)
 

@@ -150,18 +150,19 @@ def _row(prefix: str, items: list[tuple[str, go.Figure, str]]) -> None:
             st.caption(caption)  # Markdown with LaTeX: assets/captions.toml and balance.laws, no outside text
 
 
-def live_section(prefix: str) -> None:
+def live_section(prefix: str, first: Status | None = None) -> None:
     """Status line and charts of the attached run, refreshed every ``REFRESH_S`` while it is active.
 
     One fragment ticks: the status line and, unless "freeze charts" is on, the charts, which update in place
     (``live_chart``: a zoom survives). Frozen charts are drawn once by the page and not touched again. A change of
-    state (queued -> running, -> finished or diverged) reruns the page, so the buttons follow.
+    state from ``first`` (the state the page's buttons were drawn for; read here if not given) reruns the page,
+    so the buttons follow.
     """
     run_id = st.session_state.get(f"{prefix}.run")
     if not run_id:
         st.info("Choose settings in the sidebar (or a preset) and press **Start**.")
         return
-    first = run_status(run_id)
+    first = first or run_status(run_id)
     with st.container(horizontal=True, vertical_alignment="center"):
         st.toggle(
             "freeze charts",

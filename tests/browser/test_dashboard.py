@@ -197,6 +197,26 @@ def test_csv_data_come_from_an_upload_never_from_a_link(server: Server, browser:
     page.close()
 
 
+def test_the_buttons_follow_every_pause_and_resume(server: Server, browser: object) -> None:
+    """The buttons and the live status read the run's state separately: a run that paused between the two reads
+    showed "paused" beside a "Pause" button for good (4th of 4 cycles, twice). 15 cycles, each within 5 s."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server.url + "/?steps=10000000&data.d1=20&data.d2=10")
+    wait_idle(page)
+    click(page, "Start")
+    page.wait_for_selector("text=steps/s", timeout=30_000)
+    for _ in range(15):
+        click(page, "Pause")
+        button(page, "Resume").wait_for(timeout=5_000)
+        click(page, "Resume")
+        button(page, "Pause").wait_for(timeout=5_000)
+        page.get_by_text("running", exact=True).wait_for(timeout=5_000)
+    click(page, "Stop")
+    page.wait_for_selector("text=stopped at step", timeout=10_000)
+    assert_no_exception(page)
+    page.close()
+
+
 CHART_FACTS = """() => Array.from(document.querySelectorAll('div.balance-chart.js-plotly-plot')).map(gd => {
     const L = gd._fullLayout;
     const axes = Object.keys(L).filter(k => /^[xy]axis\\d*$/.test(k) && L[k]._vals && L[k].visible !== false);
