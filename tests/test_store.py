@@ -31,7 +31,7 @@ TINY = RunConfig(
 )
 LIST_COLUMNS = [
     "id", "name", "state", "step", "message", "created", "updated", "model", "dataset", "optimizer", "lr",
-    "init_scale", "steps", "sweep",
+    "init_scale", "steps", "sweep", "origin", "lr_history",
 ]  # fmt: skip
 
 
