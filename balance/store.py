@@ -890,7 +890,8 @@ def _newest(data: np.ndarray, after: float = -1) -> np.ndarray:
 
 def _thin(steps: list[int], limit: int) -> list[int]:
     """Steps to drop so that the first, the last and ``limit`` between them nearest an even grid remain."""
-    kept = set(kept_steps(np.asarray(steps), limit).tolist())
+    values = np.asarray(steps)
+    kept = set(values[kept_steps(values, limit)].tolist())
     return [k for k in steps if k not in kept]
 
 
