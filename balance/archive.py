@@ -514,6 +514,7 @@ def _import_main(send: Any, home: str, path: str, label: str, memory: int) -> No
 
         from balance.store import RunStore
 
+        RunConfig.from_dict(RunConfig().to_dict())  # checking a config imports the model registry (torch): now
         _limit_memory(memory)
         try:
             with RunStore(home) as store:
