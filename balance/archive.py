@@ -78,7 +78,7 @@ class _Refuse:
         self.label = label
 
     def __call__(self, why: str) -> StoreError:
-        return StoreError(f"{self.label}: refused: {why}", "invalid")
+        return StoreError(f"{self.label}: refused: {' '.join(why.split())}", "invalid")  # one line, whatever it quotes
 
     def unpacking(self, exc: OSError, folder: Path) -> StoreError:
         kind = "full" if exc.errno == errno.ENOSPC else "io"
