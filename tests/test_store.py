@@ -510,21 +510,29 @@ def test_read_only_on_a_missing_store_is_empty_and_creates_nothing(tmp_path):
 
 
 _LIMITED = """
-import resource, signal, sys
-from balance.cli import main
+import argparse, resource, signal, sys
+from balance import cli_runs
+parser = argparse.ArgumentParser()
+cli_runs.register(parser.add_subparsers())  # 'balance runs' without the rest of the command (and its torch)
+args = parser.parse_args(sys.argv[1:])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file may grow: a full disk, for root and everyone
-sys.exit(main(sys.argv[1:]))
+sys.exit(args.handler(args))
 """
 
 
+@pytest.mark.parametrize("held", [True, False], ids=["store open elsewhere", "store closed"])
 @pytest.mark.parametrize("action", ["list", "show"])
-def test_listing_and_showing_work_when_nothing_can_be_written(tmp_path, action):
-    """Before: 'balance runs list' failed with "... marking interrupted runs failed" on a full disk."""
+def test_listing_and_showing_work_when_nothing_can_be_written(tmp_path, action, held):
+    """Before: 'balance runs list' failed with "... marking interrupted runs failed" (or "opening the store
+    failed: disk I/O error" when no other program had the store open) on a full disk."""
     run_id = _dead_run(tmp_path)
-    holder = sqlite3.connect(tmp_path / "runs.db")  # a dashboard has the store open: its WAL index exists
+    holder = sqlite3.connect(tmp_path / "runs.db")  # e.g. a dashboard: SQLite's shared-memory file exists
     try:
-        holder.execute("SELECT COUNT(*) FROM runs").fetchall()
+        if held:
+            holder.execute("SELECT COUNT(*) FROM runs").fetchall()
+        else:
+            holder.close()
         argv = ["runs", "--home", str(tmp_path), action, *([run_id] if action == "show" else [])]
         done = subprocess.run([sys.executable, "-c", _LIMITED, *argv], capture_output=True, text=True, timeout=120)
     finally:
