@@ -626,6 +626,13 @@ class RunStore:
             record = replace(record, state="interrupted", message=_interrupted(record.step, owner))
         return record
 
+    def _matrix(self, run_id: str, data: bytes, width: int) -> np.ndarray:
+        """Stored float64 rows of ``width`` values (``corrupt`` if the bytes cannot be such rows)."""
+        try:
+            return np.frombuffer(data, dtype="<f8").reshape(-1, width)
+        except (ValueError, TypeError) as exc:
+            raise self._corrupt(run_id, exc) from None
+
     def _corrupt(self, run_id: str, exc: BaseException) -> StoreError:
         return StoreError(
             f"run {run_id} in {self.path} is unreadable: its record is damaged ({str(exc)[:200]}); "
@@ -671,7 +678,7 @@ class RunStore:
         blobs = self._read(query, (run_id, int(after)), "reading metrics")
         if not names:
             return pd.DataFrame({"step": np.zeros(0, dtype=np.int64)})
-        data = _newest(np.frombuffer(b"".join(b[0] for b in blobs), dtype="<f8").reshape(-1, len(names)), after)
+        data = _newest(self._matrix(run_id, b"".join(b[0] for b in blobs), len(names)), after)
         data = data[:, [names.index(c) for c in wanted]]  # fancy indexing copies: the frame owns its memory
         df = pd.DataFrame(data, columns=wanted)
         df["step"] = df["step"].astype("int64")
@@ -685,7 +692,7 @@ class RunStore:
         )
         if not found or not names:
             return {}
-        rows = np.frombuffer(found[0][0], dtype="<f8").reshape(-1, len(names))
+        rows = self._matrix(run_id, found[0][0], len(names))
         return dict(zip(names, _newest(rows)[-1].tolist()))
 
     def neurons(self, run_id: str, step: int | None = None) -> pd.DataFrame:
@@ -702,8 +709,11 @@ class RunStore:
             self._run_columns(run_id)  # raises for an unknown run
             return pd.DataFrame({"step": np.zeros(0, dtype=np.int64)})
         k, keys, n, data = found[0]
-        keys = json.loads(keys)
-        values = np.frombuffer(data, dtype="<f8").reshape(len(keys), n)
+        try:
+            keys = _column_list(keys)
+            values = np.frombuffer(data, dtype="<f8").reshape(len(keys), n)
+        except (ValueError, TypeError) as exc:
+            raise self._corrupt(run_id, exc) from None
         df = pd.DataFrame({"step": np.full(n, k, dtype=np.int64), **dict(zip(keys, values.copy()))})
         return df.astype({key: "int64" for key in ("layer", "neuron") if key in keys})
 
@@ -762,8 +772,7 @@ class RunStore:
         raw = self._raw_run(run_id)
         blobs = self._read("SELECT data FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,))
         width = len(raw["columns"])
-        rows = np.frombuffer(b"".join(b[0] for b in blobs), dtype="<f8")
-        rows = _newest(rows.reshape(-1, width)) if width else rows.reshape(0, 0)
+        rows = _newest(self._matrix(run_id, b"".join(b[0] for b in blobs), width)) if width else np.zeros((0, 0))
         events = self._read(
             "SELECT step, time, kind, value, text FROM events WHERE run_id = ? ORDER BY step, rowid", (run_id,)
         )
@@ -781,9 +790,9 @@ class RunStore:
         copy marked as imported.
         """
         digest = content_digest(raw, rows, events, neurons)
+        if self._origin != "origin":
+            self._migrate()  # never store an imported run where it could not be told from a trained one
         with self._write("importing a run") as conn:
-            if self._origin != "origin":
-                self._migrate()  # never store an imported run where it could not be told from a trained one
             same = conn.execute(
                 "SELECT id FROM runs WHERE origin = 'imported' AND (id = ? OR (created = ? AND name = ?))",
                 (raw["id"], raw["created"], raw["name"]),

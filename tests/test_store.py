@@ -768,3 +768,14 @@ def test_lr_history_in_the_list_and_the_record(store, result):
     assert runs.loc[same, "lr_history"] == "" and runs.loc[plain, "lr_history"] == ""
     assert runs.loc[changed, "lr"] == 0.05  # the starting step size, as in the config
     assert store.lr_history(changed) == runs.loc[changed, "lr_history"]
+
+
+def test_damaged_metric_and_snapshot_data_are_a_clear_error(store, result):
+    run_id = _recorded(store, result)
+    store.save_neurons(run_id, 0, {"layer": np.array([1]), "neuron": np.array([0]), "in_sqnorm": np.array([0.5])})
+    store._conn.execute("UPDATE metrics SET data = X'0102030405'")
+    store._conn.execute("UPDATE neurons SET data = X'01'")
+    for read in (store.metrics, store.last_row, store.neurons):
+        with pytest.raises(StoreError, match=f"run {run_id} .* is unreadable") as info:
+            read(run_id)
+        assert info.value.kind == "corrupt"
