@@ -59,6 +59,7 @@ FORMAT, VERSION = "balance-run", 1
 LIMITS = {"run.json": 1 << 20, "metrics.parquet": 256 << 20, "events.json": 16 << 20, "neurons.parquet": 256 << 20}
 MAX_DECODED = {"metrics.parquet": 128 << 20, "neurons.parquet": 128 << 20}  # rows x columns x 8 bytes
 MAX_FOOTER = 8 << 20  # a Parquet footer (schema and row-group metadata) of at most this many bytes
+MAX_ROW_GROUPS = 10_000  # each is one read: a file of empty row groups must not take minutes
 MAX_FILE = 600 << 20
 MAX_ROWS = 2_000_000
 MAX_COLUMNS = 2_000
@@ -171,7 +172,7 @@ def _open_regular(path: Path, refuse: _Refuse) -> Iterator[IO[bytes]]:
         why = str(exc).removeprefix(f"archive {path}: ")
         raise refuse("cannot read it (not found)" if why == "not found" else why) from None
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(Path(path).expanduser(), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise refuse(f"cannot read it ({exc.strerror or exc})") from None
     with os.fdopen(fd, "rb") as f:
@@ -424,6 +425,8 @@ def _check_schema(parquet: Any, name: str, refuse: _Refuse) -> tuple[list[str], 
     rows, columns = max([meta.num_rows, sum(groups)]), meta.num_columns
     if rows < 0 or min(groups, default=0) < 0:
         raise refuse(f"{name}: its footer gives a negative number of rows")
+    if len(groups) > MAX_ROW_GROUPS:
+        raise refuse(f"{name} has {len(groups)} row groups; the limit is {MAX_ROW_GROUPS}")
     decoded, cap = rows * columns * 8, MAX_DECODED[name]
     if rows > MAX_ROWS or columns > MAX_COLUMNS or decoded > cap:
         raise refuse(
@@ -482,9 +485,14 @@ def import_in_worker(
     receive, send = ctx.Pipe(duplex=False)
     args = (send, str(home), str(path), label, memory)
     proc = ctx.Process(target=_import_main, args=args, name="balance-import", daemon=True)
-    with neutral_main():
-        proc.start()
-    send.close()  # the child holds the only sending end: its death ends our wait
+    try:
+        with neutral_main():
+            proc.start()
+    except OSError as exc:
+        receive.close()
+        raise StoreError(f"{label}: cannot start the import process ({exc.strerror or exc})", "io") from None
+    finally:
+        send.close()  # the child holds the only sending end now: its death ends our wait
     try:
         if not receive.poll(timeout):
             raise StoreError(f"{label}: refused: importing it took longer than {timeout:g} s", "invalid")

@@ -128,6 +128,12 @@ def test_a_footer_that_claims_to_be_huge_is_refused_unread(store, tmp_path):
     refused(store, write_zip(tmp_path / "f.zip", good(**{"metrics.parquet": bytes(data)})), "its footer says")
 
 
+def test_a_file_of_many_row_groups_is_refused_unread(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(archive, "MAX_ROW_GROUPS", 2)
+    path = write_zip(tmp_path / "g.zip", good(**{"metrics.parquet": parquet(GOOD_METRICS, row_group_size=1)}))
+    refused(store, path, "metrics.parquet has 3 row groups; the limit is 2")
+
+
 def test_types_that_could_decode_large_are_refused_from_the_schema(store, tmp_path):
     for column, kind in ((pa.array([["a"] * 3] * 3), "list"), (pa.array(["x"] * 3).dictionary_encode(), "dict")):
         table = pa.table({"step": [0, 1, 2], "loss": column})
