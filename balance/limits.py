@@ -297,7 +297,7 @@ class Limits:
             raise ConfigError(str(exc)) from None
         except (tomllib.TOMLDecodeError, RecursionError) as exc:
             raise ConfigError(f"limits file {path}: not valid TOML ({str(exc)[:200]})") from None
-        return cls.default().updated(raw, str(path))
+        return cls.default().updated(raw, f"limits file {path}")
 
     def updated(self, raw: dict, where: str = "limits") -> Limits:
         """A copy with the settings of a ``limits.toml`` table (``max_memory_gib`` sets ``max_memory``)."""
@@ -307,7 +307,7 @@ class Limits:
             f = names.get(key)
             if f is None:
                 raise ConfigError(f"{where}: unknown setting {str(key)[:80]!r}; allowed: {', '.join(names)}")
-            whole = f.type == "int"
+            whole = f.type == "int" and key != "max_memory_gib"
             ok = isinstance(value, int) if whole else isinstance(value, (int, float))
             if isinstance(value, bool) or not ok or not math.isfinite(value) or value < (1 if whole else 0):
                 kind = "a whole number >= 1" if whole else "a number >= 0"

@@ -404,10 +404,15 @@ class Runner:
             return [run_id for run_id, run in self._runs.items() if run.view.state in ACTIVE]
 
     def wait(self, run_id: str, timeout: float | None = None, states: tuple[str, ...] = TERMINAL) -> RunStatusView:
-        """Block until the run's state is one of ``states`` (default: ended) or ``timeout``; returns its status."""
+        """Block until the run's state is one of ``states`` (default: ended) or ``timeout``; returns its status.
+
+        An ended state counts once the run's worker is done with it (its last rows saved, or given up on).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while (run := self._runs.get(run_id)) is not None and run.view.state not in states:
+            while (run := self._runs.get(run_id)) is not None and (
+                run.view.state not in states or (run.view.state in TERMINAL and run.worker is not None)
+            ):
                 left = None if deadline is None else deadline - time.monotonic()
                 if (left is not None and left <= 0) or self._closed:
                     break
