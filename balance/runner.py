@@ -304,8 +304,19 @@ class Runner:
             raise ValueError(f"step(n): n = {n!r}, expected a whole number >= 1")
         return self._command(run_id, "step", n)
 
-    def stop(self, run_id: str) -> bool:
-        return self._command(run_id, "stop")
+    def stop(self, run_id: str, timeout: float = 1.0) -> bool:
+        """Stop the run; returns once it has stopped (its worker reads commands every 50 ms), or after ``timeout``
+        seconds (it stops soon after). So a page that reruns after the click shows "stopped" at once."""
+        if not self._command(run_id, "stop"):
+            return False
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (run := self._runs.get(run_id)) is not None and run.view.state not in TERMINAL:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    break
+                self._changed.wait(left)
+        return True
 
     def set_learning_rate(self, run_id: str, lr: float) -> bool:
         """Change the base step size from the next step on; the change is recorded as an ``lr`` event."""

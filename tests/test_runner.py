@@ -29,7 +29,7 @@ import balance.limits
 import balance.worker
 from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
 from balance.limits import GIB, Estimate, LimitError, Limits
-from balance.runner import TERMINAL, WORKER_NICENESS, Runner, RunStatusView
+from balance.runner import WORKER_NICENESS, Runner, RunStatusView
 from balance.store import RunStore, StoreError
 from balance.trainer import Trainer, should_log
 
@@ -399,10 +399,10 @@ def _cpu_load(n: int = 2):
 
 def _stop_and_check(runner: Runner, store: RunStore, run_id: str) -> RunStatusView:
     """Stop ``run_id``: within a second the runner says "stopped" and the store says the same state and step."""
-    assert runner.stop(run_id)
     deadline = time.monotonic() + 1.0
-    view = _until(lambda: (v := runner.status(run_id)).state in TERMINAL and v, timeout=1.0, every=0.002)
-    assert view.state == "stopped", view
+    assert runner.stop(run_id)  # returns once the run has stopped: a page that reruns on the click shows it
+    view = runner.status(run_id)
+    assert view.state == "stopped" and time.monotonic() < deadline, view
     while (record := store.get_run(run_id)).state != view.state or record.step != view.step:
         assert time.monotonic() < deadline, f"the store says {record.state} at {record.step}; the runner {view}"
         time.sleep(0.002)
