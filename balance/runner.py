@@ -351,7 +351,8 @@ class Runner:
             return run.worker.send((kind, run_id, value))
         if kind == "stop":  # still queued: it never starts
             self._queue.remove(run_id)
-            run.view = replace(run.view, state="stopped", message=value or "stopped before it started")
+            message = "stopped before it started" + (f": {value}" if value else "")
+            run.view = replace(run.view, state="stopped", message=message)
             run.config = None
             self._writer_save(run.view)
             self._changed.notify_all()
@@ -463,8 +464,9 @@ class Runner:
                     continue
                 silent = now - self._seen.get(run.session, now)
                 if limits.idle_stop_seconds > 0 and silent >= limits.idle_stop_seconds:
-                    why = f"no page has shown it for {duration(silent).removeprefix('about ')}"
-                    self._send(run_id, run, "stop", f"stopped at step {run.view.step}: {why}")
+                    self._send(
+                        run_id, run, "stop", f"no page has shown it for {duration(silent).removeprefix('about ')}"
+                    )
                 elif run.view.state == "running" and not run.idle and self._silent(run.session, now):
                     run.idle = True  # a running view comes from its worker: the pause goes there
                     shown = duration(limits.idle_seconds).removeprefix("about ")

@@ -252,10 +252,9 @@ class _Session:
             return "exit"
         if run_id != self.id:
             return ""  # meant for an earlier run
-        if kind == "stop":
-            if trainer is None:
-                return self._end("stopped", value or "stopped before it started") or "ended"
-            return self._end("stopped", value or f"stopped at step {trainer.step_index}") or "ended"
+        if kind == "stop":  # value: why, if not the user's stop
+            at = "before it started" if trainer is None else f"at step {trainer.step_index}"
+            return self._end("stopped", f"stopped {at}" + (f": {value}" if value else "")) or "ended"
         if trainer is None:  # before the trainer exists: remember, apply once it does
             self._early(kind, value)
             return ""
