@@ -172,11 +172,7 @@ def read_input(path: str, what: str, limit: int = MAX_INPUT_BYTES) -> str:
     try:
         return read_text_limited(path, limit, what)
     except FileRefused as exc:
-        if not os.path.lexists(os.path.expanduser(path)):
-            raise ConfigError(f"{what} {path}: cannot read it (no such file)") from None
         raise ConfigError(str(exc)) from None
-    except (RuntimeError, ValueError):  # '~nobody/x' (Path.expanduser: no such user), a NUL byte in the name
-        raise ConfigError(f"{what} {path}: cannot read it (not a usable file name)") from None
 
 
 # --- balance run --------------------------------------------------------------------------------------------

@@ -471,7 +471,7 @@ def test_ctrl_c_in_a_real_process(tmp_path: Path) -> None:
 AUDIT = {  # inputs that raised a traceback (or trained first, or were taken silently) before the bad-input audit
     "NUL in --out": (["run", "--out", "\x00.csv"], "not a usable file name"),
     "--out name too long": (["run", "--out", "a" * 300 + ".csv"], "cannot write there (File name too long)"),
-    "no such user in --config": (["run", "--config", "~nobody-such/x.toml"], "cannot read it (not a usable file name)"),
+    "no such user in --config": (["run", "--config", "~nobody-such/x.toml"], "cannot read it (no such file)"),
     "NUL in --config": (["config", "--config", "\x00"], "cannot read it (not a usable file name)"),
     "no such user in the CSV path": (
         ["run", "--model", "mlp", "--dataset", "csv:~nobody-such/x.csv"],
