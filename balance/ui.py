@@ -26,6 +26,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from latex2mathml.converter import convert
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from balance import plots
 from balance.config import RunConfig
@@ -150,6 +151,7 @@ class Status:
     t: float = float("nan")
     loss: float = float("nan")
     lr: float = float("nan")
+    queue_position: int = 0  # 1 = next to start; 0 when not queued (the runner's message says why it waits)
 
 
 def run_status(run_id: str) -> Status:
@@ -157,7 +159,33 @@ def run_status(run_id: str) -> Status:
         v = runner().status(run_id)
     except (StoreError, ValueError):
         return Status("missing", 0, f"run {run_id} is not stored here")
-    return Status(v.state, int(v.step), v.message or "", v.steps_per_second or 0.0, v.t, v.loss, v.lr)
+    speed = v.steps_per_second or 0.0
+    return Status(v.state, int(v.step), v.message or "", speed, v.t, v.loss, v.lr, v.queue_position)
+
+
+# --- sessions: the runner's per-session limits, and the pause of runs no page shows ------------------------------
+
+KEEPALIVE_S = 30.0  # an open Explore page tells the runner this often that its session's runs are watched
+
+
+def session_id() -> str:
+    """This browser session's id (a reload is a new one): the runner's ``session`` for limits and idle pauses."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else ""
+
+
+@st.cache_resource(show_spinner=False)
+def run_sessions() -> dict[str, str]:
+    """Process-wide: the session that started each run, so a page reattached after a reload (a new session)
+    keeps the run it shows watched."""
+    return {}
+
+
+def touch(run_id: str | None = None) -> None:
+    """Tell the runner that a page shows this session's runs (and ``run_id``'s, whichever session started it)."""
+    r, mine = runner(), session_id()
+    for session in {mine, run_sessions().get(run_id or "", mine)}:
+        r.touch(session)
 
 
 def attach(prefix: str, run_id: str | None) -> None:

@@ -12,6 +12,7 @@ from balance.config import ConfigError, RunConfig
 from balance.store import StoreError
 from balance.ui import (
     ACTIVE,
+    KEEPALIVE_S,
     Status,
     asset,
     attach,
@@ -19,9 +20,12 @@ from balance.ui import (
     metrics_csv,
     number_text,
     run_html,
+    run_sessions,
     run_status,
     runner,
+    session_id,
     store,
+    touch,
 )
 from balance.ui_links import init_session, page_query, sync_url, url_warnings
 from balance.ui_live import live_section, lr_changes, run_config
@@ -34,11 +38,13 @@ def _start(prefix: str) -> None:
     if config is None:
         st.session_state[f"{prefix}.start_error"] = f"Not started: {message}"
         return
-    try:
-        run_id = runner().start(config, name=st.session_state.get(f"{prefix}.name") or "")
+    session = session_id()
+    try:  # LimitError (a ConfigError): over a per-run or this session's limit, with the estimate and the limit
+        run_id = runner().start(config, name=st.session_state.get(f"{prefix}.name") or "", session=session)
     except (ConfigError, StoreError) as exc:
         st.session_state[f"{prefix}.start_error"] = f"Not started: {exc}"
         return
+    run_sessions()[run_id] = session
     attach(prefix, run_id)
 
 
@@ -142,6 +148,7 @@ def explore_page(prefix: str) -> None:
     if error:
         st.error(f"Cannot start yet: {literal(error)}", icon=":material/warning:")
     run_id = st.session_state.get(f"{prefix}.run")
+    keepalive(run_id)
     # One reading of the run's state for the buttons and the live section: read twice, a run that paused in
     # between drew "Pause" while the live section, already seeing "paused", never reran the page to say "Resume".
     status = run_status(run_id) if run_id else None
@@ -150,6 +157,17 @@ def explore_page(prefix: str) -> None:
     live_section(prefix, status)
     share(prefix, config)
     downloads(prefix)
+
+
+def keepalive(run_id: str | None) -> None:
+    """While this page is open, its session's runs (and the run it shows) are watched: the runner pauses a
+    session's runs only when no page has shown them for a while. The live section also touches on every tick."""
+
+    @st.fragment(run_every=KEEPALIVE_S)
+    def tick() -> None:
+        touch(run_id)
+
+    tick()
 
 
 def changed_note(prefix: str, config: RunConfig | None) -> None:

@@ -22,6 +22,7 @@ from balance.ui import (
     run_figures,
     run_status,
     store,
+    touch,
 )
 
 REFRESH_S = 0.5  # live charts and the status line poll this often while a run trains
@@ -85,6 +86,8 @@ def status_line(status: Status, prefix: str = "", advice: tuple[str, float] | No
         parts.append("loss = nan")
     if status.steps_per_second:
         parts.append(f"{status.steps_per_second:,.0f} steps/s")
+    if status.state == "queued" and status.queue_position:
+        parts.append(f"number **{status.queue_position}** in the queue")
     st.markdown(" · ".join(parts))
     if status.state == "diverged":
         head, _, why = status.message.partition(": ")
@@ -101,6 +104,8 @@ def status_line(status: Status, prefix: str = "", advice: tuple[str, float] | No
         st.error(literal(status.message))
     elif status.message and status.state not in ACTIVE:
         st.info(literal(status.message))
+    elif status.message:  # queued (what it waits for) or paused because no page showed it
+        st.caption(literal(status.message))
 
 
 def fetch_rows(prefix: str, run_id: str) -> pd.DataFrame:
@@ -175,6 +180,7 @@ def live_section(prefix: str, first: Status | None = None) -> None:
 
     @st.fragment(run_every=REFRESH_S if first.state in ACTIVE else None)
     def live() -> None:
+        touch(run_id)  # a page shows this run: the runner keeps its session's runs going
         status = run_status(run_id)
         remember_outcome(prefix, run_id, status)
         status_line(status, prefix, session_advice(prefix, run_id, status))

@@ -217,6 +217,69 @@ def test_start_that_is_refused_says_why(monkeypatch: pytest.MonkeyPatch) -> None
     assert any("Not started" in e.value and "over the limit" in e.value for e in at.error)
 
 
+def test_a_run_over_the_limits_is_refused_with_the_estimate() -> None:
+    """?model.name=mlp&model.width=4096&model.depth=32&data.samples=100000&data.input_dim=4096 was accepted (about
+    100 GB): the runner refuses it (LimitError) and the page says so in one line, with the estimate and the limit."""
+    huge = {"model.name": "mlp", "data.name": "teacher", "model.width": "4096", "model.depth": "32"}
+    at = app({**huge, "data.samples": "100000", "data.input_dim": "4096"})
+    at.button(key="explore.start").click().run()
+    assert not at.exception
+    assert "explore.run" not in at.session_state or not at.session_state["explore.run"]
+    text = " ".join(shown(e.value) for e in at.error)
+    assert "Not started: this run needs" in text and "the limit is" in text and "\n" not in text
+
+
+def test_queued_runs_show_their_place_and_why_and_a_session_s_share_is_kept() -> None:
+    """Per-session limits: one run training and two waiting by default; each waiting one shows its place in the
+    queue and why it waits; a fourth is refused with the reason."""
+    at = app()
+    set_widgets(at, {**TINY, "explore.steps": 10**7})
+    started = []
+    try:
+        for _ in range(3):
+            at.button(key="explore.start").click().run()
+            started.append(at.session_state["explore.run"])
+            ui.runner().wait(started[0], timeout=TIMEOUT, states=("running",))
+        at.run()
+        assert len(set(started)) == 3
+        status = " ".join(m.value for m in at.markdown)
+        assert "queued" in status and "in the queue" in status
+        captions = [shown(c.value) for c in at.caption]
+        assert any("queued:" in c and "its share" in c for c in captions), captions
+        at.button(key="explore.start").click().run()
+        assert not at.exception
+        assert at.session_state["explore.run"] == started[-1]  # the fourth did not start
+        assert any("Not started" in e.value for e in at.error)
+    finally:
+        for run_id in started:
+            ui.runner().stop(run_id)
+        for run_id in started:
+            ui.runner().wait(run_id, timeout=TIMEOUT)
+
+
+def test_an_open_page_keeps_its_runs_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner pauses a session's runs when no page has shown them for a while: Explore touches its session on
+    every tick, and after a reload (a new session) the session that started the run it shows."""
+    seen: list[str] = []
+    monkeypatch.setattr(ui.runner(), "touch", seen.append)
+    at = app()
+    set_widgets(at, {**TINY, "explore.steps": 10**7})
+    at.button(key="explore.start").click().run()
+    run_id = at.session_state["explore.run"]
+    try:
+        at.run()
+        session = ui.run_sessions()[run_id]
+        assert session and session in seen
+        seen.clear()
+        ui.run_sessions()[run_id] = "the session before a reload"  # AppTest gives every session one id
+        again = app({"run": run_id})  # a reload: another session, which shows the run
+        assert not again.exception
+        assert {"the session before a reload", session} <= set(seen)
+    finally:
+        ui.runner().stop(run_id)
+        ui.runner().wait(run_id, timeout=TIMEOUT)
+
+
 def test_new_model_brings_its_defaults_except_what_the_user_set() -> None:
     """MF's init 0.1 and step 0.01 leave an MLP at rest; an MLP's teacher data make a CNN crawl."""
     at = app()
