@@ -184,6 +184,12 @@ def changed_note(prefix: str, config: RunConfig | None) -> None:
         differ.remove("optim.lr")  # applied to the running run already
     if differ:
         st.caption(f"The sidebar differs from the run shown ({', '.join(differ)}): press **Start** to train it.")
+    try:
+        imported = store().get_run(run_id).origin == "imported"
+    except StoreError:
+        imported = False
+    if imported:
+        st.caption("This run was **imported** from a file: its numbers were not computed on this server.")
     changes = lr_changes(prefix, run_id)
     if changes:
         st.caption(

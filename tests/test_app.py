@@ -358,6 +358,21 @@ def test_a_stored_run_s_csv_path_is_read_only_if_the_page_offers_it(home: Path) 
     assert not at.button(key="explore.start").disabled
 
 
+def test_an_imported_run_says_so(tmp_path: Path) -> None:
+    from balance.store import RunStore
+
+    with RunStore(tmp_path / "elsewhere") as other:
+        run_id = other.create_run(RunConfig(), ["step", "loss"], name="from a colleague")
+        other.claim_run(run_id, ["step", "loss"])
+        other.append_rows(run_id, [[0, 1.0], [1, 0.5]])
+        other.set_status(run_id, "finished", 1)
+        other.export_run(run_id, tmp_path / "run.zip")
+    imported = ui.store().import_run(tmp_path / "run.zip")
+    at = app({"run": imported})
+    assert not at.exception
+    assert any("imported" in c.value for c in at.caption)
+
+
 def test_unknown_run_in_link_says_so() -> None:
     at = app({"run": "nosuchrun"})
     assert not at.exception
