@@ -291,3 +291,17 @@ def navigation() -> Any:
 
 def about_page() -> None:
     st.markdown(asset("about.md"))
+
+
+_MOVED = {"ui_settings": ("FIELDS", "build_config", "load_config", "config_values", "LABELS", "error_field")}
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved to the Explore page's own modules, still reachable as ``ui.<name>`` (tests of other
+    pages use them); imported on first use, since those modules import this one."""
+    for module, names in _MOVED.items():
+        if name in names:
+            import importlib
+
+            return getattr(importlib.import_module(f"balance.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
