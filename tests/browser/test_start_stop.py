@@ -27,7 +27,7 @@ LONG_RUN = "/?steps=100000000&max_seconds=3600"  # trains until stopped
 WATCH = """
 (() => {
     const badge = (text) => [...document.querySelectorAll('[data-testid="stMainBlockContainer"] .stMarkdownBadge')]
-        .some((b) => b.innerText.trim() === text);
+        .some((b) => b.innerText.trim() === text && !b.closest('[data-stale="true"]'));
     window.__stop = {clicked: null, shown: null};
     document.addEventListener('click', (event) => {
         const button = event.target.closest('button');
@@ -40,13 +40,13 @@ WATCH = """
 })();
 """
 BADGE = """text => [...document.querySelectorAll('[data-testid="stMainBlockContainer"] .stMarkdownBadge')]
-    .some((b) => b.innerText.trim() === text)"""
+    .some((b) => b.innerText.trim() === text && !b.closest('[data-stale="true"]'))"""
 NEW_RUN = """previous => {
     const m = location.search.match(/[?&]run=([0-9a-f]+)/);
     return m !== null && m[1] !== previous;
 }"""
 STATUS_LINE = """() => [...document.querySelectorAll('[data-testid="stMainBlockContainer"] .stMarkdownBadge')]
-    .find((b) => b.innerText.trim() === 'stopped').closest('p').innerText"""
+    .find((b) => b.innerText.trim() === 'stopped' && !b.closest('[data-stale="true"]')).closest('p').innerText"""
 STOP_ENABLED = """() => [...document.querySelectorAll('[data-testid="stMainBlockContainer"] button')]
     .some((b) => b.innerText.trim() === 'Stop' && !b.disabled)"""
 
