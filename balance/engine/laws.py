@@ -205,7 +205,7 @@ class Metric:
         """The TeX label of this metric's column for ``index``."""
         if index is None:
             return self.tex
-        return self.tex.replace("{h}", str(index)).replace("{n}", str(index + 1))
+        return self.tex.replace("{h}", f"{{{index}}}").replace("{n}", f"{{{index + 1}}}")  # W_{h} -> W_{12}
 
 
 _GAP_SIGN = "positive when the outer layer W_{h+1} carries more squared weight than W_h and b_h"

@@ -119,27 +119,9 @@ class MatrixFactorisation(HomogeneousModel):
         return self.W1.T
 
     def forward(self, x: Tensor | None = None) -> Tensor:
-        """U V^T, shape [d1, d2] (the input is ignored: the target matrix is the whole data set)."""
+        """U V^T, shape [d1, d2] (the input is ignored: the target matrix is the whole data set). The engine trains
+        it in closed form (``balance.engine.mf``), tested against autograd on this forward and ``penalty``."""
         return self.W2 @ self.W1
-
-    @torch.no_grad()
-    def loss_and_gradients(self, M: Tensor) -> tuple[float, list[Tensor]]:
-        """Closed form (the paper's Section 3), about 5x cheaper than autograd for these sizes:
-
-        R = U V^T - M, D = U^T U - V^T V,
-        loss = ||R||_F^2 / 2 + lambda/8 ||D||_F^2,
-        dL/dU = R V + lambda/2 U D,   dL/dV^T = U^T R - lambda/2 D V^T   (gradients in ``params`` order: V^T, U).
-        """
-        U, Vt = self.W2, self.W1
-        R = torch.addmm(M, U, Vt, beta=-1)
-        loss = 0.5 * float(torch.vdot(R.reshape(-1), R.reshape(-1)))
-        gU, gVt = R @ Vt.T, U.T @ R
-        if self.regularizer:
-            D = U.T @ U - Vt @ Vt.T
-            loss += self.regularizer / 8 * float(torch.vdot(D.reshape(-1), D.reshape(-1)))
-            gU += self.regularizer / 2 * (U @ D)
-            gVt -= self.regularizer / 2 * (D @ Vt)
-        return loss, [gVt, gU]
 
     def penalty(self) -> Tensor:
         """lambda/8 ||U^T U - V^T V||_F^2, the balancing regulariser of the paper's problem (9)."""
