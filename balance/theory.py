@@ -3,7 +3,6 @@
 from balance.engine.theory import (
     RECURSIONS,
     GapLaw,
-    GapPredictor,
     mf_balanced_ratio,
     momentum_amplification,
     pair_matrix,
@@ -14,7 +13,6 @@ from balance.engine.theory import (
 __all__ = [
     "RECURSIONS",
     "GapLaw",
-    "GapPredictor",
     "mf_balanced_ratio",
     "momentum_amplification",
     "pair_matrix",

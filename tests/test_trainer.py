@@ -72,7 +72,7 @@ CASES = [
 @pytest.mark.parametrize(("family", "optimizer"), CASES)
 def test_logged_gap_drift_equals_the_exact_prediction(family: Family, optimizer: str) -> None:
     """gap_drift = pred_gap_drift at every row: GD / SGD (with decay and schedules) to 1e-10 of the prediction's
-    size, momentum and Nesterov (theory.GapPredictor's (A, B) recursions) to 1e-9."""
+    size, momentum and Nesterov (theory.RECURSIONS' (A, B) recursions) to 1e-9."""
     optim, rtol = OPTIMIZERS[optimizer]
     df, status = run(make_config(family, optim=optim, steps=40, seed=11))
     assert status.state == "finished" and list(df.step) == list(range(41))

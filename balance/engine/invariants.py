@@ -30,51 +30,62 @@ def sqnorm(x: Array) -> float:
     return float(flat @ flat)
 
 
-def incoming_sqnorms(params: Sequence[Array], group: Neurons) -> Array:
-    """||w_in,i||^2 for every unit i of the group, shape [n_h]: sum of squares of row i of each incoming param."""
+def _lead(x: Array, stacked: bool) -> tuple[int, ...]:
+    """The leading member dimension of a stacked tensor [K, ...] (``stacked``), else none."""
+    return tuple(x.shape[:1]) if stacked else ()
+
+
+def incoming_sqnorms(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:
+    """||w_in,i||^2 for every unit i of the group, shape [n_h]: sum of squares of row i of each incoming param.
+
+    ``stacked``: every param is K runs' [K, ...], the result [K, n_h] (the engine's metrics)."""
     total = 0
     for index in group.incoming:
         p = params[index]
-        total = total + (p * p).reshape(group.count, -1).sum(axis=1)
+        total = total + (p * p).reshape(*_lead(p, stacked), group.count, -1).sum(axis=-1)
     return total
 
 
-def outgoing_sqnorms(params: Sequence[Array], group: Neurons) -> Array:
-    """||w_out,i||^2 = ||W_{h+1}[:, i, ...]||^2, shape [n_h]; a flattened head's columns group by channel."""
+def outgoing_sqnorms(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:
+    """||w_out,i||^2 = ||W_{h+1}[:, i, ...]||^2, shape [n_h] (stacked: [K, n_h]); a flattened head's columns group by
+    channel."""
     W = params[group.outgoing]
-    return (W * W).reshape(W.shape[0], group.count, -1).sum(axis=(0, 2))
+    lead = _lead(W, stacked)
+    return (W * W).reshape(*lead, W.shape[len(lead)], group.count, -1).sum(axis=(-3, -1))
 
 
-def neuron_balance(params: Sequence[Array], group: Neurons) -> Array:
+def neuron_balance(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:
     """B_i = ||w_in,i||^2 - ||w_out,i||^2 for every unit of the group, shape [n_h] (Theorem 2.1)."""
-    return incoming_sqnorms(params, group) - outgoing_sqnorms(params, group)
+    return incoming_sqnorms(params, group, stacked) - outgoing_sqnorms(params, group, stacked)
 
 
-def incoming_matrix(params: Sequence[Array], group: Neurons) -> Array:
-    """[W_h b_h] as an [n_h, fan_in (+1)] matrix (rows = units)."""
-    blocks = [params[i].reshape(group.count, -1) for i in group.incoming]
+def incoming_matrix(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:
+    """[W_h b_h] as an [n_h, fan_in (+1)] matrix (rows = units; stacked: [K, n_h, fan_in (+1)])."""
+    blocks = [params[i].reshape(*_lead(params[i], stacked), group.count, -1) for i in group.incoming]
     if len(blocks) == 1:
         return blocks[0]
     try:  # torch
         import torch
 
         if isinstance(blocks[0], torch.Tensor):
-            return torch.cat(blocks, dim=1)
+            return torch.cat(blocks, dim=-1)
     except ImportError:  # pragma: no cover
         pass
     import numpy as np
 
-    return np.concatenate(blocks, axis=1)
+    return np.concatenate(blocks, axis=-1)
 
 
-def matrix_invariant(params: Sequence[Array], group: Neurons) -> Array:
-    """D_h = W_{h+1}^T W_{h+1} - [W_h b_h][W_h b_h]^T, shape [n_h, n_h] (Theorem 2.2; for MF: U^T U - V^T V).
+def matrix_invariant(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:
+    """D_h = W_{h+1}^T W_{h+1} - [W_h b_h][W_h b_h]^T, shape [n_h, n_h] (stacked: [K, n_h, n_h]) (Theorem 2.2; for
+    MF: U^T U - V^T V).
 
     Its diagonal is -B (the neuron balances) and its trace is the layer gap G_h.
     """
-    A = incoming_matrix(params, group)
-    W = params[group.outgoing].reshape(-1, group.count)
-    return W.T @ W - A @ A.T
+    A = incoming_matrix(params, group, stacked)
+    W = params[group.outgoing]
+    W = W.reshape(*_lead(W, stacked), -1, group.count)
+    return W.swapaxes(-1, -2) @ W - A @ A.swapaxes(-1, -2)
 
 
 def gaps(sqnorms: Sequence[float], bias_sqnorms: Sequence[float]) -> list[float]:

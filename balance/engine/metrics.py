@@ -2,9 +2,11 @@
 engine's state, keyed by the same names.
 
 Every function takes a ``Snapshot`` of the running members and returns one value per member and index, [K] or
-[K, n_indices] in the order of ``Layout.indices``. Everything is summed in float64 whatever the training precision
-(a float32 sum of 10^4 squares loses ~1e-4), on NumPy views of the weights: for the small tensors of these models a
-NumPy reduction costs about 1 us against about 10 us for a PyTorch op.
+[K, n_indices] in the order of ``Layout.indices``. The conserved quantities themselves are the pure functions of
+``balance.engine.invariants`` (formulas in their docstrings), applied to the stacked weights. Everything is summed
+in float64 whatever the training precision (a float32 sum of 10^4 squares loses ~1e-4), on NumPy views of the
+weights: for the small tensors of these models a NumPy reduction costs about 1 us against about 10 us for a PyTorch
+op.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from balance.engine.invariants import incoming_sqnorms, matrix_invariant, neuron_balance, outgoing_sqnorms
 
 if TYPE_CHECKING:
     from balance.engine.engine import Engine
@@ -47,22 +51,17 @@ class Snapshot:
         return self.sq @ self.engine.P.T
 
     def incoming(self) -> list[np.ndarray]:
-        """||w_in,i||^2 per hidden layer, [K, n_h] (``invariants.incoming_sqnorms``)."""
-        K, views = self.K, self.views
-        return [sum((views[i] ** 2).reshape(K, g.count, -1).sum(2) for i in g.incoming) for g in self.model.neurons]
+        """||w_in,i||^2 per hidden layer, [K, n_h]."""
+        return [incoming_sqnorms(self.views, g, stacked=True) for g in self.model.neurons]
 
     def outgoing(self) -> list[np.ndarray]:
-        """||w_out,i||^2 per hidden layer, [K, n_h] (``invariants.outgoing_sqnorms``)."""
-        out = []
-        for g in self.model.neurons:
-            W = self.views[g.outgoing]
-            out.append((W * W).reshape(self.K, W.shape[1], g.count, -1).sum((1, 3)))
-        return out
+        """||w_out,i||^2 per hidden layer, [K, n_h]."""
+        return [outgoing_sqnorms(self.views, g, stacked=True) for g in self.model.neurons]
 
     @cached_property
     def balances(self) -> list[np.ndarray]:
-        """B_i = ||w_in,i||^2 - ||w_out,i||^2 per hidden layer, [K, n_h] (``invariants.neuron_balance``)."""
-        return [i - o for i, o in zip(self.incoming(), self.outgoing())]
+        """B_i = ||w_in,i||^2 - ||w_out,i||^2 per hidden layer, [K, n_h]."""
+        return [neuron_balance(self.views, g, stacked=True) for g in self.model.neurons]
 
     @cached_property
     def neuron_drift(self) -> np.ndarray:
@@ -73,13 +72,7 @@ class Snapshot:
     @cached_property
     def matrices(self) -> dict[int, np.ndarray]:
         """D_h = W_{h+1}^T W_{h+1} - [W_h b_h][W_h b_h]^T, [K, n_h, n_h], for linear hidden units (by 0-based layer)."""
-        views, out = self.views, {}
-        for g in self.model.neurons:
-            if g.linear:
-                A = np.concatenate([views[i].reshape(self.K, g.count, -1) for i in g.incoming], 2)
-                W = views[g.outgoing].reshape(self.K, -1, g.count)
-                out[g.layer] = W.transpose(0, 2, 1) @ W - A @ A.transpose(0, 2, 1)
-        return out
+        return {g.layer: matrix_invariant(self.views, g, stacked=True) for g in self.model.neurons if g.linear}
 
 
 def _ratio(s: Snapshot) -> np.ndarray:

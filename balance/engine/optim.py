@@ -162,17 +162,18 @@ class Optimizer:
         self.k = 0
         self._neg_lr: tuple[np.ndarray | None, list[Tensor]] = (None, [])
 
-    @torch.no_grad()
     def step(self, grads: list[Tensor], lr: np.ndarray) -> Extras:
         """Update the weights in place with step sizes ``lr`` [K]; returns what the gap law reads."""
         self.k += 1
         if self._neg_lr[0] is not lr:  # a constant step size is the same array every step: build once
-            self._neg_lr = (
-                lr,
-                [torch.tensor(-lr, dtype=p.dtype).reshape(-1, *[1] * (p.ndim - 1)) for p in self.params],
-            )
+            shape = [(-1, *[1] * (p.ndim - 1)) for p in self.params]
+            self._neg_lr = (lr, [torch.tensor(-lr, dtype=p.dtype).reshape(s) for p, s in zip(self.params, shape)])
         assert self.rule.update is not None
-        return self.rule.update(Step(self.params, grads, self.buffers, self.hyper, lr, self._neg_lr[1], self.k))
+        step = Step(self.params, grads, self.buffers, self.hyper, lr, self._neg_lr[1], self.k)
+        if self.params[0].requires_grad:  # autograd leaves (stacked networks): update outside the graph
+            with torch.no_grad():
+                return self.rule.update(step)
+        return self.rule.update(step)
 
     def select(self, index: Tensor, params: list[Tensor], hyper: Members) -> None:
         """Keep the members ``index`` (the engine dropped the others); ``params`` and ``hyper`` are already narrowed."""

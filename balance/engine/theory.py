@@ -1,4 +1,5 @@
-"""What the theory predicts, next to what the trainer measures.
+"""What the theory predicts, next to what the engine measures: the numbers of each optimiser's exact law
+(``RECURSIONS``, keyed by the names of ``balance.engine.laws.OPTIMIZERS``), advanced for K runs at once by ``GapLaw``.
 
 Notation: for a pair of consecutive layers h, group A = (W_h, b_h) and group B = W_{h+1}, and for per-parameter
 tensors x, y let  Delta<x, y> = <x_B, y_B> - <x_A, y_A>.  The layer gap is G = Delta<theta, theta>. Because the
@@ -133,25 +134,6 @@ class GapLaw:
 
     def select(self, keep: np.ndarray) -> None:
         self.gap0, self.G, self.B = self.gap0[keep], self.G[keep], self.B[keep]
-
-
-class GapPredictor:
-    """One run's ``GapLaw`` with scalar settings (``cfg``: an OptimConfig), as ``balance.theory`` has offered it."""
-
-    def __init__(self, cfg: Any, pairs: np.ndarray, gap0: Sequence[float], predicts: bool = True) -> None:
-        self.law = GapLaw(cfg.name, pairs, np.asarray(gap0, dtype=float)[None], predicts)
-        self.hyper = {"weight_decay": np.array([cfg.weight_decay]), "momentum": np.array([cfg.momentum])}
-
-    @property
-    def drift(self) -> np.ndarray:
-        return self.law.drift[0]
-
-    def update(
-        self, lr: float, grad_sq: np.ndarray, extras: dict[str, Any], theta_grad: np.ndarray | None = None
-    ) -> None:
-        two = {k: np.asarray(v, dtype=float)[None] for k, v in extras.items()}
-        tg = None if theta_grad is None else np.asarray(theta_grad)[None]
-        self.law.update(np.array([lr]), self.hyper, np.asarray(grad_sq)[None], two, tg)
 
 
 def weight_decay_gap(gap0: float, lr: float, weight_decay: float, k: np.ndarray) -> np.ndarray:
