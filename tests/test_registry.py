@@ -167,3 +167,17 @@ def test_a_registered_optimizer_trains_and_its_law_is_predicted(toy_optimizer: s
 def test_the_config_reads_the_optimizer_registry(toy_optimizer: str) -> None:
     assert RunConfig().replace(**{"optim.name": toy_optimizer}).optim.name == toy_optimizer
     assert torch.get_default_dtype() == torch.float32  # nothing here changed torch's global state
+
+
+@pytest.mark.parametrize("optimizer", list(laws.OPTIMIZERS))
+@pytest.mark.parametrize("schedule", list(laws.SCHEDULES))
+def test_the_settings_an_optimizer_reads_are_the_ones_the_config_applies(optimizer: str, schedule: str) -> None:
+    """The registry's ``settings`` (and the schedule's) name exactly the optim.* settings that apply in the config (on
+    a data set with samples, where a mini-batch size can apply): the config can derive ``applies`` from them."""
+    flat = {**RunConfig().flat(), "optim.name": optimizer, "optim.schedule": schedule, "data.name": "teacher"}
+    applied = {k for k in config_module.applicable(flat) if k.startswith("optim.") and k != "optim.name"}
+    entry = laws.OPTIMIZERS[optimizer]
+    reads = set(entry.settings)
+    if "optim.schedule" in reads:
+        reads |= set(laws.SCHEDULES[schedule].settings)
+    assert applied == reads
