@@ -82,3 +82,19 @@ def test_subspace_is_small_and_keeps_every_norm() -> None:
     torch.testing.assert_close((Yt * Yt).sum(2), (Vt * Vt).sum(2), rtol=1e-13, atol=0)
     D_sub = X.mT @ X - Yt @ Yt.mT
     torch.testing.assert_close(D_sub, U.mT @ U - Vt @ Vt.mT, rtol=1e-12, atol=1e-12)
+
+
+def test_a_float32_target_trains_in_the_subspace_and_follows_float64() -> None:
+    """A float32 lowrank target is the rounding of a rank-r* matrix: its factors reproduce it to float32 precision,
+    so float32 runs train in the small subspace too, and follow the float64 run to float32 precision."""
+    from conftest import FAMILIES, make_config
+
+    from balance.api import run
+    from balance.engine.engine import Engine
+
+    config = make_config(FAMILIES[0], steps=50, data={"d1": 40, "d2": 30, "rank": 2}, model={"init_scale": 0.3})
+    engine = Engine([config.replace(dtype="float32")])
+    assert [tuple(p.shape) for p in engine.params] == [(1, 2, 4), (1, 4, 2)]  # r = r* = 2: p = q = 4
+    single, double = run(config.replace(dtype="float32")).metrics, run(config).metrics
+    for column in ("loss", "sqnorm_1", "sqnorm_2", "gap_1"):
+        np.testing.assert_allclose(single[column], double[column], rtol=2e-5, err_msg=column)

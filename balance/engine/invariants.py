@@ -35,28 +35,29 @@ def _lead(x: Array, stacked: bool) -> tuple[int, ...]:
     return tuple(x.shape[:1]) if stacked else ()
 
 
-def incoming_sqnorms(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:
+def incoming_sqnorms(params: Sequence[Array], group: Neurons, stacked: bool = False, squared: bool = False) -> Array:
     """||w_in,i||^2 for every unit i of the group, shape [n_h]: sum of squares of row i of each incoming param.
 
-    ``stacked``: every param is K runs' [K, ...], the result [K, n_h] (the engine's metrics)."""
+    ``stacked``: every param is K runs' [K, ...], the result [K, n_h] (the engine's metrics). ``squared``: the params
+    are already squared entry by entry (the engine squares each weight once for all its metrics)."""
     total = 0
     for index in group.incoming:
         p = params[index]
-        total = total + (p * p).reshape(*_lead(p, stacked), group.count, -1).sum(axis=-1)
+        total = total + (p if squared else p * p).reshape(*_lead(p, stacked), group.count, -1).sum(axis=-1)
     return total
 
 
-def outgoing_sqnorms(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:
+def outgoing_sqnorms(params: Sequence[Array], group: Neurons, stacked: bool = False, squared: bool = False) -> Array:
     """||w_out,i||^2 = ||W_{h+1}[:, i, ...]||^2, shape [n_h] (stacked: [K, n_h]); a flattened head's columns group by
     channel."""
     W = params[group.outgoing]
     lead = _lead(W, stacked)
-    return (W * W).reshape(*lead, W.shape[len(lead)], group.count, -1).sum(axis=(-3, -1))
+    return (W if squared else W * W).reshape(*lead, W.shape[len(lead)], group.count, -1).sum(axis=(-3, -1))
 
 
-def neuron_balance(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:
+def neuron_balance(params: Sequence[Array], group: Neurons, stacked: bool = False, squared: bool = False) -> Array:
     """B_i = ||w_in,i||^2 - ||w_out,i||^2 for every unit of the group, shape [n_h] (Theorem 2.1)."""
-    return incoming_sqnorms(params, group, stacked) - outgoing_sqnorms(params, group, stacked)
+    return incoming_sqnorms(params, group, stacked, squared) - outgoing_sqnorms(params, group, stacked, squared)
 
 
 def incoming_matrix(params: Sequence[Array], group: Neurons, stacked: bool = False) -> Array:

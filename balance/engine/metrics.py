@@ -12,7 +12,6 @@ op.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +20,19 @@ from balance.engine.invariants import incoming_sqnorms, matrix_invariant, neuron
 
 if TYPE_CHECKING:
     from balance.engine.engine import Engine
+
+
+class cached_property:
+    """Computed on first access, then an ordinary attribute of the instance."""
+
+    def __init__(self, f: Callable[[Any], Any]) -> None:
+        self.f, self.name = f, f.__name__
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.f(obj)
+        return value
 
 
 class Snapshot:
@@ -32,17 +44,27 @@ class Snapshot:
         self.K = len(engine.members)
 
     @cached_property
+    def raw(self) -> list[np.ndarray]:
+        """The weights [K, ...] as NumPy views of the tensors, in the training precision."""
+        return self.engine.problem.arrays
+
+    @cached_property
     def views(self) -> list[np.ndarray]:
         """The weights [K, ...] as float64 arrays (views of a float64 run's tensors)."""
-        return [p.detach().numpy().astype(np.float64, copy=False) for p in self.engine.params]
+        return [v.astype(np.float64, copy=False) for v in self.raw]
+
+    @cached_property
+    def squares(self) -> list[np.ndarray]:
+        """theta_p^2 entry by entry [K, ...] in float64 (exact: a product of two float32 fits a float64), once for
+        every metric that sums squares."""
+        return [np.multiply(v, v, dtype=np.float64) for v in self.raw]
 
     @cached_property
     def sq(self) -> np.ndarray:
         """||theta_p||^2 per member and parameter, [K, n_params]."""
         out = np.empty((self.K, len(self.views)))
-        for j, x in enumerate(self.views):
-            v = x.reshape(self.K, -1)
-            out[:, j] = np.einsum("ki,ki->k", v, v)
+        for j, x in enumerate(self.squares):
+            out[:, j] = x.reshape(self.K, -1).sum(1)
         return out
 
     @cached_property
@@ -52,16 +74,16 @@ class Snapshot:
 
     def incoming(self) -> list[np.ndarray]:
         """||w_in,i||^2 per hidden layer, [K, n_h]."""
-        return [incoming_sqnorms(self.views, g, stacked=True) for g in self.model.neurons]
+        return [incoming_sqnorms(self.squares, g, stacked=True, squared=True) for g in self.model.neurons]
 
     def outgoing(self) -> list[np.ndarray]:
         """||w_out,i||^2 per hidden layer, [K, n_h]."""
-        return [outgoing_sqnorms(self.views, g, stacked=True) for g in self.model.neurons]
+        return [outgoing_sqnorms(self.squares, g, stacked=True, squared=True) for g in self.model.neurons]
 
     @cached_property
     def balances(self) -> list[np.ndarray]:
         """B_i = ||w_in,i||^2 - ||w_out,i||^2 per hidden layer, [K, n_h]."""
-        return [neuron_balance(self.views, g, stacked=True) for g in self.model.neurons]
+        return [neuron_balance(self.squares, g, stacked=True, squared=True) for g in self.model.neurons]
 
     @cached_property
     def neuron_drift(self) -> np.ndarray:
@@ -91,7 +113,7 @@ def _matrix(s: Snapshot, drift: bool) -> np.ndarray:
 
 
 COMPUTE: dict[str, Callable[[Snapshot], Any]] = {
-    "step": lambda s: np.full(s.K, float(s.engine.step_index)),
+    "step": lambda s: s.engine.step_index,
     "t": lambda s: s.engine.t,
     "lr": lambda s: s.engine.lr_at(s.engine.step_index),
     "loss": lambda s: s.engine.row_loss(),
@@ -103,7 +125,7 @@ COMPUTE: dict[str, Callable[[Snapshot], Any]] = {
     "pred_gap_drift": lambda s: s.engine.law.drift,
     "ratio": _ratio,
     "neuron_drift_max": lambda s: s.neuron_drift.max(1),
-    "neuron_drift_mean": lambda s: s.neuron_drift.mean(1),
+    "neuron_drift_mean": lambda s: s.neuron_drift.sum(1) / s.neuron_drift.shape[1],
     "matrix_inv": lambda s: _matrix(s, False),
     "matrix_drift": lambda s: _matrix(s, True),
     # neuron scope: one [K, n_h] array per hidden layer

@@ -20,19 +20,27 @@ from torch import Tensor
 from balance.engine.optim import Members
 
 
-def factors(M: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """L [.., d1, r*], R [.., d2, r*] with M = L R^T: the target's truncated SVD when M has rank r* (the lowrank data
-    set is exactly rank r*, so the gradient GEMMs shrink by d2 / r*), else (M, I)."""
-    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-    L, R = (U[..., :rank] * S[..., None, :rank]).contiguous(), Vh[..., :rank, :].mT.contiguous()
-    if torch.linalg.vector_norm(L @ R.mT - M) <= 1e-13 * torch.linalg.vector_norm(M):
-        return L, R
+def factors(M: Tensor, rank: int, rtol: float = 1e-13) -> tuple[Tensor, Tensor]:
+    """L [.., d1, r*], R [.., d2, r*] with M = L R^T to ``rtol`` (relative): the target's truncated SVD (computed in
+    float64) when M has rank r* (the lowrank data set is exactly rank r*, so the gradient GEMMs shrink by d2 / r*),
+    else (M, I)."""
+    U, S, Vh = torch.linalg.svd(M.double(), full_matrices=False)
+    L, R = (U[..., :rank] * S[..., None, :rank]).to(M.dtype), Vh[..., :rank, :].mT.to(M.dtype)
+    if torch.linalg.vector_norm((L @ R.mT - M).double()) <= rtol * torch.linalg.vector_norm(M.double()):
+        return L.contiguous(), R.contiguous()
     return M, torch.eye(M.shape[-1], dtype=M.dtype)
 
 
+# A float32 lowrank target is the rounding of an exactly rank-r* matrix: its rank-r* factors reproduce it to that
+# rounding, and the subspace trains against their product (a difference of ~1e-7 relative, float32's own precision).
+SUBSPACE_RTOL = {torch.float64: 1e-13, torch.float32: 1e-6}
+
+
 def _sum_sq(x: np.ndarray) -> np.ndarray:
-    """||x_k||^2 per member of a stacked [K, ...] array, summed in float64."""
-    return np.einsum("kij,kij->k", x, x, dtype=np.float64)
+    """||x_k||^2 per member of a stacked [K, i, j] array, summed in float64 (a float32 product is exact in float64)."""
+    if x.dtype == np.float64:
+        return np.einsum("kij,kij->k", x, x)
+    return np.multiply(x, x, dtype=np.float64).sum((1, 2))
 
 
 def _vecdot(a: Tensor, b: Tensor) -> np.ndarray:
@@ -46,25 +54,32 @@ class Subspace:
 
     def __init__(self, Vt: Tensor, U: Tensor, targets: Tensor, rank: int, hyper: Members) -> None:
         K = len(U)
-        L, R = (f.expand(K, *f.shape[-2:]) for f in factors(targets, rank))
+        L, R = (f.expand(K, *f.shape[-2:]) for f in factors(targets, rank, SUBSPACE_RTOL[targets.dtype]))
         self.B_U = torch.linalg.qr(torch.cat([U, L], 2)).Q  # [K, d1, min(d1, r + r*)]
         self.B_V = torch.linalg.qr(torch.cat([Vt.mT, R], 2)).Q
         X, Yt = self.B_U.mT @ U, Vt @ self.B_V  # [K, p, r], [K, r, q]
         self.params = [Yt.contiguous(), X.contiguous()]
         self.target = ((self.B_U.mT @ L) @ (self.B_V.mT @ R).mT).numpy()  # m [K, p, q]
         self.hyper = hyper
+        self._arrays()
+
+    def _arrays(self) -> None:
+        """NumPy views of the weights' memory (the updates are in place) and their transposes, made once."""
+        Yt, X = (p.numpy() for p in self.params)
+        self.arrays = [Yt, X]
+        self._np = (Yt, X, Yt.transpose(0, 2, 1), X.transpose(0, 2, 1))
 
     def evaluate(self) -> tuple[np.ndarray, list[Tensor], np.ndarray]:
         """E = X Y^T - m, loss = ||E||^2 / 2 (+ lambda/8 ||X^T X - Y^T Y||^2), dL/dX = E Y, dL/dY^T = X^T E
         (regulariser as above); and ||g||^2 [K, 2]."""
-        Yt, X = (p.numpy() for p in self.params)
+        Yt, X, Y, Xt = self._np
         E = X @ Yt
         E -= self.target
         loss = 0.5 * np.einsum("kij,kij->k", E, E)
-        gX, gYt = E @ Yt.transpose(0, 2, 1), X.transpose(0, 2, 1) @ E
+        gX, gYt = E @ Y, Xt @ E
         reg = self.hyper["regularizer"]
-        if reg.any():
-            D = X.transpose(0, 2, 1) @ X - Yt @ Yt.transpose(0, 2, 1)
+        if self.hyper.any("regularizer"):
+            D = Xt @ X - Yt @ Y
             loss = loss + reg / 8 * np.einsum("kij,kij->k", D, D)
             gX += (reg / 2)[:, None, None] * (X @ D)
             gYt -= (reg / 2)[:, None, None] * (D @ Yt)
@@ -86,6 +101,7 @@ class Subspace:
 
     def select(self, index: Tensor) -> None:
         self.params = [p.index_select(0, index) for p in self.params]
+        self._arrays()
         self.B_U, self.B_V = self.B_U.index_select(0, index), self.B_V.index_select(0, index)
         self.target = self.target[index.numpy()]
 
@@ -100,6 +116,7 @@ class Full:
 
     def __init__(self, Vt: Tensor, U: Tensor, targets: Tensor, rank: int, hyper: Members) -> None:
         self.params = [Vt.contiguous(), U.mT.contiguous().mT]
+        self.arrays = [p.numpy() for p in self.params]  # views of the weights' memory (the updates are in place)
         self.targets = targets  # [d1, d2] shared or [K, d1, d2]
         self.L, self.R = factors(targets, rank)
         M = targets.reshape(len(targets) if targets.ndim == 3 else 1, -1)
@@ -114,7 +131,7 @@ class Full:
         gVt = torch.baddbmm(torch.matmul(P, self.R.mT), C, Vt, beta=-1)
         loss = 0.5 * (self.target_sq - 2 * _vecdot(P, Q) + _vecdot(A, C))  # [K] arithmetic in NumPy: ~1 us an op
         reg = self.hyper["regularizer"]
-        if reg.any():
+        if self.hyper.any("regularizer"):
             D = C - A
             loss = loss + reg / 8 * _vecdot(D, D)
             gUt += self.hyper.like("regularizer", Vt) / 2 * torch.bmm(D, Ut)
@@ -146,6 +163,7 @@ class Full:
     def select(self, index: Tensor) -> None:
         Vt, U = self.params
         self.params = [Vt.index_select(0, index), U.mT.index_select(0, index).contiguous().mT]
+        self.arrays = [p.numpy() for p in self.params]
         if self.targets.ndim == 3:
             self.targets = self.targets.index_select(0, index)
             self.L, self.R = (f.index_select(0, index) if f.ndim == 3 else f for f in (self.L, self.R))

@@ -46,7 +46,7 @@ def sum_squares(tensors: Sequence[Tensor]) -> np.ndarray:
     out = np.empty((K, len(tensors)))
     for j, t in enumerate(tensors):
         v = t.detach().numpy().reshape(K, -1).astype(np.float64, copy=False)
-        out[:, j] = np.einsum("ki,ki->k", v, v)
+        out[:, j] = v[0] @ v[0] if K == 1 else np.einsum("ki,ki->k", v, v)  # one run: BLAS's dot
     return out
 
 
@@ -99,6 +99,7 @@ class Networks:
         else:
             self.params = [torch.stack([m.params[i].detach() for m in models]).requires_grad_(True)
                            for i in range(len(self.names))]  # fmt: skip
+        self.arrays = [p.detach().numpy() for p in self.params]  # views of the weights' memory (updates are in place)
         self.stacked_model = self._holding(self.params) if self.stacks and not self.single else None
         flat = self.stacks  # an MLP takes flat samples [N, d]: flatten once, not every step
         prepare = (lambda x: x.reshape(len(x), -1)) if flat else (lambda x: x)
@@ -124,8 +125,8 @@ class Networks:
 
     def _outputs(self, x: Tensor, stacked: bool) -> Tensor:
         """f [K, N, out] for inputs x: [N, ...] for every member, or per member [K, N, ...] (``stacked``)."""
-        if self.single:
-            return self.model(x[0] if stacked else x)[None]
+        if self.single:  # f [1, N, out] as a view: member_losses reduces over the last two dims
+            return self.model(x[0] if stacked else x).unsqueeze(0)
         if self.stacked_model is not None:
             return self.stacked_model(x)
         weights = dict(zip(self.names, self.params))
@@ -155,13 +156,13 @@ class Networks:
     def gradient(self) -> list[Tensor]:
         return self.evaluate()[1]
 
-    @torch.no_grad()
     def row_loss(self, loss: np.ndarray) -> np.ndarray:
         """The loss on the whole training set (a mini-batch run's step loss is its batch's)."""
         if self.batches is None:
             return loss
         x, y, stacked = self._data(None)
-        return member_losses(self._outputs(x, stacked), y, self.kind).numpy().astype(float)
+        with torch.no_grad():
+            return member_losses(self._outputs(x, stacked), y, self.kind).numpy().astype(float)
 
     def weights(self, i: int) -> list[Tensor]:
         return [p[i].detach() for p in self.params]
@@ -173,6 +174,7 @@ class Networks:
         keep = np.zeros(len(self.params[0]), dtype=bool)
         keep[index.numpy()] = True
         self.params = [p.detach().index_select(0, index).requires_grad_(True) for p in self.params]
+        self.arrays = [p.detach().numpy() for p in self.params]
         if self.stacked_model is not None:
             self._holding(self.params)
         if not self.shared:

@@ -40,9 +40,14 @@ class Members:
     def __init__(self, values: dict[str, np.ndarray]) -> None:
         self.values = values
         self._tensors: dict[tuple, Tensor] = {}
+        self._any = {name: bool(v.any()) for name, v in values.items()}
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.values[name]
+
+    def any(self, name: str) -> bool:
+        """Whether any member's ``name`` is nonzero (e.g. weight decay: else the update skips it)."""
+        return self._any[name]
 
     def like(self, name: str, p: Tensor) -> Tensor:
         key = (name, p.ndim, p.dtype)
@@ -53,6 +58,7 @@ class Members:
 
     def set(self, name: str, member: int, value: float) -> None:
         self.values[name][member] = value
+        self._any[name] = bool(self.values[name].any())
         self._tensors = {k: t for k, t in self._tensors.items() if k[0] != name}
 
     def select(self, keep: np.ndarray) -> Members:
@@ -77,7 +83,7 @@ class Step:
 
     def decayed(self) -> list[Tensor]:
         """d = g + lambda theta (coupled L2 weight decay)."""
-        if not self.hyper["weight_decay"].any():
+        if not self.hyper.any("weight_decay"):
             return self.grads
         return [g + self.per("weight_decay", p) * p for p, g in zip(self.params, self.grads)]
 
@@ -95,6 +101,9 @@ class Rule:
 
 def _gd(s: Step) -> Extras:
     """theta <- theta - eta (g + lambda theta). Mini-batch SGD is the same update on a batch gradient."""
+    if len(s.lr) == 1:  # one run: one fused kernel per parameter with a scalar step size
+        torch._foreach_add_(s.params, s.decayed(), alpha=-float(s.lr[0]))
+        return {}
     for p, d, a in zip(s.params, s.decayed(), s.neg_lr):
         p.addcmul_(d, a)
     return {}

@@ -128,7 +128,7 @@ class GapLaw:
 
         E = 0.0 if theta_grad is None else theta_grad @ P.T
         lam = hyper["weight_decay"]
-        plain = theta_grad is None and not lam.any()
+        plain = theta_grad is None and not hyper.any("weight_decay")
         step = LawStep(lr[:, None], lam[:, None], hyper["momentum"][:, None], E, delta, plain)
         self.G, self.B = self.recursion(self.G, self.B, step)
 
