@@ -149,8 +149,8 @@ class Networks:
             losses = member_losses(self._outputs(x, stacked), y, self.kind)
             if self.single:
                 grads = [g.unsqueeze(0) for g in torch.autograd.grad(losses.sum(), self.leaves)]
-            else:
-                grads = list(torch.autograd.grad(losses.sum(), self.params))
+            else:  # z W^T's backward gives the stacked W's gradient as a transposed view: updates want it dense
+                grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), self.params)]
         return losses.detach().numpy().astype(float), grads, sum_squares(grads)
 
     def gradient(self) -> list[Tensor]:
