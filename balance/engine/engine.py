@@ -16,7 +16,6 @@ No I/O, threads or clocks: a driver steps it, stops it (``stop``) and changes a 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from torch import Tensor
 from balance.config import RunConfig
 from balance.data import make_task
 from balance.engine import laws
+from balance.engine.grouping import PER_MEMBER, engine_key, layout_of, why_not_together
 from balance.engine.metrics import COMPUTE, Snapshot
 from balance.engine.mf import Full, Subspace
 from balance.engine.models import MODELS, HomogeneousModel, build_model
@@ -36,30 +36,12 @@ from balance.engine.optim import HYPER, RULES, Flow, Members, Optimizer, inner
 from balance.engine.sharpness import step_advice
 from balance.engine.theory import GapLaw, pair_matrix
 
+__all__ = ["DENSE_STEPS", "DIVERGENCE_FACTOR", "DTYPES", "PER_MEMBER", "Engine", "RunStatus", "engine_key",
+           "layout_of", "should_log", "why_not_together"]  # fmt: skip
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DENSE_STEPS = 10_000  # every step logged up to here; then about 4,500 rows per decade
 DIVERGENCE_FACTOR = 1e8  # a loss this many times its start (or 1) counts as exploding
-
-# Settings each member may choose for itself; everything else must agree within an engine.
-PER_MEMBER = (
-    "seed",
-    "max_seconds",
-    "data.seed",
-    "model.init",
-    "model.init_scale",
-    "model.layer_scales",
-    "model.regularizer",
-    "optim.lr",
-    "optim.momentum",
-    "optim.beta2",
-    "optim.eps",
-    "optim.weight_decay",
-    "optim.schedule",
-    "optim.decay_power",
-    "optim.decay_every",
-    "optim.decay_factor",
-    "optim.rtol",
-)
 
 
 def should_log(k: int, last: int, log_every: int = 1) -> bool:
@@ -76,31 +58,6 @@ class RunStatus:
     state: str  # running | finished | diverged | stopped | failed
     step: int
     message: str = ""
-
-
-def engine_key(config: RunConfig) -> str:
-    """Configs with equal keys can train in one engine (everything but ``PER_MEMBER``)."""
-    flat = config.flat()
-    return json.dumps({k: v for k, v in flat.items() if k not in PER_MEMBER}, sort_keys=True)
-
-
-def why_not_together(configs: Sequence[RunConfig]) -> str:
-    """Why ``configs`` cannot train in one engine ('' when they can)."""
-    if not configs:
-        return "an engine needs at least one config"
-    if len({engine_key(c) for c in configs}) > 1:
-        return "the configs differ in shape"
-    name = configs[0].optim.name
-    if len(configs) > 1 and not laws.OPTIMIZERS[name].batches:
-        return f"the {name} optimiser trains one run at a time"
-    return ""
-
-
-def layout_of(model: HomogeneousModel) -> laws.Layout:
-    """The registry's view of a model: its number of layers, the layers with a bias, the linear pairs."""
-    biases = tuple(h for h, layer in enumerate(model.layers, start=1) if layer.bias is not None)
-    linear = tuple(g.layer + 1 for g in model.neurons if g.linear)
-    return laws.Layout(len(model.layers), biases, linear)
 
 
 class Engine:
