@@ -57,7 +57,7 @@ class Snapshot:
     def squares(self) -> list[np.ndarray]:
         """theta_p^2 entry by entry [K, ...] in float64 (exact: a product of two float32 fits a float64), once for
         every metric that sums squares."""
-        return [np.multiply(v, v, dtype=np.float64) for v in self.raw]
+        return [np.square(v) for v in self.views]
 
     @cached_property
     def sq(self) -> np.ndarray:
