@@ -3,7 +3,8 @@
 Cases (float64, metrics every 10 steps, every metric column the single trainer logs):
 
 - MF: 64 configurations, d1 = d2 = 50, rank 5, 2,000 steps (step sizes, init scales and seeds all differ):
-  ``batched.train_batched`` against 64 ``balance.run`` calls one after the other (target: 20x);
+  ``batched.train_batched`` (one engine of K = 64) against 64 ``balance.run`` calls one after the other (engines of
+  K = 1, in the same subspace coordinates) (target: 20x);
 - MLP: depth 3, width 64, teacher data with 256 samples, 8 configurations, 500 steps (target: 2x), with its FLOP
   floor (the matmul FLOPs of forward and backward at the measured peak);
 - saturation: MF per-model step time as K grows (1, 8, 64, 256; one batch each), and the share of the measured
@@ -99,8 +100,9 @@ def matmul_peak(n: int = 1024, repeats: int = 3) -> float:
 
 
 def mf_flops(config: RunConfig) -> tuple[float, float]:
-    """Matmul FLOPs per member-step: (single trainer: U V^T, R V, U^T R in d1 x d2; batched: the same three
-    products in the subspace coordinates, p = min(d1, r + r*), q = min(d2, r + r*))."""
+    """Matmul FLOPs per member-step: (the dense problem: U V^T, R V, U^T R in d1 x d2; what the engine computes, for
+    a single run and a batch alike: the same three products in the subspace coordinates, p = min(d1, r + r*),
+    q = min(d2, r + r*))."""
     d1, d2, r, rs = config.data.d1, config.data.d2, config.data.rank, config.data.rank
     p, q = min(d1, r + rs), min(d2, r + rs)
     return 3 * 2 * d1 * d2 * r, 3 * 2 * p * q * r

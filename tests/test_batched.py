@@ -159,7 +159,7 @@ def test_float32_members_compute_every_metric_in_float64(family: Family, optimiz
         trainer.step()
     rows = trainer.rows()
     weights = [p.detach().numpy().astype(np.float64) for p in trainer.params]
-    grads = [g.numpy().astype(np.float64) for g in trainer.flat_grads]
+    grads = [g.numpy().astype(np.float64) for g in trainer.grads]
     K = len(rows)
     for h, layer in enumerate(trainer.model.layers, start=1):
         W, g = weights[layer.weight].reshape(K, -1), grads[layer.weight].reshape(K, -1)

@@ -361,6 +361,23 @@ def test_invariant_functions_match_explicit(family: Family, as_numpy: bool, data
     assert all(g.linear == family.linear for g in model.neurons)
 
 
+@pytest.mark.parametrize("as_numpy", [False, True], ids=["torch", "numpy"])
+@pytest.mark.parametrize("family", [*FAMILIES, BATCH_NORM], ids=[*FAMILY_IDS, BATCH_NORM.id])
+def test_stacked_invariant_functions_equal_each_members(family: Family, as_numpy: bool) -> None:
+    """``stacked=True`` (the engine's metrics over K runs [K, ...]) gives row i = the function of run i."""
+    runs = [[p.detach() for p in instance(make_config(family, seed=s)).model.params] for s in (1, 2, 3)]
+    model = instance(make_config(family)).model
+    stacked = [torch.stack(ts) for ts in zip(*runs)]
+    convert = (lambda ts: [t.numpy() for t in ts]) if as_numpy else (lambda ts: ts)
+    for group in model.neurons:
+        functions = [incoming_sqnorms, outgoing_sqnorms, neuron_balance, incoming_matrix]
+        functions += [matrix_invariant] if group.linear else []
+        for f in functions:
+            together = np.asarray(f(convert(stacked), group, stacked=True))
+            for i, run in enumerate(runs):
+                np.testing.assert_allclose(together[i], np.asarray(f(convert(run), group)), rtol=1e-13, atol=1e-14)
+
+
 def test_rescale_touches_only_its_group() -> None:
     """rescale returns new tensors for the group and the very same objects for every other parameter."""
     inst = instance(make_config(FAMILIES[FAMILY_IDS.index("mlp-relu-bias")]))

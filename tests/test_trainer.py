@@ -25,7 +25,7 @@ from torch import Tensor
 from balance.api import run
 from balance.config import OptimConfig, RunConfig
 from balance.optim import SCHEDULES
-from balance.theory import GapPredictor, pair_matrix
+from balance.theory import GapLaw, pair_matrix
 from balance.trainer import DENSE_STEPS, Trainer, metric_columns, should_log
 
 MF = FAMILIES[FAMILY_IDS.index("mf")]
@@ -72,7 +72,7 @@ CASES = [
 @pytest.mark.parametrize(("family", "optimizer"), CASES)
 def test_logged_gap_drift_equals_the_exact_prediction(family: Family, optimizer: str) -> None:
     """gap_drift = pred_gap_drift at every row: GD / SGD (with decay and schedules) to 1e-10 of the prediction's
-    size, momentum and Nesterov (theory.GapPredictor's (A, B) recursions) to 1e-9."""
+    size, momentum and Nesterov (theory.RECURSIONS' (A, B) recursions) to 1e-9."""
     optim, rtol = OPTIMIZERS[optimizer]
     df, status = run(make_config(family, optim=optim, steps=40, seed=11))
     assert status.state == "finished" and list(df.step) == list(range(41))
@@ -174,6 +174,7 @@ def test_neuron_and_matrix_columns(family: Family) -> None:
     B0 = None
     for k in range(31):
         row = dict(zip(trainer.columns, trainer.row()))
+        model = trainer.model  # the module with the current weights (mf trains in other coordinates: written back)
         params = [p.detach().clone() for p in model.params]
         B = [
             torch.stack([sum(sq(t) for t in i) - sq(o) for i, o in units]) for units in explicit_neurons(model, params)
@@ -287,7 +288,8 @@ def test_gradient_flow_keeps_every_gap_constant(config: RunConfig) -> None:
 def _with_the_formula_forced(config: RunConfig) -> pd.DataFrame:
     """The run with the plain GD recursion accumulated anyway, where balance claims no law (tanh)."""
     trainer = Trainer(config)
-    trainer.predictor = GapPredictor(config.optim, pair_matrix(trainer.model), trainer.gap0)
+    engine = trainer.engine
+    engine.law = GapLaw(config.optim.name, pair_matrix(trainer.model), engine.gap0, predicts=True)
     rows = []
     while trainer.status.state == "running":
         rows += trainer.step()
@@ -378,13 +380,13 @@ def test_mini_batches_cover_every_sample_once_per_epoch_in_a_seeded_order() -> N
     config = make_config(RELU, optim=OptimConfig(name="sgd", lr=0.1, batch_size=5), seed=3)  # 12 samples
 
     def batches(config: RunConfig, n: int) -> list[list[int]]:
-        trainer = Trainer(config)  # its first batch is already drawn for step 0
-        return [trainer._next_batch().tolist() for _ in range(n)]  # type: ignore[union-attr]
+        batches = Trainer(config).engine.problem.batches  # its first batch is already drawn for step 0
+        return [batches.draw()[0].tolist() for _ in range(n)]
 
     drawn = batches(config, 12)  # 60 indices: the rest of epoch 1, epochs 2 to 5, the start of epoch 6
     assert all(len(b) == 5 for b in drawn)
     flat = [i for b in drawn for i in b]
-    rest = Trainer(config)._order.tolist()  # what is left of epoch 1 after step 0's batch: 7 samples
+    rest = Trainer(config).engine.problem.batches.pending[0].tolist()  # left of epoch 1 after step 0's: 7 samples
     assert len(rest) == 7 and flat[:7] == rest and len(set(rest)) == 7
     for e in range(4):
         assert sorted(flat[7 + 12 * e : 19 + 12 * e]) == list(range(12))
@@ -478,8 +480,10 @@ def test_float32_runs_compute_every_metric_in_float64(family) -> None:
     for _ in range(30):
         trainer.step()
     row = dict(zip(trainer.columns, trainer.row()))
-    weights = [v.astype(np.float64) for v in trainer.views]
-    grads = [g.numpy().astype(np.float64) for g in trainer.grads]
+    # the float32 tensors the engine trains (for mf: in its subspace coordinates, where the metrics are summed)
+    weights = [p.detach()[0].numpy().astype(np.float64) for p in trainer.engine.params]
+    grads = [g[0].numpy().astype(np.float64) for g in trainer.engine.grads]
+    assert all(p.dtype == torch.float32 for p in trainer.engine.params)
     for h, layer in enumerate(trainer.model.layers, start=1):
         W, g = weights[layer.weight], grads[layer.weight]
         assert row[f"sqnorm_{h}"] == pytest.approx(float(np.sum(W * W)), rel=1e-14)

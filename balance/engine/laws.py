@@ -1,0 +1,216 @@
+"""The registry of laws and metrics, torch-free: what each optimiser and activation does to the layer gaps, and what
+every logged column means.
+
+- ``OPTIMIZERS``: per optimiser its help, the settings it reads and its exact law (the per-step recursion of the layer
+  gap G_h, formula sheet section 3) or the reason there is none. The torch side is keyed by the same names: the
+  update on stacked weights (``balance.engine.optim.RULES``) and the recursion's numbers
+  (``balance.engine.theory.RECURSIONS``).
+- ``ACTIVATIONS``: per activation whether it is positively homogeneous (the rescaling symmetry holds); its function
+  is ``balance.engine.models.ACTIVATION_FUNCTIONS``, keyed by the same names.
+- ``SCHEDULES``: the step-size schedules eta_k = eta_0 s(k).
+- ``METRICS``: per metric its scope (scalar / layer / pair / neuron), kind (coordinate / measured / predicted),
+  formula, TeX label, unit and sign convention; the torch side is ``balance.engine.metrics.COMPUTE``.
+- Column names (``gap_drift_2``) are made by ``column`` / ``columns`` and read back by ``parse``, nowhere else.
+  (The metric half lives in ``balance.engine.columns``; this module re-exports it, so the registry is one import.)
+
+Importing this module imports neither torch nor numpy (tested in a fresh interpreter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from balance.engine.columns import (
+    KINDS,
+    METRICS,
+    NEURON_INDEX,
+    SCOPES,
+    Layout,
+    Metric,
+    column,
+    columns,
+    label,
+    of_metric,
+    parse,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "KINDS",
+    "METRICS",
+    "MODEL_NO_LAW",
+    "NEURON_INDEX",
+    "NO_LAW",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SCOPES",
+    "Activation",
+    "Law",
+    "Layout",
+    "Metric",
+    "Optimizer",
+    "Schedule",
+    "column",
+    "columns",
+    "label",
+    "of_metric",
+    "parse",
+    "why_no_law",
+]
+
+# --- optimisers and their laws ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Law:
+    """The exact per-step recursion of the layer gap G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2.
+
+    Delta<x, y> = <x_{h+1}, y_{h+1}> - <x_h, y_h> (biases on the h side); g_k is the gradient the step used (the
+    mini-batch's for SGD), E_k = Delta<theta_k, g_k> (0 for a rescaling-invariant objective; MF's balancing
+    regulariser makes it nonzero and is carried exactly).
+    """
+
+    recursion: str  # plain text, one line per state variable
+    tex: str
+    reads: tuple[str, ...] = ()  # the optimiser's buffers the recursion reads besides ||g||^2 (e.g. ||v_{k+1}||^2)
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    help: str
+    settings: tuple[str, ...]  # dotted settings the update reads (besides the schedule's own)
+    law: Law | None
+    no_law: str = ""  # why there is no law, where ``law`` is None
+    batches: bool = True  # can train K > 1 members on stacked weights
+
+    @property
+    def exact_theory(self) -> bool:
+        return self.law is not None
+
+
+_STEP = ("optim.lr", "optim.weight_decay", "optim.schedule")
+_GD_LAW = Law(
+    "G_{k+1} = (1 - eta lambda)^2 G_k - 2 eta (1 - eta lambda) E_k + eta^2 Delta||g_k||^2",
+    r"G_{k+1} = (1-\eta\lambda)^2 G_k - 2\eta(1-\eta\lambda)E_k + \eta^2 \Delta\|g_k\|^2",
+)
+OPTIMIZERS: dict[str, Optimizer] = {
+    "gd": Optimizer("full-batch gradient descent", _STEP, _GD_LAW),
+    "sgd": Optimizer("mini-batch stochastic gradient descent", (*_STEP, "optim.batch_size"), _GD_LAW),
+    "momentum": Optimizer(
+        "heavy-ball momentum (PyTorch convention)",
+        (*_STEP, "optim.momentum", "optim.batch_size"),
+        Law(
+            "G_{k+1} = G_k - 2 eta (beta B_k + E_k + lambda G_k) + eta^2 C_{k+1}; "
+            "B_{k+1} = beta B_k + E_k + lambda G_k - eta C_{k+1}  (B = Delta<theta, v>, C = Delta||v||^2, B_0 = 0)",
+            r"G_{k+1} = G_k - 2\eta(\beta B_k + E_k + \lambda G_k) + \eta^2 C_{k+1},\ "
+            r"B_{k+1} = \beta B_k + E_k + \lambda G_k - \eta C_{k+1}",
+            ("vv",),
+        ),
+    ),
+    "nesterov": Optimizer(
+        "Nesterov momentum (PyTorch convention)",
+        (*_STEP, "optim.momentum", "optim.batch_size"),
+        Law(
+            "G_{k+1} = G_k - 2 eta ((1 + beta)(lambda G_k + E_k) + beta^2 B_k) + eta^2 Delta||u_k||^2; "
+            "B_{k+1} = beta B_k + lambda G_k + E_k - eta Delta<u_k, v_{k+1}>  (u_k = d_k + beta v_{k+1})",
+            r"G_{k+1} = G_k - 2\eta((1+\beta)(\lambda G_k + E_k) + \beta^2 B_k) + \eta^2\Delta\|u_k\|^2,\ "
+            r"B_{k+1} = \beta B_k + \lambda G_k + E_k - \eta\Delta\langle u_k, v_{k+1}\rangle",
+            ("uu", "uv"),
+        ),
+    ),
+    "adam": Optimizer(
+        "Adam (coordinate-wise: breaks the invariant)",
+        (*_STEP, "optim.momentum", "optim.beta2", "optim.eps", "optim.batch_size"),
+        None,
+        "Adam rescales each coordinate of the gradient: the rescaling symmetry gives no law for its steps",
+    ),
+    "flow": Optimizer(
+        "gradient flow, integrated by an adaptive ODE solver",
+        ("optim.lr", "optim.rtol"),
+        Law("G(t) = G(0)", r"G(t) = G(0)"),
+        batches=False,
+    ),
+}
+
+# --- activations --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    help: str
+    homogeneous: bool  # phi(c z) = c phi(z) for c > 0: the rescaling symmetry, hence the laws, hold
+    no_law: str = ""
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation("max(z, 0)", True),
+    "leaky_relu": Activation("max(z, a z) with the negative slope a", True),
+    "linear": Activation("the identity (a deep linear network; the matrix invariant holds too)", True),
+    "tanh": Activation(
+        "tanh(z), the non-homogeneous control", False, "tanh is not homogeneous: no conservation law to predict"
+    ),
+}
+
+# Reasons on the model side, where neither the optimiser nor the activation decides.
+MODEL_NO_LAW = {
+    "batch_norm": (
+        "batch norm makes each hidden layer's weights scale-invariant, so the layer gaps are not conserved "
+        "(the per-neuron law still holds for batch norm's own scale and shift)"
+    ),
+    "flow_regularized": "gradient flow with the balancing regulariser has no closed-form gap: nothing to predict",
+}
+NO_LAW = {  # every reason by key, as ``balance.laws.NO_LAW`` has always offered them
+    "tanh": ACTIVATIONS["tanh"].no_law,
+    "adam": OPTIMIZERS["adam"].no_law,
+    **MODEL_NO_LAW,
+}
+
+
+def why_no_law(config: Any) -> str:
+    """'' where the layer-gap law predicts the drift of every pair of ``config`` (a RunConfig); else why not."""
+    m, o = config.model, config.optim
+    activation = "linear" if m.name in ("mf", "linear") else m.activation
+    if not ACTIVATIONS[activation].homogeneous:
+        return ACTIVATIONS[activation].no_law
+    if m.batch_norm:
+        return MODEL_NO_LAW["batch_norm"]
+    if OPTIMIZERS[o.name].law is None:
+        return OPTIMIZERS[o.name].no_law
+    if o.name == "flow" and m.regularizer:
+        return MODEL_NO_LAW["flow_regularized"]
+    return ""
+
+
+# --- schedules ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """eta_k = eta_0 * factor(cfg, k); called as ``SCHEDULES[name](optim_config, k)``."""
+
+    factor: Callable[[Any, int], float]
+    help: str
+    formula: str
+    settings: tuple[str, ...] = ()
+
+    def __call__(self, cfg: Any, k: int) -> float:
+        return self.factor(cfg, k)
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "constant": Schedule(lambda cfg, k: 1.0, "a constant step size", "eta_k = eta_0"),
+    "theorem": Schedule(
+        lambda cfg, k: (k + 1) ** -(0.5 + cfg.decay_power),
+        "square-summable but not summable (the paper's Theorem 3.1)",
+        "eta_k = eta_0 (k + 1)^-(1/2 + delta)",
+        ("optim.decay_power",),
+    ),
+    "step": Schedule(
+        lambda cfg, k: cfg.decay_factor ** (k // cfg.decay_every),
+        "multiplied by a factor every so many steps",
+        "eta_k = eta_0 f^floor(k / n)",
+        ("optim.decay_every", "optim.decay_factor"),
+    ),
+}
