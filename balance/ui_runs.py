@@ -12,7 +12,6 @@ messages, imported configs, the uploaded file's name) is shown as text, never as
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 import shutil
@@ -90,32 +89,12 @@ def _column(runs: pd.DataFrame, name: str) -> Sequence[Any]:
     return runs[name].tolist() if name in runs else [None] * len(runs)
 
 
-def lr_text(lr: float, history: Any = None) -> str:
-    """The step size as the table shows it: ``0.01``, or ``0.01 → 0.05 at step 300`` if it was changed mid-run.
-
-    ``history``: the store's ``lr_history``, (step, lr) pairs (or {"step", "lr"} dicts, or their JSON), first
-    the starting value; None or empty when it never changed.
-    """
-    changes = _lr_changes(history)
-    if not changes:
-        return "" if lr is None or (isinstance(lr, float) and math.isnan(lr)) else number_text(float(lr))
-    start, rest = (changes[0][1], changes[1:]) if changes[0][0] == 0 else (lr, changes)
-    text = number_text(float(start))
-    for step, value in rest:
-        text += f" → {number_text(float(value))} at step {step}"
-    return text
-
-
-def _lr_changes(history: Any) -> list[tuple[int, float]]:
-    if isinstance(history, str):
-        try:
-            history = json.loads(history)
-        except ValueError:
-            return []
-    if not isinstance(history, (list, tuple)):
-        return []
-    pairs = [(h["step"], h["lr"]) if isinstance(h, dict) else tuple(h) for h in history]
-    return [(int(s), float(v)) for s, v in pairs]
+def lr_text(lr: float, history: object = None) -> str:
+    """The step size as the table shows it: the store's ``lr_history`` (``0.01 → 0.05 at step 300``) where it was
+    changed while the run trained, else the configured one (``0.01``)."""
+    if isinstance(history, str) and history:
+        return history
+    return "" if lr is None or math.isnan(float(lr)) else number_text(float(lr))
 
 
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:
@@ -123,6 +102,7 @@ def run_labels(runs: pd.DataFrame) -> dict[str, str]:
     labels: dict[str, str] = {}
     for r in runs.itertuples():
         what = f"{r.model} · {r.optimizer} η={r.step_size} · σ={number_text(float(r.init_scale))}"
+        what = "unreadable" if r.state == "unreadable" else what
         label = f"{r.name or r.id} ({what})" + (" · imported" if r.origin == "imported" else "")
         labels[r.id] = f"{label} [{r.id}]" if label in labels.values() else label
     return labels
