@@ -23,11 +23,14 @@ def frame(columns: list[str], rows: list[list[float]]) -> pd.DataFrame:
     return df.astype({"step": "int64"})
 
 
-def run(config: RunConfig, on_step: Callable[[int], None] | None = None) -> RunResult:
-    """Train ``config`` to its last step (or divergence, or its wall-time limit).
+def run(
+    config: RunConfig, on_step: Callable[[int], None] | None = None, stop: Callable[[], bool] | None = None
+) -> RunResult:
+    """Train ``config`` to its last step (or divergence, or its wall-time limit, or ``stop``).
 
-    ``on_step(k)`` is called after every step (the CLI's progress bar). Returns ``(metrics, status)``; a diverged
-    run keeps its rows up to and including the step that went wrong.
+    ``on_step(k)`` is called after every step (the CLI's progress bar). ``stop()`` is asked after every step: True
+    ends the run as ``interrupted`` with the rows so far and the current state as its last row (the CLI's Ctrl-C).
+    Returns ``(metrics, status)``; a diverged run keeps its rows up to and including the step that went wrong.
     """
     trainer = Trainer(config)
     rows: list[list[float]] = []
@@ -40,4 +43,8 @@ def run(config: RunConfig, on_step: Callable[[int], None] | None = None) -> RunR
             rows.append(trainer.row())
             limit = config.max_seconds
             trainer.status = RunStatus("stopped", trainer.step_index, f"stopped at the wall-time limit of {limit:g} s")
+        if stop is not None and trainer.status.state == "running" and stop():
+            rows.append(trainer.row())
+            k = trainer.step_index
+            trainer.status = RunStatus("interrupted", k, f"interrupted at step {k} of {config.steps}")
     return RunResult(frame(trainer.columns, rows), trainer.status)

@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from balance.api import RunResult, frame
 from balance.config import RunConfig
 from balance.data import make_task
+from balance.laws import why_no_law
 from balance.models import HomogeneousModel, build_model
 from balance.optim import SCHEDULES
+from balance.sharpness import step_advice
 from balance.theory import pair_matrix
 from balance.trainer import DIVERGENCE_FACTOR, DTYPES, RunStatus, metric_columns, should_log
 
@@ -159,7 +161,7 @@ class BatchedTrainer:
         sq = self._sqnorms()
         self.gap0 = self._gaps(sq)
         self.G, self.B = self.gap0.copy(), np.zeros_like(self.gap0)
-        if self.optimizer == "adam":
+        if why_no_law(first):  # Adam, tanh: no law (the reason is shared: both are part of the batch key)
             self.G[:] = np.nan
         self.balance0 = self._balances()
         self.matrix0 = self._matrices()
@@ -203,8 +205,8 @@ class BatchedTrainer:
             self.flat_grads = self.grads
         if not self.reduced:
             K = len(self.loss)
-            sq = [torch.linalg.vecdot(g.reshape(K, -1), g.reshape(K, -1)) for g in self.flat_grads]
-            self.grad_sq = torch.stack(sq, 1).numpy().astype(float)
+            flat = [g.reshape(K, -1).double() for g in self.flat_grads]  # float64 sums, also of a float32 batch
+            self.grad_sq = torch.stack([torch.linalg.vecdot(g, g) for g in flat], 1).numpy()
 
     def _reduced_loss_and_gradients(self) -> tuple[np.ndarray, list[torch.Tensor]]:
         """``MatrixFactorisation.loss_and_gradients`` in the subspace coordinates (see ``_reduce``), [K, p, q] at most
@@ -224,7 +226,7 @@ class BatchedTrainer:
             loss = loss + reg / 8 * np.einsum("kij,kij->k", D, D)
             gX += (reg / 2)[:, None, None] * (X @ D)
             gYt -= (reg / 2)[:, None, None] * (D @ Yt)
-        self.grad_sq = np.stack([np.einsum("kij,kij->k", gYt, gYt), np.einsum("kij,kij->k", gX, gX)], 1)
+        self.grad_sq = np.stack([_sum_sq(gYt), _sum_sq(gX)], 1)
         self.flat_grads = [torch.from_numpy(gYt), torch.from_numpy(gX)]
         return loss, self.flat_grads
 
@@ -326,8 +328,9 @@ class BatchedTrainer:
         return da * (1 - a * a) if name == "tanh" else da
 
     def _views(self) -> list[np.ndarray]:
-        """The weights as NumPy arrays sharing their memory: metrics are small reductions, cheaper in NumPy."""
-        return [p.detach().numpy() for p in self.params]
+        """The weights as float64 NumPy arrays (sharing their memory in a float64 batch): metrics are small
+        reductions, cheaper in NumPy, and summed in float64 whatever the training precision."""
+        return [p.detach().numpy().astype(np.float64, copy=False) for p in self.params]
 
     def _sqnorms(self) -> np.ndarray:
         """||theta_p||^2 per member and parameter, [K, n_params]."""
@@ -430,7 +433,8 @@ class BatchedTrainer:
         lr = self.lr_at(k)
         for i, member in enumerate(self.members):
             if why[i]:
-                msg = f"diverged at step {k} (t = {self.t[i]:.4g}): {why[i]}; try a step size below {lr[i] / 2:.3g}"
+                advice = step_advice(self.configs[member], float(lr[i]))[1]
+                msg = f"diverged at step {k} (t = {self.t[i]:.4g}): {why[i]}; {advice}"
                 self.status[member] = RunStatus("diverged", k, msg)
             elif k == last:
                 self.status[member] = RunStatus("finished", k)
@@ -519,7 +523,10 @@ class BatchedTrainer:
         if not self.reduced:  # U is stored transposed, and its gradient kept as U^T
             U = U.mT
         K = len(Vt)
-        dots = [torch.linalg.vecdot(x.reshape(K, -1), g.reshape(K, -1)).numpy() for x, g in ((Vt, gVt), (U, gU))]
+        dots = [
+            torch.linalg.vecdot(x.reshape(K, -1).double(), g.reshape(K, -1).double()).numpy()
+            for x, g in ((Vt, gVt), (U, gU))
+        ]
         E[:] = np.stack(dots, 1) @ self.P.T
         E[self.hyper["reg"] == 0] = 0.0
         return E
@@ -586,9 +593,14 @@ def _factors(M: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return M, torch.eye(M.shape[-1], dtype=M.dtype)
 
 
+def _sum_sq(x: np.ndarray) -> np.ndarray:
+    """||x_k||^2 per member of a stacked [K, ...] array, summed in float64."""
+    return np.einsum("kij,kij->k", x, x, dtype=np.float64)
+
+
 def _inner(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> np.ndarray:
     """<a_p, b_p> per member and parameter, [K, n_params]."""
-    return torch.stack([(x * y).reshape(len(x), -1).sum(1) for x, y in zip(a, b)], 1).numpy().astype(float)
+    return torch.stack([(x.double() * y.double()).reshape(len(x), -1).sum(1) for x, y in zip(a, b)], 1).numpy()
 
 
 def train_batched(configs: Sequence[RunConfig], on_step: Callable[[int], None] | None = None) -> list[RunResult]:

@@ -2,8 +2,10 @@
 
 A cached run is an ordinary run in the run store (it shows on the Runs page and opens in Explore) whose name ends
 in ``#KEY``, where KEY hashes the full config and the source of the modules that produce the numbers. Change either
-and the key changes, so a stale result is never reused. Only runs that ended on their own (finished or diverged)
-are reused; a run stopped at a wall-time limit, failed or interrupted is trained again. A run of the config that
+and the key changes, so a stale result is never reused. Only runs this installation trained are reused (the store's
+``origin``, which no imported file can set: an archive with edited numbers and a matching name is never taken for
+a result), only if their stored config is the one asked for, and only runs that ended on their own (finished or
+diverged); a run stopped at a wall-time limit, failed or interrupted is trained again. A run of the config that
 is still training (another page, the lecture's warmer) is waited for, not trained twice.
 """
 
@@ -21,7 +23,7 @@ import pandas as pd
 
 from balance.api import run as train
 from balance.config import RunConfig
-from balance.store import RunStore
+from balance.store import RunStore, StoreError
 from balance.trainer import RunStatus
 
 # the modules whose code decides a run's numbers (not the UI, the store or the plots)
@@ -58,9 +60,24 @@ def find_cached(store: RunStore, configs: Sequence[RunConfig], training: bool = 
     still queued or training (in this process or another) counts too, when no ended one is there."""
     runs = store.list_runs()
     states = REUSABLE + (TRAINING if training else ())
-    runs = runs[runs["state"].isin(states)].sort_values("state", key=lambda s: s.isin(REUSABLE))  # ended ones last
-    by_key = {name.rpartition("#")[2]: run_id for run_id, name in zip(runs["id"], runs["name"]) if "#" in name}
-    return [by_key.get(cache_key(c)) for c in configs]
+    runs = runs[runs["state"].isin(states) & (runs["origin"] == "trained")]
+    runs = runs.sort_values("state", key=lambda s: ~s.isin(REUSABLE), kind="stable")  # ended ones first
+    candidates: dict[str, list[str]] = {}
+    for run_id, name in zip(runs["id"], runs["name"]):
+        if "#" in name:
+            candidates.setdefault(name.rpartition("#")[2], []).append(run_id)
+    return [_same_config(store, candidates.get(cache_key(c), []), c) for c in configs]
+
+
+def _same_config(store: RunStore, run_ids: list[str], config: RunConfig) -> str | None:
+    """The first of ``run_ids`` whose stored config is ``config`` (a name is only a hint)."""
+    for run_id in run_ids:
+        try:
+            if store.get_run(run_id).config == config:
+                return run_id
+        except StoreError:  # deleted meanwhile, or a damaged row: not a result to reuse
+            continue
+    return None
 
 
 def _wait_stored(store: RunStore, run_id: str, timeout: float) -> str:

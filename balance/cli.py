@@ -2,7 +2,9 @@
 
 Every setting of ``RunConfig`` is a flag, built from ``balance.config.schema()`` so a new field appears by itself;
 precedence is defaults < ``--preset`` or ``--config FILE.toml`` < flags. Exit codes: 0 finished, 2 bad input
-(one line on stderr), 3 diverged, 4 stopped at the wall-time limit, 130 interrupted.
+(one line on stderr), 3 diverged, 4 stopped at the wall-time limit, 130 interrupted (Ctrl-C on ``run`` stops after
+the current step; the rows so far are recorded and written). Files given as input are read only if they are regular
+files under a size cap; outputs are written whole (through a rename) with the user's usual permissions.
 
 A subcommand is one ``Command`` entry in ``COMMANDS``; ``add_config_arguments`` and ``config_from_args`` are
 shared by every subcommand that takes a config. Only the command-line modules print; the library logs.
@@ -15,6 +17,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -24,15 +27,18 @@ from typing import Any, NoReturn
 
 import pandas as pd
 
-from balance.config import ConfigError, RunConfig, choices_of, parse_value, schema
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from balance.config import ConfigError, RunConfig, choices_of, clip, loads_toml, parse_value, schema
+from balance.files import FileRefused, read_text_limited, write_atomic
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
-EXIT_BY_STATE = {"finished": EXIT_OK, "diverged": EXIT_DIVERGED, "stopped": EXIT_STOPPED, "failed": 1}
+EXIT_BY_STATE = {
+    "finished": EXIT_OK,
+    "diverged": EXIT_DIVERGED,
+    "stopped": EXIT_STOPPED,
+    "failed": 1,
+    "interrupted": EXIT_INTERRUPTED,
+}
+MAX_INPUT_BYTES = 2**20  # a config or a sweep spec: a 1,000-value axis is about 20 kB
 WRITERS: dict[str, Callable[[pd.DataFrame, str], None]] = {
     # floats are written in their shortest round-trip form, so every float64 survives the file exactly
     ".csv": lambda df, path: df.to_csv(path, index=False),
@@ -42,7 +48,7 @@ _DEST = "config:"  # namespace prefix of the setting flags, so they never clash 
 
 EXIT_CODES = """\
 exit codes: 0 finished, 2 bad input (one line on stderr), 3 diverged, 4 stopped at the wall-time limit
-(--max-seconds), 130 interrupted"""
+(--max-seconds), 130 interrupted (Ctrl-C: the rows so far are recorded and written; press twice to quit at once)"""
 
 
 class UsageError(Exception):
@@ -142,27 +148,31 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _base_config(args: argparse.Namespace) -> RunConfig:
     from balance.presets import preset
 
-    if getattr(args, "preset", None):
+    if getattr(args, "preset", None) is not None:
         return preset(args.preset)
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) is not None:
         return load_config(args.config)
     return RunConfig()
 
 
 def load_config(path: str) -> RunConfig:
-    """A ``RunConfig`` from a TOML file; every problem (missing, unreadable, not TOML, bad key) is a ConfigError."""
+    """A ``RunConfig`` from a TOML file; every problem (missing, not a regular file, too large, not TOML, nested too
+    deeply, bad key) is a one-line ConfigError."""
+    where = f"config file {path}"
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path}: not a UTF-8 text file") from None
-    try:
-        return RunConfig.from_dict(tomllib.loads(text))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+        return RunConfig.from_dict(loads_toml(read_input(path, "config file"), where))
     except ConfigError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
+        message = str(exc)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def read_input(path: str, what: str, limit: int = MAX_INPUT_BYTES) -> str:
+    """The text of a file the user names (a config, a sweep spec); ``ConfigError`` if it is missing, not a regular
+    file (a FIFO would block the read forever, ``/dev/zero`` never ends), larger than ``limit`` or not UTF-8."""
+    try:
+        return read_text_limited(path, limit, what)
+    except FileRefused as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # --- balance run --------------------------------------------------------------------------------------------
@@ -179,18 +189,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from balance.api import run
 
     config = config_from_args(args)
-    if args.out:
+    if args.out is not None:
         check_output(args.out)
-    with _progress(config.steps) as on_step:
-        result = run(config, on_step)
-    if not args.no_store:
-        from balance.cli_runs import record_run
+    with _CtrlC() as ctrl_c, _progress(config.steps) as on_step:
+        result = run(config, on_step, lambda: ctrl_c.pressed)  # stop: after a Ctrl-C
+        # the rows so far are kept whatever happened: recorded, written, then the exit code says how it ended
+        if not args.no_store:
+            from balance.cli_runs import record_run
 
-        record_run(config, result.metrics, result.status)
-    if args.out:
-        write_metrics(result.metrics, args.out)
+            record_run(config, result.metrics, result.status)
+        if args.out is not None:
+            write_metrics(result.metrics, args.out)
     print(summary(result.metrics, result.status.state, result.status.step, result.status.message))
     return EXIT_BY_STATE[result.status.state]
+
+
+class _CtrlC:
+    """While training in the foreground, the first Ctrl-C (SIGINT) asks the run to stop after its current step, so
+    its rows so far are recorded and written; a second one interrupts at once (KeyboardInterrupt, nothing kept)."""
+
+    def __init__(self) -> None:
+        self.pressed, self.previous = False, None
+
+    def __enter__(self) -> _CtrlC:
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (a caller's thread): Ctrl-C keeps its usual meaning
+            self.previous = None
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class _progress:
@@ -213,36 +248,33 @@ class _progress:
 
 
 def check_output(path: str, suffixes: Sequence[str] = tuple(WRITERS)) -> Path:
-    """The output path; refused (``UsageError``) before any work if its suffix is not one of ``suffixes``, it is a
-    folder, or it cannot be written."""
-    target = Path(path).expanduser()
-    if target.suffix.lower() not in suffixes:
+    """The output path (absolute, with ``~`` expanded); refused (``UsageError``) before any work if its suffix is not
+    one of ``suffixes``, it is a folder, or it cannot be written."""
+    if Path(path).suffix.lower() not in suffixes:
         raise UsageError(f"--out {path}: the file name must end in {' or '.join(suffixes)}")
-    if target.is_dir():
-        raise UsageError(f"--out {path}: is a directory")
-    try:  # the only reliable test of writability is to write
+    try:
+        target = Path(os.path.abspath(os.path.expanduser(path)))
+        if target.is_dir():
+            raise UsageError(f"--out {path}: is a directory")
+        # the only reliable test of writability is to write
         fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
+    except OSError as exc:  # no such folder, no permission, a name too long
         raise UsageError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL byte in the name
+        raise UsageError(f"--out {path}: not a usable file name") from None
     os.close(fd)
     os.unlink(probe)
     return target
 
 
 def write_metrics(metrics: pd.DataFrame, path: str) -> None:
-    """Write ``metrics`` by the suffix of ``path``, through a temporary file and a rename: never half a file."""
-    target = Path(path).expanduser()
-    writer = WRITERS[target.suffix.lower()]
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write ``metrics`` by the suffix of ``path``, atomically (never half a file) and with the user's usual
+    permissions (``write_atomic``)."""
+    writer = WRITERS[Path(path).suffix.lower()]
     try:
-        writer(metrics, tmp)
-        os.replace(tmp, target)
+        write_atomic(Path(os.path.abspath(os.path.expanduser(path))), lambda tmp: writer(metrics, tmp))
     except OSError as exc:
         raise UsageError(f"--out {path}: writing failed ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def summary(metrics: pd.DataFrame, state: str, steps: int, message: str = "") -> str:
@@ -339,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    print(f"balance: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"balance: error: {clip(message)}", file=sys.stderr)  # one line of at most a few hundred characters
     return EXIT_USAGE
 
 
@@ -355,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (UsageError, ConfigError) as exc:
         return _fail(str(exc))
+    except RecursionError:  # a structure nested past Python's stack in some input: bad input, not a crash
+        return _fail("the input is nested too deeply")
     except KeyboardInterrupt:
         print("balance: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

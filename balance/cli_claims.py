@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _error(message: str) -> int:
-    print(f"balance: error: {message}", file=sys.stderr)
+    from balance.config import clip
+
+    print(f"balance: error: {clip(message)}", file=sys.stderr)  # one line of at most a few hundred characters
     return EXIT_USAGE
 
 
@@ -66,6 +69,12 @@ def check_writable(path: Path) -> str:
         return f"--report {str(path)!r}: the directory {str(parent)!r} does not exist"
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         return f"--report {str(path)!r}: not writable"
+    try:  # the only reliable test of writability is to write (/proc passes the access test); before any training
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        return f"--report {str(path)!r}: not writable ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
     return ""
 
 
@@ -73,17 +82,25 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     from balance import claims  # imported here: torch and the experiments load only for this command
     from balance.runner import Runner
     from balance.store import RunStore, StoreError
+    from balance.sweep import usable_cores
 
     try:
         chosen = claims.by_number(parse_only(args.only))
     except ValueError as exc:
         return _error(str(exc))
-    report = Path(args.report).expanduser()
-    why = check_writable(report)
+    try:
+        report = Path(os.path.abspath(os.path.expanduser(args.report)))
+        why = check_writable(report)
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        why = f"--report {args.report!r}: not a usable file name"
     if why:
         return _error(why)
     if args.workers < 0:
         return _error(f"--workers {args.workers}: must be at least 1 (0: one per core)")
+    cores = usable_cores()
+    if args.workers > cores:  # more processes than cores only add memory and contention
+        print(f"balance: note: --workers {args.workers}: using {cores}, the cores here", file=sys.stderr)
+        args.workers = cores
     try:
         store = RunStore(args.home)
     except StoreError as exc:

@@ -7,7 +7,6 @@ second handout is quick. Exit 0 written, 2 bad input (one line on stderr: an out
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from balance.cli import UsageError
+    from balance.files import write_atomic
     from balance.handout import handout_html
     from balance.store import RunStore
 
@@ -57,18 +57,9 @@ def run(args: argparse.Namespace) -> int:
             text = handout_html(store, on_step=progress)
         finally:
             store.close()
-    fd, tmp_path = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes it private; a handout is meant to be shared
-        os.replace(tmp_path, target)
+        write_atomic(target, text)  # whole or not at all, readable as any file the user writes: it is to be shared
     except OSError as exc:
         raise UsageError(f"--out {args.out}: writing failed ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
     print(f"wrote {target} ({len(text.encode()) / 1e6:.1f} MB): the lecture's 8 steps, opens offline")
     return 0

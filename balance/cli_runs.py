@@ -1,7 +1,9 @@
 """``balance runs list|show|export|import|delete``: the run store from the command line; ``record_run`` for ``run``.
 
 The store is found as everywhere else: ``--home DIR``, else ``$BALANCE_HOME``, else ``~/.balance``. A run is named
-by its id or by a unique prefix of it. A bad id, a refused file or an unusable store exits 2 with one line.
+by its id or by a unique prefix of it. A bad id, a refused file or an unusable store exits 2 with one line (at most
+``MAX_LINE`` characters). ``list``, ``show`` and ``export`` open the store read-only: they work on a full disk or a
+read-only folder, and a damaged run is reported without hiding the others.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from balance.config import RunConfig
 from balance.store import RunStore, StoreError
 
 EXIT_OK, EXIT_USAGE = 0, 2
+MAX_LINE = 1000  # characters of an error line (a message may quote a long value)
+READ_ONLY = ("list", "show", "export")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +76,7 @@ def record_run(config: RunConfig, metrics: pd.DataFrame, status: object, home: s
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     try:
-        store = RunStore(args.home)
+        store = RunStore(args.home, read_only=args.runs_action in READ_ONLY)
     except StoreError as exc:
         return _fail(str(exc))
     try:
@@ -84,8 +88,16 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"balance: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"balance: error: {_line(message)}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _line(message: str) -> str:
+    """``message`` on one line of at most ``MAX_LINE`` characters."""
+    text = " ".join(message.split())
+    if len(text) <= MAX_LINE:
+        return text
+    return f"{text[: MAX_LINE - 40]}… ({len(text) - MAX_LINE + 40} more characters)"
 
 
 def resolve(store: RunStore, run_id: str) -> str:
@@ -114,12 +126,20 @@ def _list(store: RunStore, args: argparse.Namespace) -> int:
             "model": runs["model"],
             "data": runs["dataset"],
             "optim": runs["optimizer"],
-            "lr": runs["lr"].map("{:g}".format),
+            "lr": [_short_lr(lr, history) for lr, history in zip(runs["lr"], runs["lr_history"])],
+            "origin": runs["origin"],
             "name": runs["name"],
         }
     )
     print(table.to_string(index=False))
+    for run in runs[runs["state"] == "unreadable"].itertuples():
+        print(f"balance: warning: run {run.id}: {_line(run.message)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _short_lr(lr: float, history: str) -> str:
+    """The step size, or its changes as "0.01→0.05@300" when it changed during the run."""
+    return history.replace(" → ", "→").replace(" at step ", "@") if history else f"{lr:g}"
 
 
 def _show(store: RunStore, args: argparse.Namespace) -> int:
@@ -127,6 +147,11 @@ def _show(store: RunStore, args: argparse.Namespace) -> int:
     print(f"run {record.id}" + (f" ({record.name})" if record.name else ""))
     print(f"state    {record.state} at step {record.step}" + (f": {record.message}" if record.message else ""))
     print(f"created  {_local(record.created)}   updated {_local(record.updated)}")
+    if record.origin != "trained":
+        print(f"origin   {record.origin}: from a file, not trained here (never reused as a cached result)")
+    history = store.lr_history(record.id)
+    if history:
+        print(f"lr       {history}")
     last = store.last_row(record.id)
     if last:
         shown = {k: last[k] for k in ("step", "t", "lr", "loss") if k in last}

@@ -15,6 +15,7 @@ Exit codes: 0 every member finished or diverged (divergence is a result), 1 a me
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,17 @@ from typing import Any
 import tomli_w
 
 from balance.config import ConfigError, parse_value, schema
+from balance.sweep import MAX_MEMBERS, RAY_CONNECT_SECONDS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EPILOG = """\
+EPILOG = f"""\
 examples:
   balance sweep --model mf --d1 50 --d2 50 --rank 5 --lr 0.01,0.02,0.05 --init-scale 0.01,0.1 \\
       --seeds 0-7 --steps 2000 --log-every 10 --out DIR
   balance sweep --config SPEC.toml          (a sweep spec: name, preset, [base], [grid], [[list]])
+
+a sweep has at most {MAX_MEMBERS:,} members (counted before any is built); --workers is at most the cores here;
+a --ray-address that does not answer within {RAY_CONNECT_SECONDS:g} s is refused before anything is stored.
 
 exit codes: 0 every member finished or diverged, 1 a member failed, 2 bad input (one line on stderr)"""
 _DEST = "sweep:"
@@ -66,19 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The ``SweepSpec`` the flags describe: the spec file (or preset, or defaults), then each flag."""
+    from balance.cli import read_input
     from balance.presets import preset
     from balance.sweep import SweepSpec, parse_seeds
 
-    if args.config:
-        path = Path(args.config).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"spec file {args.config}: cannot read it ({exc.strerror or exc})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"spec file {args.config}: not a UTF-8 text file") from None
+    if args.config is not None:
+        text = read_input(args.config, "spec file")  # a regular file under a size cap: never a FIFO or /dev/zero
         spec = SweepSpec.from_toml(text, where=f"spec file {args.config}")
-    elif args.preset:
+    elif args.preset is not None:
         spec = SweepSpec(base=preset(args.preset))
     else:
         spec = SweepSpec()
@@ -129,22 +129,18 @@ def spec_to_dict(spec: Any) -> dict[str, Any]:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from balance.cli import UsageError
     from balance.store import RunStore, StoreError
-    from balance.sweep import run_sweep, summary
+    from balance.sweep import run_sweep, summary, usable_cores
 
     spec = spec_from_args(args)
     configs = spec.configs()
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: give at least 1")
+    if args.workers is not None and args.workers > usable_cores() and not args.ray_address:
+        print(f"balance: note: --workers {args.workers}: using {usable_cores()}, the cores here", file=sys.stderr)
+        args.workers = usable_cores()
     if args.chunk is not None and args.chunk < 1:
         raise UsageError(f"--chunk {args.chunk}: give at least 1")
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {args.out}: exists and is not a directory")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--out {args.out}: cannot create it ({exc.strerror or exc})") from None
+    out = _out_dir(args.out)
     try:
         store = RunStore(args.home)
     except StoreError as exc:
@@ -164,7 +160,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         bar.close()
         table = summary(store, result.sweep)
         if out is not None:
-            _write_outputs(store, spec, table, out)
+            try:
+                _write_outputs(store, spec, table, out)
+            except OSError as exc:
+                raise UsageError(f"--out {args.out}: writing failed ({exc.strerror or exc})") from None
     finally:
         bar.close()
         store.close()
@@ -175,12 +174,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_FAILED if "failed" in result.states else EXIT_OK
 
 
+def _out_dir(text: str | None) -> Path | None:
+    """The ``--out`` folder, created; ``UsageError`` if it is not a folder or cannot be created."""
+    from balance.cli import UsageError
+
+    if text is None:
+        return None
+    if not text:
+        raise UsageError("--out: give a folder name")
+    try:
+        out = Path(os.path.abspath(os.path.expanduser(text)))
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {text}: exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no permission, a name too long
+        raise UsageError(f"--out {text}: cannot create it ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL byte in the name
+        raise UsageError(f"--out {text}: not a usable folder name") from None
+    return out
+
+
 def _write_outputs(store: Any, spec: Any, table: Any, out: Path) -> None:
+    """summary.csv, metrics.parquet and spec.toml in ``out``: each whole or not at all, with the usual permissions."""
     import pandas as pd
 
-    table.to_csv(out / "summary.csv", index=False)
+    from balance.files import write_atomic
+
+    write_atomic(out / "summary.csv", lambda tmp: table.to_csv(tmp, index=False))
     frames = [store.metrics(run_id).assign(run=run_id) for run_id in table["run"]]
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     metrics = metrics[["run", *[c for c in metrics.columns if c != "run"]]]
-    metrics.to_parquet(out / "metrics.parquet", index=False)
-    (out / "spec.toml").write_text(tomli_w.dumps(spec_to_dict(spec)), encoding="utf-8")
+    write_atomic(out / "metrics.parquet", lambda tmp: metrics.to_parquet(tmp, index=False))
+    write_atomic(out / "spec.toml", tomli_w.dumps(spec_to_dict(spec)))

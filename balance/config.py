@@ -33,8 +33,31 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+MAX_MESSAGE = 300  # characters of one error line: a value of 10^6 numbers must not print a 4 MB line
+MAX_TEXT = 4096  # characters of a text setting (a path, a column name): PATH_MAX; a link cannot carry megabytes
+
+
 class ConfigError(ValueError):
-    """A bad configuration value; the message names the field, the value and what is allowed."""
+    """A bad configuration value; the message names the field, the value and what is allowed.
+
+    The message is one line of at most ``MAX_MESSAGE`` characters (``clip``), whatever value it quotes.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(clip(message))
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line, at most ``limit`` characters: the middle gives way, so the start (what) and the end
+    (what is allowed) stay readable."""
+    text = str(text)
+    if len(text) > 4 * limit:  # a 4 MB message is cut before it is split into words
+        text = f"{text[: 2 * limit]} ... {text[-2 * limit :]}"
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    head = (limit - 5) * 2 // 3
+    return f"{line[:head]} ... {line[len(line) - (limit - 5 - head) :]}"
 
 
 def _spec(default: Any, help: str, **meta: Any) -> Any:
@@ -114,10 +137,25 @@ class _Validated:
         raise ConfigError(f"{self._section}.{name} = {_show(value)}: {why}")  # type: ignore[attr-defined]
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(_show(v) for v in value) or "(empty)"
-    return repr(value) if isinstance(value, str) else str(value)
+def _show(value: Any, most: int = 8) -> str:
+    """A value as an error message quotes it: a long list shows its first items and its length, a long text its
+    start (never the whole of a 10^6-number list), a nested list or table only what it is."""
+    if isinstance(value, (tuple, list)):
+        shown = ",".join(_show_one(v) for v in value[:most]) or "(empty)"
+        return shown if len(value) <= most else f"{shown},... ({len(value)} values)"
+    return _show_one(value)
+
+
+def _show_one(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else repr(value[:50]) + f"... ({len(value)} characters)"
+    if isinstance(value, int) and value.bit_length() > 64:  # str() of a 5,000-digit int raises ValueError
+        return f"a whole number of about {value.bit_length() * 0.30103:.0f} digits"
+    return str(value)
 
 
 def _check_field(section: str, f: dataclasses.Field, value: Any) -> None:
@@ -142,6 +180,8 @@ def _check_field(section: str, f: dataclasses.Field, value: Any) -> None:
                 raise ConfigError(f"{where}: expected a finite number")
         if base is str and not isinstance(v, str):
             raise ConfigError(f"{where}: expected text")
+        if base is str and len(v) > MAX_TEXT:
+            raise ConfigError(f"{where}: longer than {MAX_TEXT} characters")
         lo, hi = meta.get("min"), meta.get("max")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise ConfigError(f"{where}: out of range, allowed {lo} to {hi}")
@@ -385,7 +425,9 @@ class RunConfig(_Validated):
         run_names = {f.name for f in _own_fields(RunConfig)}
         for key in raw:
             if key not in SECTIONS and key not in run_names:
-                raise ConfigError(f"config: unknown key {key!r}; allowed: {', '.join([*SECTIONS, *sorted(run_names)])}")
+                raise ConfigError(
+                    f"config: unknown key {_show(key)}; allowed: {', '.join([*SECTIONS, *sorted(run_names)])}"
+                )
         parts = {}
         for name, section_cls in SECTIONS.items():
             sub = raw.get(name, {})
@@ -404,11 +446,7 @@ class RunConfig(_Validated):
 
     @classmethod
     def from_toml(cls, text: str) -> RunConfig:
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file: not valid TOML ({exc})") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(loads_toml(text))
 
     def to_query(self) -> dict[str, str]:
         """Flat ``{"model.width": "32", ...}`` of the fields that differ from the defaults (short links)."""
@@ -469,6 +507,22 @@ class RunConfig(_Validated):
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig}
 
 
+def loads_toml(text: str, where: str = "config file") -> dict[str, Any]:
+    """``tomllib.loads`` whose every failure is a one-line ``ConfigError`` starting with ``where``.
+
+    tomllib parses recursively: a few thousand nested ``[`` raise RecursionError, and an integer of more than 4,300
+    digits a ValueError; both are bad input, not a crash.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: lists or tables nested too deeply (a config is at most two levels deep)") from None
+    except ValueError as exc:  # int("1" * 5000): Python refuses to convert such long numbers
+        raise ConfigError(f"{where}: not usable TOML ({exc})") from None
+
+
 def _consistent(flat: Mapping[str, Any]) -> bool:
     try:
         RunConfig.from_dict(_unflatten(flat))
@@ -512,7 +566,7 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
 def _parse(section: str, f: dataclasses.Field, text: str) -> Any:
     """Parse one query-string / command-line value according to the field's type."""
     kind = _field_kind(f)
-    where = f"{section}.{f.name} = {text!r}"
+    where = f"{section}.{f.name} = {_show(text)}"
     try:
         if kind is bool:
             low = text.strip().lower()

@@ -27,9 +27,11 @@ class FileRefused(ValueError):
 def check_regular(path: str | Path, limit: int, what: str = "file") -> int:
     """The size of ``path`` if it is a regular file of at most ``limit`` bytes; else ``FileRefused``."""
     try:
-        info = os.stat(Path(path).expanduser())
+        info = os.stat(_expand(path))
     except FileNotFoundError:
-        raise FileRefused(f"{what} {path}: not found") from None
+        raise FileRefused(f"{what} {path}: cannot read it (no such file)") from None
+    except ValueError:  # a NUL byte in the name
+        raise FileRefused(f"{what} {path}: cannot read it (not a usable file name)") from None
     except OSError as exc:
         raise FileRefused(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
     if stat.S_ISDIR(info.st_mode):
@@ -50,7 +52,7 @@ def read_limited(path: str | Path, limit: int, what: str = "file") -> bytes:
     check_regular(path, limit, what)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(Path(path).expanduser(), flags)
+        fd = os.open(_expand(path), flags)
     except OSError as exc:
         raise FileRefused(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
     with os.fdopen(fd, "rb") as f:
@@ -76,7 +78,7 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[str], None]) ->
     Through a temporary file in the same folder and ``os.replace``: a reader sees the old file or the new one,
     never half of one. The new file gets the mode ``open`` would give it (0666 less the umask), not mkstemp's 0600.
     """
-    target = Path(path).expanduser()
+    target = Path(_expand(path))
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:  # owns fd from here: closed exactly once
@@ -91,6 +93,11 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[str], None]) ->
             os.unlink(tmp)
         raise
     return target
+
+
+def _expand(path: str | Path) -> str:
+    """``~`` expanded as the shell does; unlike ``Path.expanduser``, an unknown ``~user`` stays as it is."""
+    return os.path.expanduser(str(path))
 
 
 def _umask() -> int:

@@ -32,12 +32,16 @@ the results are collected into the same store; Ray is imported only then.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
 import os
 import secrets
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,16 +49,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from balance.config import ConfigError, RunConfig, parse_value, schema
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from balance.config import ConfigError, RunConfig, loads_toml, parse_value, schema
 
 log = logging.getLogger(__name__)
 
-MAX_MEMBERS = 100_000
+MAX_MEMBERS = 100_000  # counted (a product of axis lengths) before a single member is built
+RAY_CONNECT_SECONDS = 20.0  # a Ray address that does not answer within this is refused (the CLI exits 2)
 CHUNK = {"mf": 64}  # members per batched chunk by model family; others CHUNK_DEFAULT
 CHUNK_DEFAULT = 8
 SPEC_KEYS = ("name", "preset", "base", "grid", "list")
@@ -63,9 +63,12 @@ SETTINGS = dict(schema())  # dotted name -> field
 AXES = ("optim.lr", "model.init_scale", "seed", "optim.name", "model.width", "model.depth", "optim.momentum")
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0-7"`` -> 0..7, ``"0,3,5"``, ``"0-3,8"``; each seed once, in the order given."""
-    seeds: list[int] = []
+def parse_seeds(text: str, limit: int = MAX_MEMBERS) -> tuple[int, ...]:
+    """``"0-7"`` -> 0..7, ``"0,3,5"``, ``"0-3,8"``; each seed once, in the order given.
+
+    The seeds are counted before any list is built: more than ``limit`` (``0-2147483647``) raise ``ConfigError``.
+    """
+    ranges: list[tuple[int, int]] = []
     for part in str(text).split(","):
         part = part.strip()
         try:
@@ -75,10 +78,25 @@ def parse_seeds(text: str) -> tuple[int, ...]:
             raise ConfigError(f"seeds {text!r}: expected seeds such as 0-7 or 0,3,5") from None
         if last < first:
             raise ConfigError(f"seeds {text!r}: the range {part} runs backwards")
-        seeds += range(first, last + 1)
+        ranges.append((first, last))
+    count = sum(last - first + 1 for first, last in ranges)
+    if count > limit:
+        raise ConfigError(f"seeds {text!r}: {count:,} seeds; a sweep has at most {limit:,} members")
+    seeds = [seed for first, last in ranges for seed in range(first, last + 1)]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {text!r}: a seed is given twice")
     return tuple(seeds)
+
+
+def count_members(axis_lengths: Sequence[int], listed: int = 0) -> int:
+    """Members of a sweep: the product of the grid's axis lengths, times the ``[[list]]`` entries (if any)."""
+    return math.prod(axis_lengths) * max(listed, 1)
+
+
+def check_members(count: int, where: str = "sweep spec") -> None:
+    """Refuse a sweep of more than ``MAX_MEMBERS`` members, before anything of it is built."""
+    if count > MAX_MEMBERS:
+        raise ConfigError(f"{where}: {count:,} members; a sweep has at most {MAX_MEMBERS:,}")
 
 
 def _value(key: str, value: Any) -> Any:
@@ -109,13 +127,13 @@ class SweepSpec:
             if key not in SPEC_KEYS:
                 raise ConfigError(f"sweep spec: unknown key {key!r}; allowed: {', '.join(SPEC_KEYS)}")
         name = raw.get("name", "sweep")
-        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"sweep spec: name = {name!r}: use letters, digits, - and _")
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+            raise ConfigError(f"sweep spec: name = {name!r}: use letters, digits, - and _ (at most 64)")
         base = RunConfig()
         if "preset" in raw:
             from balance.presets import PRESETS, preset
 
-            if raw["preset"] not in PRESETS:
+            if not isinstance(raw["preset"], str) or raw["preset"] not in PRESETS:
                 raise ConfigError(f"sweep spec: preset {raw['preset']!r} is not one of {', '.join(PRESETS)}")
             base = preset(raw["preset"])
         if "base" in raw:
@@ -125,20 +143,24 @@ class SweepSpec:
         grid = raw.get("grid", {})
         if not isinstance(grid, Mapping):
             raise ConfigError("sweep spec: [grid] must be a table of setting = [values]")
-        axes = []
-        for key, values in grid.items():
+        members = raw.get("list", [])
+        if not isinstance(members, list) or not all(isinstance(m, Mapping) for m in members):
+            raise ConfigError("sweep spec: [[list]] entries must be tables of setting = value")
+        lists: dict[str, list[Any]] = {}
+        for key, values in grid.items():  # the shapes first: the count comes before any value is parsed
             _check_key(key, "sweep spec: [grid]")
             if key == "seed" and isinstance(values, str):
                 values = list(parse_seeds(values))
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"sweep spec: [grid] {key}: give a non-empty list of values")
+            lists[key] = values
+        check_members(count_members([len(v) for v in lists.values()], len(members)))
+        axes = []
+        for key, values in lists.items():
             parsed = tuple(_value(key, v) for v in values)
             if len({repr(v) for v in parsed}) != len(parsed):
                 raise ConfigError(f"sweep spec: [grid] {key}: a value is given twice")
             axes.append((key, parsed))
-        members = raw.get("list", [])
-        if not isinstance(members, list) or not all(isinstance(m, Mapping) for m in members):
-            raise ConfigError("sweep spec: [[list]] entries must be tables of setting = value")
         listed = []
         for i, m in enumerate(members):
             for key in m:
@@ -152,39 +174,49 @@ class SweepSpec:
 
     @classmethod
     def from_toml(cls, text: str, where: str = "sweep spec") -> SweepSpec:
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{where}: not valid TOML ({exc})") from None
+        raw = loads_toml(text, where)
         if not any(k in raw for k in ("grid", "list", "base", "preset", "name")):
             raw = {"base": raw}  # a plain run config: a sweep of one, to be widened by flags
         return cls.from_dict(raw)
 
+    def size(self) -> int:
+        """The number of members, counted without building them."""
+        return count_members([len(v) for _, v in self.grid], len(self.members))
+
     def changes(self) -> list[dict[str, Any]]:
         """Each member's settings that differ from the base: list entries times grid combinations."""
-        keys = [k for k, _ in self.grid]
-        combos = [dict(zip(keys, values)) for values in itertools.product(*(v for _, v in self.grid))]
-        listed = [dict(m) for m in self.members] or [{}]
-        out = [{**m, **c} for m in listed for c in combos]
-        if len(out) > MAX_MEMBERS:
-            raise ConfigError(f"sweep spec: {len(out)} members; at most {MAX_MEMBERS}")
-        return out
+        return [dict(c) for c in self._changes]
 
     def configs(self) -> list[RunConfig]:
         """The members' configs, in ``changes`` order; an invalid combination raises naming the member."""
+        return list(self._configs)
+
+    def varied(self) -> list[str]:
+        """The settings that vary across members."""
+        changes = self._changes
+        keys = dict.fromkeys(k for c in changes for k in c)
+        return [k for k in keys if len({repr(c.get(k)) for c in changes}) > 1]
+
+    # Built once per spec (validating, counting and running all need them; 10^5 configs take seconds to build),
+    # and only after the count is known to be within the limit.
+    @functools.cached_property
+    def _changes(self) -> tuple[dict[str, Any], ...]:
+        check_members(self.size())
+        keys = [k for k, _ in self.grid]
+        combos = [dict(zip(keys, values)) for values in itertools.product(*(v for _, v in self.grid))]
+        listed = [dict(m) for m in self.members] or [{}]
+        return tuple({**m, **c} for m in listed for c in combos)
+
+    @functools.cached_property
+    def _configs(self) -> tuple[RunConfig, ...]:
         out = []
-        for change in self.changes():
+        for change in self._changes:
             try:
                 out.append(self.base.replace(**change))
             except ConfigError as exc:
                 shown = ", ".join(f"{k}={v}" for k, v in change.items())
                 raise ConfigError(f"sweep member ({shown}): {exc}") from None
-        return out
-
-    def varied(self) -> list[str]:
-        """The settings that vary across members."""
-        keys = dict.fromkeys(k for c in self.changes() for k in c)
-        return [k for k in keys if len({repr(c.get(k)) for c in self.changes()}) > 1]
+        return tuple(out)
 
 
 def _merge(base: RunConfig, table: Mapping[str, Any]) -> RunConfig:
@@ -286,11 +318,15 @@ def run_sweep(
 ) -> SweepResult:
     """Train every member of ``spec`` and record each as a run of one new sweep in ``store`` (a ``RunStore``).
 
-    ``workers``: processes for the work units (default: the CPU count; 1 trains in this process). ``chunk``:
-    members per batch. ``ray_address``: send the units to that Ray cluster instead. ``on_progress(done, total)``
-    counts members. A member that diverges or fails is recorded as such; the others go on.
+    ``workers``: processes for the work units (default and at most: the usable cores; 1 trains in this process).
+    ``chunk``: members per batch. ``ray_address``: send the units to that Ray cluster instead; one that does not
+    answer within ``RAY_CONNECT_SECONDS`` raises ``ConfigError`` before anything is stored.
+    ``on_progress(done, total)`` counts members. A member that diverges or fails is recorded as such; the others go
+    on.
     """
     configs, changes = spec.configs(), spec.changes()
+    if ray_address:
+        check_ray(ray_address)  # before any member is stored: a dead address leaves nothing behind
     sweep = new_sweep_id(spec.name)
     with store.transaction():
         ids = [store.create_run(c, [], name=member_name(ch), sweep=sweep) for c, ch in zip(configs, changes)]
@@ -326,8 +362,17 @@ def run_sweep(
     return SweepResult(sweep, ids, states)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _run_local(configs: Sequence[RunConfig], units: list[list[int]], collect: Callable, workers: int | None) -> None:
-    workers = min(workers or os.cpu_count() or 1, len(units))
+    # more processes than cores only add memory and contention (each worker runs one torch thread)
+    workers = min(workers or usable_cores(), usable_cores(), len(units))
     if workers <= 1:
         for unit in units:
             collect(unit, train_chunk([configs[i] for i in unit]))
@@ -343,6 +388,51 @@ def _run_local(configs: Sequence[RunConfig], units: list[list[int]], collect: Ca
             futures = {pool.submit(train_chunk, [configs[i] for i in unit]): unit for unit in units}
         for future in as_completed(futures):
             collect(futures[future], future.result())
+
+
+# Run in a child process: a Ray client that finds no cluster retries inside Ray's C++ core for minutes and cannot
+# be interrupted from Python; a child can be killed at the deadline.
+_RAY_PROBE = (
+    "import logging, sys, ray; "
+    "ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR); "
+    "ray.shutdown()"
+)
+
+
+def check_ray(address: str, timeout: float | None = None) -> None:
+    """Return when a Ray cluster answers at ``address`` (``host:port``, ``ray://host:port``, ``auto``); else
+    ``ConfigError`` within ``timeout`` seconds (default ``RAY_CONNECT_SECONDS``) saying why.
+
+    A ``host:port`` that refuses a TCP connection fails at once; one that accepts it is asked by a throwaway Ray
+    client in a child process, killed at the deadline. Ray is never imported in this process here.
+    """
+    timeout = RAY_CONNECT_SECONDS if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    where = f"--ray-address {address}"
+    hostport = address.removeprefix("ray://").rpartition(":")
+    if hostport[1] and hostport[2].isdigit():
+        host = hostport[0].strip("[]") or "127.0.0.1"
+        try:
+            socket.create_connection((host, int(hostport[2])), timeout=min(5.0, timeout)).close()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: nothing answers there ({exc.strerror or exc}); is the Ray head running?"
+            ) from None
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _RAY_PROBE, address],
+            capture_output=True,
+            text=True,
+            timeout=max(deadline - time.monotonic(), 1.0),
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{where}: no Ray cluster answered within {timeout:g} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {done.returncode}"
+        raise ConfigError(f"{where}: no Ray cluster there ({why})")
 
 
 def _run_ray(address: str, configs: Sequence[RunConfig], units: list[list[int]], collect: Callable) -> None:

@@ -11,7 +11,8 @@ recursions below exact (formula sheet, section 3):
                           B_{k+1} = beta B_k + lambda G_k - eta C_{k+1},   B = Delta<theta, v>, C = Delta||v||^2;
 - Nesterov:               G_{k+1} = G_k - 2 eta (lambda (1+beta) G_k + beta^2 B_k) + eta^2 Delta||u_k||^2,
                           B_{k+1} = beta B_k + lambda G_k - eta Delta<u_k, v_{k+1}>;
-- Adam:                   no prediction (coordinate-wise scaling breaks the symmetry at first order).
+- Adam:                   no prediction (coordinate-wise scaling breaks the symmetry at first order);
+- tanh, BatchNorm:        no prediction (no rescaling symmetry between the layers; ``balance.laws``).
 
 A term of the objective that is not rescaling-invariant by design (MF's balancing regulariser
 lambda/8 ||U^T U - V^T V||_F^2, problem (9)) makes E = Delta<theta, g> nonzero; it is measured each step and enters
@@ -45,15 +46,15 @@ def pair_matrix(model: HomogeneousModel) -> np.ndarray:
 class GapPredictor:
     """Accumulates the predicted drift G_k - G_0 step by step; ``drift`` is NaN where theory has no prediction."""
 
-    def __init__(self, cfg: OptimConfig, pairs: np.ndarray, gap0: Sequence[float], invariant: bool = True) -> None:
-        """``invariant``: the objective is rescaling-invariant (False: it has a term like MF's regulariser, and
-        ``update`` must be given E = Delta<theta, g> each step)."""
+    def __init__(self, cfg: OptimConfig, pairs: np.ndarray, gap0: Sequence[float], predicts: bool = True) -> None:
+        """``predicts``: the law applies (``balance.laws.why_no_law`` is ''); else every drift is NaN. An objective
+        that is not rescaling-invariant (MF's regulariser) needs E = Delta<theta, g> in ``update`` each step."""
         self.cfg = cfg
         self.P = pairs
         self.gap0 = np.asarray(gap0, dtype=float)
         self.G = self.gap0.copy()
         self.B = np.zeros_like(self.G)
-        if cfg.name == "adam" or (cfg.name == "flow" and not invariant):
+        if not predicts:
             self.G[:] = np.nan
 
     @property

@@ -19,13 +19,20 @@ import torch
 from balance.config import RunConfig
 from balance.data import Task, loss_value, make_task
 from balance.invariants import gaps, matrix_invariant, neuron_balance, ratios
+from balance.laws import why_no_law
 from balance.models import MODELS, HomogeneousModel, build_model
 from balance.optim import SCHEDULES, make_optimizer
+from balance.sharpness import step_advice
 from balance.theory import GapPredictor, pair_matrix
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DENSE_STEPS = 10_000  # every step logged up to here; then about 4,500 rows per decade
 DIVERGENCE_FACTOR = 1e8  # a loss this many times its start (or 1) counts as exploding
+
+
+def _f64(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a float64 array (a view when it already is one)."""
+    return t.numpy().astype(np.float64, copy=False)
 
 
 def should_log(k: int, last: int, log_every: int = 1) -> bool:
@@ -82,12 +89,13 @@ class Trainer:
         self._has_bias = any(layer.bias is not None for layer in self.model.layers)
         self._evaluate()
         self.loss0 = self.loss
-        self.balance0 = [neuron_balance(self.views, g) for g in self.model.neurons]
-        self.matrix0 = {g.layer: matrix_invariant(self.views, g) for g in self.model.neurons if g.linear}
+        views = self._metric_views()
+        self.balance0 = [neuron_balance(views, g) for g in self.model.neurons]
+        self.matrix0 = {g.layer: matrix_invariant(views, g) for g in self.model.neurons if g.linear}
         self.gap0 = gaps(*self._layer_sqnorms())
         # MF's balancing regulariser is not rescaling-invariant: its first-order effect enters the prediction
         self._invariant = not getattr(self.model, "regularizer", 0.0)
-        self.predictor = GapPredictor(config.optim, pair_matrix(self.model), self.gap0, self._invariant)
+        self.predictor = GapPredictor(config.optim, pair_matrix(self.model), self.gap0, not why_no_law(config))
 
     # --- evaluation ---------------------------------------------------------------------------------------
 
@@ -122,14 +130,19 @@ class Trainer:
         """Loss and gradient at the current parameters (on this step's mini-batch, if any)."""
         self.batch_loss, self.grads = self._loss_and_gradients(self._next_batch())
         self.loss = self.batch_loss
-        self.grad_sq = np.array([float(np.vdot(g, g)) for g in (g.numpy() for g in self.grads)])
+        self.grad_sq = np.array([float(np.vdot(g, g)) for g in map(_f64, self.grads)])
 
     def _theta_grad(self) -> np.ndarray:
         """<theta_p, g_p> per parameter tensor."""
-        return np.array([float(np.vdot(v, g.numpy())) for v, g in zip(self.views, self.grads)])
+        return np.array([float(np.vdot(v, _f64(g))) for v, g in zip(self._metric_views(), self.grads)])
+
+    def _metric_views(self) -> list[np.ndarray]:
+        """The weights as float64 arrays: views of a float64 run's tensors, copies of a float32 run's, so every
+        metric is summed in float64 whatever the training precision (a float32 sum of 10^4 squares loses ~1e-4)."""
+        return self.views if self.views[0].dtype == np.float64 else [v.astype(np.float64) for v in self.views]
 
     def _layer_sqnorms(self) -> tuple[list[float], list[float]]:
-        sq = [float(np.vdot(v, v)) for v in self.views]
+        sq = [float(np.vdot(v, v)) for v in self._metric_views()]
         layers = self.model.layers
         return [sq[layer.weight] for layer in layers], [0.0 if b.bias is None else sq[b.bias] for b in layers]
 
@@ -154,11 +167,12 @@ class Trainer:
         row += [g - g0 for g, g0 in zip(G, self.gap0)]
         row += list(self.predictor.drift)
         row += ratios(sq)
-        drift = [np.abs(neuron_balance(self.views, g) - b0) for g, b0 in zip(self.model.neurons, self.balance0)]
+        views = self._metric_views()
+        drift = [np.abs(neuron_balance(views, g) - b0) for g, b0 in zip(self.model.neurons, self.balance0)]
         row += [max(float(d.max()) for d in drift), float(np.mean(np.concatenate(drift)))]
         for g in self.model.neurons:
             if g.linear:
-                D = matrix_invariant(self.views, g)
+                D = matrix_invariant(views, g)
                 row += [float(np.linalg.norm(D)), float(np.linalg.norm(D - self.matrix0[g.layer]))]
         return row
 
@@ -199,10 +213,8 @@ class Trainer:
     def _finish(self, why: str) -> None:
         k = self.step_index
         if why:
-            lr = self.lr_at(k)
-            self.status = RunStatus(
-                "diverged", k, f"diverged at step {k} (t = {self.t:.4g}): {why}; try a step size below {lr / 2:.3g}"
-            )
+            advice = step_advice(self.config, self.lr_at(k))[1]
+            self.status = RunStatus("diverged", k, f"diverged at step {k} (t = {self.t:.4g}): {why}; {advice}")
         else:
             self.status = RunStatus("finished", k)
 
@@ -210,9 +222,8 @@ class Trainer:
         """Per hidden unit: layer (1-based), index, incoming and outgoing squared norms, for the balance scatter."""
         from balance.invariants import incoming_sqnorms, outgoing_sqnorms
 
-        parts = [
-            (g.layer + 1, incoming_sqnorms(self.views, g), outgoing_sqnorms(self.views, g)) for g in self.model.neurons
-        ]
+        views = self._metric_views()
+        parts = [(g.layer + 1, incoming_sqnorms(views, g), outgoing_sqnorms(views, g)) for g in self.model.neurons]
         return {
             "layer": np.concatenate([np.full(len(i), h) for h, i, _ in parts]),
             "neuron": np.concatenate([np.arange(len(i)) for _, i, _ in parts]),

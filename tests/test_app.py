@@ -230,7 +230,7 @@ def test_diverged_run_says_so_with_a_suggestion() -> None:
     start(at)
     errors = " ".join(e.value for e in at.error).lower()
     assert "diverged at step" in errors
-    assert "try a step size below" in errors or "smaller step size" in errors
+    assert "try a step size of" in errors or "smaller step size" in errors
 
 
 def test_reload_reattaches_to_the_run_in_the_url() -> None:

@@ -146,3 +146,24 @@ def test_long_mf_runs_agree_to_round_off_of_each_column() -> None:
         for column in single.columns:
             scale = max(single[column].abs().max(), 1e-300)
             np.testing.assert_allclose(result.metrics[column], single[column], rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "momentum"])
+@pytest.mark.parametrize("family", [FAMILIES[0], FAMILIES[3]], ids=lambda f: f.id)
+def test_float32_members_compute_every_metric_in_float64(family: Family, optimizer: str) -> None:
+    """As the single trainer (issue 12.7): float32 weights, metrics summed in float64, for the subspace (MF under GD,
+    momentum) and the full coordinates alike."""
+    configs = [c.replace(dtype="float32") for c in members(family, optimizer)[:2]]
+    trainer = BatchedTrainer(configs)
+    for _ in range(20):
+        trainer.step()
+    rows = trainer.rows()
+    weights = [p.detach().numpy().astype(np.float64) for p in trainer.params]
+    grads = [g.numpy().astype(np.float64) for g in trainer.flat_grads]
+    K = len(rows)
+    for h, layer in enumerate(trainer.model.layers, start=1):
+        W, g = weights[layer.weight].reshape(K, -1), grads[layer.weight].reshape(K, -1)
+        np.testing.assert_allclose(rows[:, trainer.columns.index(f"sqnorm_{h}")], (W * W).sum(1), rtol=1e-14)
+        grad_norm = rows[:, trainer.columns.index(f"grad_norm_{h}")]
+        np.testing.assert_allclose(grad_norm, np.sqrt((g * g).sum(1)), rtol=1e-14)
+    assert all(b.dtype == np.float64 for b in trainer.balance0)

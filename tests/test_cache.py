@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,3 +93,40 @@ def test_a_run_training_elsewhere_is_waited_for(
     (got,) = cache.cached_runs([TINY], "test", store)
     assert (got.run_id == run_id) is reused
     assert len(store.list_runs()) == (1 if reused else 2)
+
+
+def test_an_imported_archive_with_edited_numbers_is_never_reused(store: RunStore, tmp_path) -> None:
+    """Before: a run is found by its name '#KEY', so a forged archive of a claim's run changed its verdict."""
+    import zipfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (trained,) = cache.cached_runs([TINY], "claim 1", store)
+    store.export_run(trained.run_id, tmp_path / "real.zip")
+    store.delete_run(trained.run_id)
+    with zipfile.ZipFile(tmp_path / "real.zip") as zf, zipfile.ZipFile(tmp_path / "forged.zip", "w") as out:
+        for info in zf.infolist():
+            data = zf.read(info)
+            if info.filename == "metrics.parquet":
+                table = pq.read_table(pa.BufferReader(data))
+                loss = table.column("loss").to_numpy() * 100  # the edited numbers
+                table = table.set_column(table.column_names.index("loss"), "loss", pa.array(loss))
+                sink = pa.BufferOutputStream()
+                pq.write_table(table, sink)
+                data = sink.getvalue().to_pybytes()
+            out.writestr(info.filename, data)
+    forged = store.import_run(tmp_path / "forged.zip")
+    assert store.get_run(forged).name.endswith(f"#{cache.cache_key(TINY)}")  # the name matches, the origin does not
+    assert store.get_run(forged).origin == "imported"
+    assert cache.find_cached(store, [TINY]) == [None]
+    (again,) = cache.cached_runs([TINY], "claim 1", store)
+    assert again.run_id != forged
+    pd.testing.assert_frame_equal(again.metrics, run(TINY).metrics)
+
+
+def test_a_trained_run_is_reused_only_if_its_stored_config_is_the_one_asked_for(store: RunStore) -> None:
+    (a,) = cache.cached_runs([TINY], "test", store)
+    other = TINY.replace(seed=5)
+    store._conn.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(other.to_dict()), a.run_id))
+    assert cache.find_cached(store, [TINY]) == [None]  # the name says TINY, the config does not

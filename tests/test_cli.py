@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -183,7 +186,7 @@ def test_failed_write_leaves_no_file(
 def test_diverged_run_exits_3(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "diverged.csv"
     code, out, _ = _run(capsys, "run", *DIVERGES, "--out", str(path))
-    assert code == 3 and out.startswith("diverged: 1 step, final loss") and "try a step size below" in out
+    assert code == 3 and out.startswith("diverged: 1 step, final loss") and "try a step size of" in out
     assert len(pd.read_csv(path)) == 2  # the rows up to and including the step that went wrong
 
 
@@ -275,3 +278,228 @@ def test_console_script_and_module(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "balance.cli", "run", *DIVERGES, "--out", str(path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 3 and done.stdout.startswith("diverged") and path.exists(), done.stderr
+
+
+# --- hostile inputs: special files, nesting, long values, Ctrl-C, permissions (issue 11) ---------------------
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == "" and err.startswith("balance: error: ") and err.count("\n") == 1, (code, err)
+    return err
+
+
+@pytest.mark.parametrize("command", ["run", "config", "sweep"])
+def test_special_files_as_config_are_refused_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    """A FIFO as config blocked forever and /dev/zero grew to 3 GiB: only regular files under a cap are read."""
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.toml"
+    with huge.open("wb") as f:
+        f.truncate(2 * cli.MAX_INPUT_BYTES)
+    expected = {
+        fifo: "not a regular file",
+        Path("/dev/zero"): "not a regular file",
+        tmp_path: "is a directory",
+        huge: "larger than the limit of 1.0 MiB",
+        tmp_path / "missing.toml": "cannot read it (no such file)",
+    }
+    start = time.monotonic()
+    with _fifo_writer(fifo):  # should the FIFO be opened after all, the test fails instead of hanging
+        for path, why in expected.items():
+            err = _one_line_error(capsys, command, "--config", str(path), "--home" if command == "sweep" else "--steps",
+                                  str(tmp_path / "home") if command == "sweep" else "1")  # fmt: skip
+            assert why in err, err
+    assert time.monotonic() - start < 10
+
+
+@contextlib.contextmanager
+def _fifo_writer(fifo: Path) -> Iterator[None]:
+    """A thread that opens ``fifo`` for writing after 3 s and closes it, so a reader that blocked on it wakes up."""
+    import os
+    import threading
+
+    done = threading.Event()
+
+    def write() -> None:
+        if not done.wait(3):
+            with open(fifo, "wb"):
+                pass
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        while thread.is_alive():  # let the writer's open return: a reader of our own, then nothing more
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+            thread.join(0.1)
+
+
+@pytest.mark.parametrize("command", ["run", "config", "sweep"])
+def test_deeply_nested_toml_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    """Was RecursionError, a traceback and exit 1 in each of run, config and sweep."""
+    path = tmp_path / "nested.toml"
+    for text in ("steps = " + "[" * 100_000 + "]" * 100_000, "[base]\nsteps = " + "{a=" * 5000 + "1" + "}" * 5000):
+        path.write_text(text)
+        err = _one_line_error(capsys, command, "--config", str(path))
+        assert "nested too deeply" in err and "Traceback" not in err
+
+
+def test_error_lines_are_capped(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """10^5 layer scales (a flag) or 10^5 in a TOML: one error line of a few hundred characters, not 400 kB."""
+    scales = ",".join(["-1"] * 10**5)
+    path = tmp_path / "long.toml"
+    path.write_text(f"[model]\nlayer_scales = [{scales}]\n")
+    for argv in (["config", "--layer-scales", scales], ["config", "--config", str(path)],
+                 ["config", "--model", "x" * 10**5], ["sweep", "--lr", ",".join(["x"] * 10**5)],
+                 ["run", "--out", "x" * 10**5 + ".txt"], ["config", "--" + "y" * 10**5]):  # fmt: skip
+        err = _one_line_error(capsys, *argv)
+        assert len(err) <= 320, (argv[:2], len(err))
+
+
+def test_out_files_get_the_usual_permissions(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--out files were 0600 (mkstemp's); a file a user writes gets 0666 less the umask, as with any program."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        for name in ("mf.csv", "mf.parquet"):
+            assert _run(capsys, "run", *MF, "--out", str(tmp_path / name))[0] == 0
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+        out = tmp_path / "sweep"
+        argv = ["sweep", "--d1", "4", "--d2", "3", "--rank", "1", "--lr", "0.01,0.02", "--steps", "2", "--workers", "1"]
+        assert main([*argv, "--home", str(tmp_path / "home"), "--out", str(out)]) == 0
+        for name in ("summary.csv", "metrics.parquet", "spec.toml"):
+            assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    finally:
+        os.umask(old)
+    assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temporary file left behind
+
+
+def test_lecture_handout_gets_the_usual_permissions(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    import balance.handout
+
+    monkeypatch.setattr(balance.handout, "handout_html", lambda store, on_step=None: "<html></html>")
+    old = os.umask(0o027)
+    try:
+        assert _run(capsys, "lecture", "--no-store", "--out", str(tmp_path / "h.html"))[0] == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "h.html").stat().st_mode) == 0o640
+    assert (tmp_path / "h.html").read_text() == "<html></html>"
+
+
+def test_ctrl_c_keeps_the_rows_so_far(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The first Ctrl-C stops after the current step: rows recorded (state 'interrupted') and written, exit 130."""
+    import signal
+
+    from balance.store import RunStore
+
+    real = balance.api.run
+
+    def press_ctrl_c_at_step_7(config: RunConfig, on_step: object = None, stop: object = None) -> object:
+        def on(k: int) -> None:
+            if k == 7:
+                signal.raise_signal(signal.SIGINT)
+
+        return real(config, on, stop)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(balance.api, "run", press_ctrl_c_at_step_7)
+    monkeypatch.setenv("BALANCE_HOME", str(tmp_path / "home"))
+    path = tmp_path / "mf.csv"
+    code, out, err = _run(capsys, "run", *[a for a in MF if a != "--no-store"], "--steps", "1000", "--out", str(path))
+    assert code == 130 and out.startswith("interrupted: 7 steps") and "interrupted at step 7 of 1000" in out
+    assert err.startswith("balance: recorded as run ") and err.count("\n") == 1
+    df = pd.read_csv(path)
+    assert list(df["step"]) == list(range(8))
+    with RunStore(tmp_path / "home") as store:
+        (run_id,) = store.list_runs()["id"]
+        record = store.get_run(run_id)
+        assert (record.state, record.step) == ("interrupted", 7)
+        pd.testing.assert_frame_equal(store.metrics(run_id), df, check_exact=True, check_dtype=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_ctrl_c_in_a_real_process(tmp_path: Path) -> None:
+    """SIGINT to a foreground 'balance run' (as a terminal's Ctrl-C): exit 130, rows in the file and the store."""
+    import os
+    import signal
+
+    marker, path, home = tmp_path / "training", tmp_path / "run.csv", tmp_path / "home"
+    code = (  # a marker file once training has begun, so the signal does not land during the imports
+        "import pathlib, sys\nimport balance.api\nreal = balance.api.run\n"
+        "def run(config, on_step=None, stop=None):\n"
+        "    return real(config, lambda k: k == 50 and pathlib.Path(sys.argv[1]).touch(), stop)\n"
+        "balance.api.run = run\nfrom balance.cli import main\nsys.exit(main(sys.argv[2:]))\n"
+    )
+    argv = [*[a for a in MF if a != "--no-store"], "--steps", "100000000", "--out", str(path)]
+    env = {**os.environ, "BALANCE_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(marker), "run", *argv], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert out.startswith("interrupted: ") and out.count("\n") == 1 and "Traceback" not in err
+    df = pd.read_csv(path)
+    assert len(df) > 50 and df["step"].is_monotonic_increasing
+    from balance.store import RunStore
+
+    with RunStore(home) as store:
+        (run_id,) = store.list_runs()["id"]
+        assert store.get_run(run_id).state == "interrupted" and len(store.metrics(run_id)) == len(df)
+
+
+AUDIT = {  # inputs that raised a traceback (or trained first, or were taken silently) before the bad-input audit
+    "NUL in --out": (["run", "--out", "\x00.csv"], "not a usable file name"),
+    "--out name too long": (["run", "--out", "a" * 300 + ".csv"], "cannot write there (File name too long)"),
+    "no such user in --config": (["run", "--config", "~nobody-such/x.toml"], "cannot read it (no such file)"),
+    "NUL in --config": (["config", "--config", "\x00"], "cannot read it (not a usable file name)"),
+    "no such user in the CSV path": (
+        ["run", "--model", "mlp", "--dataset", "csv:~nobody-such/x.csv"],
+        "cannot read it",
+    ),
+    "empty --config": (["run", "--config", ""], "config file : cannot read it (no such file)"),
+    "empty --preset": (["config", "--preset", ""], "preset '': unknown"),
+    "empty --out": (["run", "--out", ""], "the file name must end in .csv or .parquet"),
+    "empty sweep --out": (["sweep", "--out", ""], "--out: give a folder name"),
+    "NUL in sweep --out": (["sweep", "--out", "\x00"], "not a usable folder name"),
+    "a 5,000-character sweep name": (["sweep", "--name", "x" * 5000], "use letters, digits, - and _ (at most 64)"),
+    "a 10^5-character text setting": (["config", "--target", "t" * 10**5], "longer than 4096 characters"),
+    "a 5,000-digit number": (["config", "--steps", "9" * 5000], "not a valid int"),
+    "a report under /proc": (["claims", "--report", "/proc/r.md", "--only", "1"], "not writable"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUDIT))
+def test_audited_inputs_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, case: str) -> None:
+    argv, why = AUDIT[case]
+    if "/proc/r.md" in argv and not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    argv = [*argv, "--home", str(tmp_path)] if argv[0] in ("sweep", "claims") else argv
+    err = _one_line_error(capsys, *argv)
+    assert why in err and len(err) <= 320, err
+
+
+def test_a_spec_with_a_list_as_preset_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text("preset = [1]\n")  # was TypeError: unhashable type: 'list'
+    assert "preset [1] is not one of" in _one_line_error(capsys, "sweep", "--config", str(spec))

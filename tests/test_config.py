@@ -21,6 +21,7 @@ from balance.config import (
     RunConfig,
     applicable,
     choices_of,
+    clip,
     parse_value,
     schema,
 )
@@ -200,6 +201,45 @@ def test_from_toml_refuses_bad_toml() -> None:
         RunConfig.from_toml("steps = = 3")
     with pytest.raises(ConfigError, match=r"optim\.lr"):
         RunConfig.from_toml('[optim]\nlr = "fast"\n')
+
+
+def test_deeply_nested_or_huge_toml_is_one_config_error() -> None:
+    """tomllib recurses: 5,000 nested lists raised RecursionError (exit 1 on the CLI); a 5,000-digit integer a bare
+    ValueError. Both are bad input with one line."""
+    for text in ("steps = " + "[" * 5000 + "]" * 5000, "steps = " + "{a = " * 5000 + "1" + "}" * 5000):
+        with pytest.raises(ConfigError, match="nested too deeply"):
+            RunConfig.from_toml(text)
+    with pytest.raises(ConfigError, match="not usable TOML"):
+        RunConfig.from_toml("steps = " + "1" * 5000)
+    with pytest.raises(ConfigError, match=r"run.steps = a list: expected a whole number"):
+        RunConfig.from_toml("steps = " + "[" * 300 + "]" * 300)  # parses, and is shown without recursing
+
+
+def test_error_messages_are_one_short_line() -> None:
+    """A TOML with 10^6 layer scales printed one 4 MB line: a value is shown by its first items and its length."""
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(layer_scales=(-1.0,) * 10**6)
+    message = str(info.value)
+    shown = "-1.0," * 8 + "... (1000000 values)"
+    assert message == f"model.layer_scales = {shown}: out of range, allowed 0.0 to 1000000.0"
+    for raw in ({"model": {"name": "x" * 10**6}}, {"x" * 10**6: 1}, {"steps": 10**5000}, {"model": {"widths": [[1]]}}):
+        message = _error_of(raw)
+        assert len(message) <= 300 and "\n" not in message, message
+    assert "a whole number of about 5000 digits" in _error_of({"steps": 10**5000})
+    assert len(str(ConfigError("x " * 10**6 + "the end"))) == 300  # every message, whoever builds it
+
+
+def _error_of(raw: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(raw)
+    return str(info.value)
+
+
+def test_clip_keeps_both_ends() -> None:
+    assert clip("a\n b\t c") == "a b c"
+    long = "start " + "x" * 1000 + " allowed 0 to 1"
+    assert len(clip(long)) == 300 and clip(long).startswith("start x") and clip(long).endswith("allowed 0 to 1")
+    assert len(clip("y" * 10**7)) == 300
 
 
 # --- round trips ----------------------------------------------------------------------------------------------

@@ -252,23 +252,27 @@ def _huge(tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     ("content", "changes", "words"),
     [
-        (None, {}, "file not found"),
+        (None, {}, "cannot read it: it is missing, not a regular file, not readable or over 50 MB"),
         ("", {}, "the file is empty"),
-        (b"\xff\xfe\x00\x81\x9f" * 40, {}, "not a readable CSV"),
-        ("a,b\n1,2\n3,4,5,6\n", {}, "not a readable CSV"),
+        (b"\xff\xfe\x00\x81\x9f" * 40, {}, "not a readable CSV file (not UTF-8 text)"),
+        ("a,b\n1,2\n3,4,5,6\n", {}, "not a readable CSV file (line 3 has 4 fields, the header 2)"),
         ("a,b\n", {}, "0 data rows; at least 2"),
         ("a,b\n1,2\n", {}, "1 data rows; at least 2"),
-        ("a,b,y\n1,x,2\n3,4,5\n", {}, "feature column 'b' is not numeric (line 2: 'x')"),
-        ("a,y\n1,2\n3,4\n", {"target": "price"}, "target column 'price' not found; columns: a, y"),
-        ("a,b,y\n1,,2\n3,4,5\n", {}, "column 'b' has a missing (NaN) or infinite value at line 2"),
-        ("a,b,y\n1,2,2\n3,inf,5\n", {}, "column 'b' has a missing (NaN) or infinite value at line 3"),
-        ("a,y\n1,2\n3,\n", {}, "column 'y' has a missing"),
+        ("a,b,y\n1,x,2\n3,4,5\n", {}, "column 2 is not numeric (line 2)"),
+        ("a,y\n1,2\n3,4\n", {"target": "price"}, "target column 'price' not found among the file's 2 columns"),
+        ("a,b,y\n1,,2\n3,4,5\n", {}, "column 2 has a missing (NaN) or infinite value at line 2"),
+        ("a,b,y\n1,2,2\n3,inf,5\n", {}, "column 2 has a missing (NaN) or infinite value at line 3"),
+        ("a,y\n1,2\n3,\n", {}, "column 2 has a missing"),
         ("y\n1\n2\n", {}, "no feature columns"),
-        ("a,y\n1,p\n3,q\n", {}, "target column 'y' is not numeric"),
-        ("a,y\n1,0\n3,1\n4,2\n", {"loss": "logistic"}, "exactly 2 distinct values in 'y', found 3"),
+        ("a,y\n1,p\n3,q\n", {}, "the target column (2) is not numeric"),
+        ("a,y\n1,0\n3,1\n4,2\n", {"loss": "logistic"}, "exactly 2 distinct values in the target column (2), found 3"),
         ("a,y\n1,0\n3,1.5\n", {"loss": "cross_entropy"}, "integer class labels 0..C-1"),
         ("a,y\n1,-1\n3,1\n", {"loss": "cross_entropy"}, "integer class labels 0..C-1"),
-        ("a,y\n1,0\n3,300\n", {"loss": "cross_entropy"}, "at most 256 classes; 'y' has label 300"),
+        (
+            "a,y\n1,0\n3,300\n",
+            {"loss": "cross_entropy"},
+            "at most 256 classes; the target column (2) has a label of more",
+        ),
     ],
 )
 def test_csv_errors(tmp_path: Path, content: str | bytes | None, changes: dict, words: str) -> None:
@@ -283,7 +287,7 @@ def test_csv_errors(tmp_path: Path, content: str | bytes | None, changes: dict, 
 
 
 def test_csv_too_large(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="larger than the 50 MB limit"):
+    with pytest.raises(ConfigError, match="over 50 MB"):
         _csv_task(_huge(tmp_path))
 
 
@@ -291,3 +295,79 @@ def test_csv_too_many_rows(tmp_path: Path) -> None:
     path = _write(tmp_path, "a,y\n" + "1,2\n" * 100_001)
     with pytest.raises(ConfigError, match="more than 100,000 rows"):
         _csv_task(path)
+
+
+# --- CSV files from anyone: nothing quoted, nothing told about other paths, sizes counted before parsing ------
+
+
+@pytest.mark.parametrize(
+    ("content", "changes"),
+    [
+        ("SECRET=hunter2\nabc\ndef\n", {}),  # any one-column file: its first line was the "target"
+        ("SECRETa,SECRETy\n1,2\n3,4\n", {"target": "price"}),
+        ("a,b,y\n1,SECRETx,2\n3,4,5\n", {}),
+        ("a,SECRETy\n1,SECRETp\n3,SECRETq\n", {}),
+        ("a,SECRETy\n1,0\n3,1\n4,2\n", {"loss": "logistic"}),
+        ("a,SECRETy\n1,0\n3,1.5\n", {"loss": "cross_entropy"}),
+        ("a,SECRETy\n1,0\n3,300\n", {"loss": "cross_entropy"}),
+        ("SECRETa,b\n1,2\n3,4,SECRET5,6\n", {}),
+        ('a,b\n1,2\n3,"SECRET\n', {}),
+        (b"SECRET,y\n1,\xff\xfe\n2,3\n", {}),
+    ],
+)
+def test_csv_errors_never_quote_the_file(tmp_path: Path, content: str | bytes, changes: dict) -> None:
+    """A dashboard shows these messages: a file's names and values stay out of them (11.2)."""
+    path = tmp_path / "other.csv"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(ConfigError) as err:
+        _csv_task(str(path), **changes)
+    assert "SECRET" not in str(err.value) and "hunter2" not in str(err.value), err.value
+
+
+def test_csv_refusals_do_not_tell_which_paths_exist(tmp_path: Path) -> None:
+    """Missing, a folder, a FIFO, a device, too large: one message, so a message never reveals what exists. A FIFO
+    does not block and /dev/zero is not read."""
+    import os
+    import time
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    paths = [tmp_path / "missing.csv", tmp_path, fifo, Path("/dev/zero"), Path(_huge(tmp_path))]
+    whys = set()
+    start = time.monotonic()
+    for path in paths:
+        with pytest.raises(ConfigError) as err:
+            _csv_task(str(path))
+        whys.add(str(err.value).replace(repr(str(path)), "PATH"))
+    assert time.monotonic() - start < 5
+    assert whys == {
+        "data.csv_path = PATH: cannot read it: it is missing, not a regular file, not readable or over 50 MB"
+    }
+
+
+def test_csv_columns_and_cells_are_counted_before_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10^6 columns in 12 MB once ran 180 s and took 3 GiB: now refused from the header, pandas never called."""
+    import time
+
+    import pandas as pd
+
+    def no_parse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pandas parsed a file that the caps refuse")
+
+    monkeypatch.setattr(pd, "read_csv", no_parse)
+    n = 10**6
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(f"c{i}" for i in range(n)) + "\n" + ",".join("1" for _ in range(n)) + "\n")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="1,000,000 columns; at most 4,097 are read"):
+        _csv_task(str(wide))
+    assert time.monotonic() - start < 5
+    header = ",".join(f"c{i}" for i in range(3000))  # within the column cap, but 3000 x 4000 = 1.2 x 10^7 values
+    cells = tmp_path / "cells.csv"
+    cells.write_text(header + "\n" + ("," * 2999 + "\n") * 4000)
+    with pytest.raises(ConfigError, match="3,000 columns x 4,000 rows: more than 10,000,000 values"):
+        _csv_task(str(cells))
+    quoted = tmp_path / "quoted.csv"  # a header with a quoted line break is still counted as one record
+    quoted.write_text('"a\n' + "b," * 5000 + '",y\n1,2\n3,4\n')
+    monkeypatch.undo()
+    assert _csv_task(str(quoted)).input_shape == (1,)  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ def test_reads_a_regular_file_within_its_cap(tmp_path):
 @pytest.mark.parametrize(
     ("make", "why"),
     [
-        (lambda p: None, "not found"),
+        (lambda p: None, "no such file"),
         (lambda p: p.mkdir(), "is a directory"),
         (lambda p: os.mkfifo(p), "not a regular file"),
         (lambda p: p.write_bytes(b"x" * 101), "larger than the limit"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ TINY = RunConfig(
 )
 LIST_COLUMNS = [
     "id", "name", "state", "step", "message", "created", "updated", "model", "dataset", "optimizer", "lr",
-    "init_scale", "steps", "sweep",
+    "init_scale", "steps", "sweep", "origin", "lr_history",
 ]  # fmt: skip
 
 
@@ -457,3 +458,324 @@ def test_balance_run_records_unless_no_store_and_runs_subcommands(tmp_path, monk
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "runs.db").write_bytes(b"garbage" * 1000)
     assert "corrupt" in refused("runs", "list", "--home", str(tmp_path / "broken"))
+
+
+# --- reading without writing (issue 11, item 11) ------------------------------------------------------------
+
+
+def _dead_run(home: Path) -> str:
+    """A store in ``home`` holding one 'running' run whose owner (this host, a pid that is not running) is gone."""
+    with RunStore(home) as s:
+        run_id = s.create_run(TINY, ["step", "loss"])
+        s.claim_run(run_id, ["step", "loss"])
+        s.append_rows(run_id, [[0, 1.0], [1, 0.5]])
+        host = owner_token().rsplit(":", 2)[0]
+        s._conn.execute("UPDATE runs SET owner = ?", (f"{host}:999999999:1",))
+    return run_id
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_read_only_reads_everything_and_writes_nothing(tmp_path, result):
+    run_id = _dead_run(tmp_path)
+    before = _snapshot(tmp_path)
+    with RunStore(tmp_path, read_only=True) as s:
+        runs = s.list_runs()
+        assert runs["state"].tolist() == ["interrupted"] and "pid 999999999" in runs["message"][0]
+        record = s.get_run(run_id)
+        assert record.state == "interrupted" and "ended before it finished" in record.message
+        assert s.metrics(run_id)["loss"].tolist() == [1.0, 0.5]
+        s.export_run(run_id, tmp_path.parent / "exported.zip")
+        for write in (lambda: s.create_run(TINY, []), lambda: s.set_status(run_id, "finished", 1)):
+            with pytest.raises(StoreError, match="opened read-only") as info:
+                write()
+            assert info.value.kind == "readonly"
+        assert s.mark_interrupted() == []
+    after = _snapshot(tmp_path)
+    assert after.pop("runs.db") == before["runs.db"]  # not a byte written
+    assert after.pop("runs.db-wal", (0, 0))[0] == 0  # SQLite's own files to share reading, with nothing written
+    assert set(after) <= {"runs.db-shm"}
+    with RunStore(tmp_path) as s:  # the next writable open marks it for good
+        assert s._read("SELECT state FROM runs") == [("interrupted",)]
+
+
+def test_read_only_on_a_missing_store_is_empty_and_creates_nothing(tmp_path):
+    with RunStore(tmp_path / "nothing", read_only=True) as s:
+        assert s.list_runs().empty and list(s.list_runs().columns) == LIST_COLUMNS
+        with pytest.raises(StoreError, match="no run"):
+            s.get_run("abcd")
+    assert not (tmp_path / "nothing").exists()
+
+
+_LIMITED = """
+import argparse, resource, signal, sys
+from balance import cli_runs
+parser = argparse.ArgumentParser()
+cli_runs.register(parser.add_subparsers())  # 'balance runs' without the rest of the command (and its torch)
+args = parser.parse_args(sys.argv[1:])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file may grow: a full disk, for root and everyone
+sys.exit(args.handler(args))
+"""
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["store open elsewhere", "store closed"])
+@pytest.mark.parametrize("action", ["list", "show"])
+def test_listing_and_showing_work_when_nothing_can_be_written(tmp_path, action, held):
+    """Before: 'balance runs list' failed with "... marking interrupted runs failed" (or "opening the store
+    failed: disk I/O error" when no other program had the store open) on a full disk."""
+    run_id = _dead_run(tmp_path)
+    holder = sqlite3.connect(tmp_path / "runs.db")  # e.g. a dashboard: SQLite's shared-memory file exists
+    try:
+        if held:
+            holder.execute("SELECT COUNT(*) FROM runs").fetchall()
+        else:
+            holder.close()
+        argv = ["runs", "--home", str(tmp_path), action, *([run_id] if action == "show" else [])]
+        done = subprocess.run([sys.executable, "-c", _LIMITED, *argv], capture_output=True, text=True, timeout=120)
+    finally:
+        holder.close()
+    assert done.returncode == 0, done.stderr
+    assert "interrupted" in done.stdout and done.stderr == ""
+
+
+def test_a_store_that_cannot_take_the_marking_opens_and_reads_marking_later(tmp_path, monkeypatch):
+    run_id = _dead_run(tmp_path)
+    real = RunStore.mark_interrupted
+    calls = []
+
+    def full_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError("the disk is full", "full")
+        return real(self)
+
+    monkeypatch.setattr(RunStore, "mark_interrupted", full_once)
+    with RunStore(tmp_path) as s:
+        assert s.get_run(run_id).state == "interrupted"  # shown as it is, though not written yet
+        assert s.list_runs()["state"].tolist() == ["interrupted"]
+        assert s._read("SELECT state FROM runs") == [("running",)]
+        other = s.create_run(TINY, [])  # the next write marks it first
+        assert s._read("SELECT state FROM runs WHERE id = ?", (run_id,)) == [("interrupted",)]
+        assert s.get_run(other).state == "queued"
+
+
+def test_a_store_locked_at_opening_still_shows_dead_runs_as_interrupted(tmp_path):
+    run_id = _dead_run(tmp_path)
+    holder = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with RunStore(tmp_path, timeout=0.1) as s:
+            assert s.get_run(run_id).state == "interrupted"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with RunStore(tmp_path) as s:
+        assert s._read("SELECT state FROM runs") == [("interrupted",)]
+
+
+def test_marking_interrupted_runs_is_one_statement(tmp_path):
+    """Before: one UPDATE (and one transaction) per run: 56,353 runs took 24 s."""
+    with RunStore(tmp_path) as s:
+        host = owner_token().rsplit(":", 2)[0]
+        text = json.dumps(TINY.to_dict())
+        with s.transaction():
+            s._conn.executemany(
+                "INSERT INTO runs (id, name, sweep, config, columns, state, step, message, created, updated, owner) "
+                "VALUES (?, '', '', ?, '[]', 'running', ?, '', 1.7e9, 1.7e9, ?)",
+                [(f"{i:08x}", text, i, f"{host}:{900000000 + i % 500}:1") for i in range(3000)],
+            )
+        statements: list[str] = []
+        s._conn.set_trace_callback(statements.append)
+        marked = s.mark_interrupted()
+        s._conn.set_trace_callback(None)
+        assert len(marked) == 3000
+        assert sum(q.lstrip().upper().startswith(("UPDATE", "WITH")) for q in statements) == 1
+        assert sum(q.strip() == "BEGIN IMMEDIATE" for q in statements) == 1
+        record = s.get_run("00000007")
+        assert record.state == "interrupted"
+        assert (
+            record.message == "interrupted at step 7: the process running it (pid 900000007) ended before it finished"
+        )
+
+
+# --- schema 2 -> 3 and origin (issue 11, item 9) ------------------------------------------------------------
+
+_SCHEMA_2 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT NOT NULL, sweep TEXT NOT NULL, config TEXT NOT NULL,
+    columns TEXT NOT NULL, state TEXT NOT NULL, step INTEGER NOT NULL, message TEXT NOT NULL, created REAL NOT NULL,
+    updated REAL NOT NULL, owner TEXT NOT NULL);
+CREATE TABLE metrics (run_id TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, n INTEGER NOT NULL,
+    data BLOB NOT NULL);
+CREATE TABLE events (run_id TEXT NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL,
+    value REAL, text TEXT);
+CREATE TABLE neurons (run_id TEXT NOT NULL, step INTEGER NOT NULL, keys TEXT NOT NULL, n INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (run_id, step));
+INSERT INTO meta VALUES ('app', 'balance'), ('schema', '2');
+"""
+
+
+def _schema_2_store(home: Path) -> None:
+    home.mkdir(parents=True)
+    conn = sqlite3.connect(home / "runs.db")
+    conn.executescript(_SCHEMA_2)
+    conn.execute(
+        "INSERT INTO runs VALUES ('aaaa0001', 'old #key', '', ?, '[\"step\", \"loss\"]', 'finished', 2, '', 1.7e9, "
+        "1.7e9, '')",
+        (json.dumps(TINY.to_dict()),),
+    )
+    conn.execute("INSERT INTO metrics VALUES ('aaaa0001', 0, 1, 2, ?)", (np.array([0, 1.0, 1, 0.5]).tobytes(),))
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_2_store_is_read_as_it_is_and_migrated_when_writable(tmp_path):
+    tmp_path = tmp_path / "home"
+    _schema_2_store(tmp_path)
+    before = _snapshot(tmp_path)
+    with RunStore(tmp_path, read_only=True) as s:
+        assert s.list_runs()[["id", "origin"]].values.tolist() == [["aaaa0001", "trained"]]
+        assert s.get_run("aaaa0001").origin == "trained"
+    assert _snapshot(tmp_path)["runs.db"] == before["runs.db"]
+    with RunStore(tmp_path) as s:
+        assert s._read("SELECT value FROM meta WHERE key = 'schema'") == [("3",)]
+        assert s.get_run("aaaa0001").origin == "trained" and s.metrics("aaaa0001")["loss"].tolist() == [1.0, 0.5]
+        new = s.create_run(TINY, ["step", "loss"])
+        assert s.list_runs().set_index("id").loc[new, "origin"] == "trained"
+
+
+def test_imported_runs_are_marked_and_an_archive_cannot_say_otherwise(store, tmp_path):
+    run_id = store.import_run(_archive(tmp_path / "ok.zip", _good()))
+    assert store.get_run(run_id).origin == "imported"
+    assert store.list_runs().set_index("id").loc[run_id, "origin"] == "imported"
+    forged = _archive(tmp_path / "forged.zip", {**_good(), "run.json": _manifest(id="abcd9999", origin="trained")})
+    with pytest.raises(StoreError, match="unknown keys") as info:
+        store.import_run(forged)
+    assert info.value.kind == "invalid"
+
+
+# --- damaged rows (issue 11, item 13) -----------------------------------------------------------------------
+
+DAMAGE = {
+    "config not json": ("config", "{not json"),
+    "config a list": ("config", "[1, 2]"),
+    "config sections not tables": ("config", '{"model": 3}'),
+    "lr not a number": ("config", '{"optim": {"lr": "fast"}}'),
+    "config fails validation": ("config", '{"model": {"width": -3}}'),
+    "columns not json": ("columns", "[step"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_one_damaged_row_is_reported_and_the_others_still_read(store, result, case):
+    good = _recorded(store, result, name="good")
+    bad = _recorded(store, result, name="bad")
+    column, value = DAMAGE[case]
+    store._conn.execute(f"UPDATE runs SET {column} = ? WHERE id = ?", (value, bad))
+    store = RunStore(store.home)  # one that has not read the run before the damage
+    runs = store.list_runs().set_index("id")
+    assert runs.loc[good, "state"] == "finished"
+    if column == "config" and case != "config fails validation":  # a listing reads what it shows, no more
+        assert runs.loc[bad, "state"] == "unreadable" and "damaged" in runs.loc[bad, "message"]
+    export = functools.partial(store.export_run, path=store.home / "x.zip")
+    readers = [store.get_run] if column == "config" else [store.metrics, export]
+    for read in readers:
+        with pytest.raises(StoreError, match=f"run {bad} .* is unreadable") as info:
+            read(bad)
+        assert info.value.kind == "corrupt"
+    assert store.get_run(good).state == "finished" and len(store.metrics(good)) == 41
+    store.close()
+
+
+def test_a_sweep_leaves_out_a_damaged_run(store):
+    a, b = (store.create_run(TINY, [], sweep="s1") for _ in range(2))
+    store._conn.execute("UPDATE runs SET config = '{' WHERE id = ?", (b,))
+    assert [r.id for r in store.sweep_runs("s1")] == [a]
+
+
+# --- writes that fail leave nothing; retries do not duplicate (issue 11, item 10) ---------------------------
+
+
+def test_a_write_that_fails_under_a_lock_leaves_nothing_and_its_retry_stores_it_once(tmp_path):
+    with RunStore(tmp_path, timeout=0.1) as s:
+        run_id = s.create_run(TINY, ["step", "loss"])
+        s.claim_run(run_id, ["step", "loss"])
+        rows = [[0, 1.0], [1, 0.5]]
+        holder = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError) as info, s.transaction():
+            s.append_rows(run_id, rows)
+            s.record_event(run_id, 1, "lr", 0.1)
+            s.set_status(run_id, "running", 1)
+        assert info.value.kind == "locked"
+        holder.execute("ROLLBACK")
+        holder.close()
+        assert s._read("SELECT COUNT(*) FROM metrics") == [(0,)] and s.events(run_id).empty
+        for _ in range(2):  # the retry, and a retry of a write whose outcome was not known
+            with s.transaction():
+                s.append_rows(run_id, rows)
+                s.record_event(run_id, 1, "lr", 0.1)
+                s.set_status(run_id, "running", 1)
+        assert s._read("SELECT COUNT(*) FROM metrics") == [(1,)]
+        assert s.events(run_id)["value"].tolist() == [0.1]
+        assert s.metrics(run_id)["loss"].tolist() == [1.0, 0.5]
+
+
+def test_a_failed_commit_leaves_the_store_usable(tmp_path, monkeypatch):
+    with RunStore(tmp_path) as s:
+        run_id = s.create_run(TINY, ["step", "loss"])
+        real = s._conn
+
+        class CommitFails:  # the connection, except that COMMIT fails once as on a full disk
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT":
+                    monkeypatch.setattr(s, "_conn", real)
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real.execute(sql, *args)
+
+        monkeypatch.setattr(s, "_conn", CommitFails())
+        with pytest.raises(StoreError, match="disk is full"):
+            s.append_rows(run_id, [[0, 1.0]])
+        assert not real.in_transaction and s.metrics(run_id).empty
+        s.append_rows(run_id, [[0, 2.0]])  # before: "cannot start a transaction within a transaction"
+        assert s.metrics(run_id)["loss"].tolist() == [2.0]
+
+
+def test_the_same_event_again_is_kept_only_when_it_changes_something(store):
+    run_id = store.create_run(TINY, [])
+    for value in (0.1, 0.1, 0.2, 0.1):
+        store.record_event(run_id, 5, "lr", value)
+    assert store.events(run_id)["value"].tolist() == [0.1, 0.2, 0.1]
+
+
+# --- step-size changes (issue 12, item 3) -------------------------------------------------------------------
+
+
+def test_lr_history_in_the_list_and_the_record(store, result):
+    changed, same, plain = (_recorded(store, result) for _ in range(3))
+    store.record_event(changed, 30, "lr", 0.1)
+    store.record_event(changed, 35, "lr", 0.02)
+    store.record_event(same, 10, "lr", 0.05)  # the step size it already had: no change
+    store.record_event(plain, 3, "note", "hello")
+    runs = store.list_runs().set_index("id")
+    assert runs.loc[changed, "lr_history"] == "0.05 → 0.1 at step 30 → 0.02 at step 35"
+    assert runs.loc[same, "lr_history"] == "" and runs.loc[plain, "lr_history"] == ""
+    assert runs.loc[changed, "lr"] == 0.05  # the starting step size, as in the config
+    assert store.lr_history(changed) == runs.loc[changed, "lr_history"]
+
+
+def test_damaged_metric_and_snapshot_data_are_a_clear_error(store, result):
+    run_id = _recorded(store, result)
+    store.save_neurons(run_id, 0, {"layer": np.array([1]), "neuron": np.array([0]), "in_sqnorm": np.array([0.5])})
+    store._conn.execute("UPDATE metrics SET data = X'0102030405'")
+    store._conn.execute("UPDATE neurons SET data = X'01'")
+    for read in (store.metrics, store.last_row, store.neurons):
+        with pytest.raises(StoreError, match=f"run {run_id} .* is unreadable") as info:
+            read(run_id)
+        assert info.value.kind == "corrupt"

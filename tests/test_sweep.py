@@ -7,6 +7,7 @@ Members are tiny (MF 6 x 5, a few dozen steps). Each member's stored metrics are
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -486,3 +487,119 @@ def test_sweeps_page_link_names_the_sweep(page_home: Path) -> None:
     at = AppTest.from_file(str(ROOT / "app_pages" / "sweep.py"), default_timeout=60).run()
     assert at.selectbox(key="sweep.sweep").value.startswith("second-")  # newest first without a link
     assert at.query_params["sweep"] == at.selectbox(key="sweep.sweep").value
+
+
+# --- sizes, cores and Ray addresses checked before anything is built (issue 11.6) ----------------------------------
+
+
+def _peak_bytes(fn: object) -> tuple[int, BaseException | None]:
+    """Peak Python allocation while calling ``fn`` (and the exception it raised)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()  # type: ignore[operator]
+        raised = None
+    except Exception as exc:  # returned for the caller to check
+        raised = exc
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak, raised
+
+
+THOUSAND = ", ".join(repr(0.001 * (i + 1)) for i in range(1000))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: parse_seeds("0-2147483647"), "2,147,483,648 seeds; a sweep has at most 100,000 members"),
+        (lambda: SweepSpec.from_toml('[grid]\nseed = "0-2147483647"'), "2,147,483,648 seeds"),
+        (lambda: SweepSpec.from_toml(f'[grid]\n"optim.lr" = [{THOUSAND}]\n"model.init_scale" = [{THOUSAND}]\n'
+                                     f'"data.seed" = [{", ".join(map(str, range(1000)))}]\nseed = "0-999"'),
+         "1,000,000,000,000 members; a sweep has at most 100,000"),
+        (lambda: SweepSpec(RunConfig(), (("seed", tuple(range(1000))), ("data.seed", tuple(range(1000))))).configs(),
+         "1,000,000 members"),
+    ],
+)  # fmt: skip
+def test_members_are_counted_before_anything_is_built(build: object, message: str) -> None:
+    """--seeds 0-2147483647, three 1000-value axes and a 10^12-member spec each grew to 3 GiB: now refused in a few
+    MB, from the product of the axis lengths."""
+    peak, raised = _peak_bytes(build)
+    assert isinstance(raised, ConfigError) and message in str(raised), raised
+    assert peak < 20 * 2**20, peak
+
+
+def test_cli_three_thousand_value_axes_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    values = ",".join(repr(0.001 * (i + 1)) for i in range(1000))
+    argv = ["sweep", "--lr", values, "--init-scale", values, "--data-seed", ",".join(map(str, range(1000))),
+            "--home", str(tmp_path)]  # fmt: skip
+    peak, raised = _peak_bytes(lambda: main(argv) == 2 or pytest.fail("not exit 2"))
+    assert raised is None and peak < 50 * 2**20, peak
+    err = capsys.readouterr().err
+    assert err == "balance: error: sweep spec: 1,000,000,000 members; a sweep has at most 100,000\n"
+
+
+def test_workers_are_capped_at_the_cores(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import balance.sweep
+
+    seen = []
+    real = balance.sweep.run_sweep
+    monkeypatch.setattr(balance.sweep, "usable_cores", lambda: 1)
+    monkeypatch.setattr(balance.sweep, "run_sweep", lambda *a, **k: seen.append(k["workers"]) or real(*a, **k))
+    argv = ["sweep", "--d1", "4", "--d2", "3", "--rank", "1", "--lr", "0.01,0.02", "--steps", "2", "--workers",
+            "100000", "--home", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0 and seen == [1]
+    captured = capsys.readouterr()
+    assert captured.err == "balance: note: --workers 100000: using 1, the cores here\n"
+    assert "2 runs (2 finished)" in captured.out
+
+
+def test_a_dead_ray_address_fails_at_once(tmp_path: Path) -> None:
+    """Nothing listening: exit 2 with one line in seconds (was: Ray's client retrying for minutes); nothing stored and
+    nothing of Ray imported."""
+    port = _free_port()  # bound, then closed: connections are refused
+    code = (
+        "import sys, time\nfrom balance.cli import main\nstart = time.monotonic()\n"
+        f"code = main(['sweep', '--d1', '4', '--d2', '3', '--rank', '1', '--lr', '0.01,0.02', '--steps', '2', "
+        f"'--home', {str(tmp_path)!r}, '--ray-address', '127.0.0.1:{port}'])\n"
+        "assert code == 2, code\nassert time.monotonic() - start < 10, time.monotonic() - start\n"
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"balance: error: --ray-address 127.0.0.1:{port}: nothing answers there (Connection " \
+        "refused); is the Ray head running?\n"  # fmt: skip
+    with RunStore(tmp_path) as s:
+        assert s.list_runs().empty
+
+
+def test_an_address_that_is_not_ray_fails_within_the_limit(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port that accepts connections but never speaks Ray: refused when the limit runs out, nothing stored."""
+    import threading
+
+    import balance.sweep
+
+    monkeypatch.setattr(balance.sweep, "RAY_CONNECT_SECONDS", 3.0)
+    held: list[socket.socket] = []
+
+    def accept(server: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the server closes under it at the end
+            while True:
+                held.append(server.accept()[0])
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        thread = threading.Thread(target=accept, args=(server,), daemon=True)
+        thread.start()
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=r"--ray-address 127.0.0.1:\d+: no Ray cluster answered within 3 s"):
+            run_sweep(SweepSpec.from_toml(SPEC), store, ray_address=f"127.0.0.1:{server.getsockname()[1]}")
+        assert time.monotonic() - start < 10
+        server.shutdown(socket.SHUT_RDWR)
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    assert store.list_runs().empty

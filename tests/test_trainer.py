@@ -25,6 +25,7 @@ from torch import Tensor
 from balance.api import run
 from balance.config import OptimConfig, RunConfig
 from balance.optim import SCHEDULES
+from balance.theory import GapPredictor, pair_matrix
 from balance.trainer import DENSE_STEPS, Trainer, metric_columns, should_log
 
 MF = FAMILIES[FAMILY_IDS.index("mf")]
@@ -129,11 +130,17 @@ def test_batch_norm_keeps_the_neuron_invariant_and_breaks_the_layer_gap() -> Non
                 scale = sum(sq(t) for t in (*into, out, *into2, out2))
                 assert abs(float(B2 - B - predicted)) <= 1e-12 * float(scale)
     df, _ = run(config)
+    # No law is claimed for batch norm (issue 12.6: "measured -1.158 against 'predicted' 1.5e-4"): the column is
+    # empty. The plain-GD formula, summed here by hand (a BN'd layer's bias has zero gradient), shows why.
+    assert all(df[f"pred_gap_drift_{h}"].isna().all() for h in _pairs(df))
+    step = df["lr"].to_numpy()[:-1] ** 2
+    g = {h: df[f"grad_norm_{h}"].to_numpy()[:-1] ** 2 for h in range(1, len(_pairs(df)) + 2)}
+    formula = {h: np.concatenate([[0.0], np.cumsum(step * (g[h + 1] - g[h]))]) for h in _pairs(df)}
     last = _pairs(df)[-1]
-    drift, pred = df[f"gap_drift_{last}"].abs().max(), df[f"pred_gap_drift_{last}"].abs().max()
-    err = (df[f"gap_drift_{last}"] - df[f"pred_gap_drift_{last}"]).abs().max()
+    drift, pred = df[f"gap_drift_{last}"].abs().max(), np.abs(formula[last]).max()
+    err = np.abs(df[f"gap_drift_{last}"].to_numpy() - formula[last]).max()
     assert err > 0.5 * drift and err > 10 * pred and err > 1e-3
-    inner = (df["gap_drift_1"] - df["pred_gap_drift_1"]).abs().max()
+    inner = np.abs(df["gap_drift_1"].to_numpy() - formula[1]).max()
     assert inner < 1e-2 * df["gap_drift_1"].abs().max()
 
 
@@ -277,10 +284,22 @@ def test_gradient_flow_keeps_every_gap_constant(config: RunConfig) -> None:
 # --- 6. tanh and Adam break it ---------------------------------------------------------------------------------
 
 
+def _with_the_formula_forced(config: RunConfig) -> pd.DataFrame:
+    """The run with the plain GD recursion accumulated anyway, where balance claims no law (tanh)."""
+    trainer = Trainer(config)
+    trainer.predictor = GapPredictor(config.optim, pair_matrix(trainer.model), trainer.gap0)
+    rows = []
+    while trainer.status.state == "running":
+        rows += trainer.step()
+    return pd.DataFrame(rows, columns=trainer.columns)
+
+
 def test_tanh_breaks_the_invariant_under_gd_and_flow() -> None:
-    gd, _ = run(make_config(TANH, optim=OptimConfig(name="gd", lr=0.01), steps=100))
-    err, size = _prediction_error(gd)
-    assert err > 100 * size  # first order in eta, against the eta^2 prediction
+    config = make_config(TANH, optim=OptimConfig(name="gd", lr=0.01), steps=100)
+    gd, _ = run(config)
+    assert all(gd[f"pred_gap_drift_{h}"].isna().all() for h in _pairs(gd))  # no law, nothing predicted
+    err, size = _prediction_error(_with_the_formula_forced(config))
+    assert err > 100 * size  # first order in eta, against the eta^2 formula: why nothing is predicted
     flow, _ = run(make_config(TANH, optim=OptimConfig(name="flow", lr=0.5), steps=20))
     drift = max(flow[f"gap_drift_{h}"].abs().max() for h in _pairs(flow))
     assert drift > 1e-2  # against <= 1e-6 (relative) for homogeneous nets under flow
@@ -415,7 +434,7 @@ def test_a_huge_step_size_diverges_gracefully() -> None:
     config = make_config(MF, optim=OptimConfig(name="gd", lr=50.0), steps=100, model={"init_scale": 1.0})
     df, status = run(config)
     assert status.state == "diverged"
-    assert f"step {status.step}" in status.message and "step size below" in status.message
+    assert f"step {status.step}" in status.message and "try a step size of" in status.message
     assert 0 < status.step < 100 and list(df.step) == list(range(status.step + 1))
     bad = df.loss.iloc[-1]
     assert not math.isfinite(bad) or bad > 1e8 * df.loss.iloc[0]
@@ -444,3 +463,32 @@ def test_gradient_flow_in_float32_finishes_and_keeps_the_gap() -> None:
     assert status.state == "finished"
     assert df.gap_drift_1.abs().max() <= 1e-5 * abs(df.gap_1.iloc[0])
     assert df.loss.iloc[-1] < 0.1 * df.loss.iloc[0]
+
+
+# --- float32 runs: metrics accumulated in float64 (issue 12.7) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [MF, RELU], ids=lambda f: f.id)
+def test_float32_runs_compute_every_metric_in_float64(family) -> None:
+    """The weights train in float32, but every norm, gap, gradient norm and balance is summed in float64: the logged
+    numbers are exactly those of the float32 weights read as float64 (12.7: np.vdot on float32 views logged an
+    identity residual of 1.9e-5 where the same weights summed in float64 gave 9.9e-7)."""
+    config = make_config(family, optim=OptimConfig(name="gd", lr=0.05), steps=40).replace(dtype="float32")
+    trainer = Trainer(config)
+    for _ in range(30):
+        trainer.step()
+    row = dict(zip(trainer.columns, trainer.row()))
+    weights = [v.astype(np.float64) for v in trainer.views]
+    grads = [g.numpy().astype(np.float64) for g in trainer.grads]
+    for h, layer in enumerate(trainer.model.layers, start=1):
+        W, g = weights[layer.weight], grads[layer.weight]
+        assert row[f"sqnorm_{h}"] == pytest.approx(float(np.sum(W * W)), rel=1e-14)
+        assert row[f"grad_norm_{h}"] == pytest.approx(float(np.sqrt(np.sum(g * g))), rel=1e-14)
+    drift = []
+    for group, balance0 in zip(trainer.model.neurons, trainer.balance0):
+        A = np.concatenate([weights[i].reshape(group.count, -1) for i in group.incoming], 1)
+        W = weights[group.outgoing]
+        balance = (A * A).sum(1) - (W * W).reshape(W.shape[0], group.count, -1).sum((0, 2))
+        assert balance0.dtype == np.float64
+        drift.append(np.abs(balance - balance0))
+    assert float(np.concatenate(drift).max()) == pytest.approx(row["neuron_drift_max"], rel=1e-12)

@@ -11,6 +11,7 @@ from typing import Any
 
 from balance.claims.base import fmt
 from balance.config import RunConfig, link_query
+from balance.files import write_atomic
 
 BADGE = {"supported": "✅ supported", "refuted": "❌ refuted", "partly": "◐ partly"}
 
@@ -85,12 +86,13 @@ def render(results: Sequence[Any], seconds: float, quick: bool) -> str:
 
 def write(results: Sequence[Any], path: Path, seconds: float, quick: bool = False) -> list[Path]:
     """Write the report to ``path`` and ``claim-N.html`` beside it; returns the files written."""
-    path.write_text(render(results, seconds, quick), encoding="utf-8")
+    write_atomic(path, render(results, seconds, quick))
     written = [path]
     for e in results:
         figure_path = path.parent / f"claim-{e.claim.number}.html"
         fig = e.finding.figure
         fig.update_layout(title={"text": f"Claim {e.claim.number}: {e.claim.title}"})
-        fig.write_html(figure_path, include_plotlyjs="directory", full_html=True)
+        html = lambda tmp, fig=fig: fig.write_html(tmp, include_plotlyjs="directory", full_html=True)  # noqa: E731
+        write_atomic(figure_path, html)
         written.append(figure_path)
     return written
