@@ -508,6 +508,9 @@ def matrix_figure(
     return styled(traces, "matrix invariant", x, "Frobenius norm", log_x, log_y=True)
 
 
+OVERLAY_LEGEND_LINE, OVERLAY_LEGEND_LINES = 22, 8  # px a legend line, lines the figure grows for at most
+
+
 def overlay_figure(
     frames: Mapping[str, pd.DataFrame],
     column: str,
@@ -533,7 +536,10 @@ def overlay_figure(
     if not traces:
         return empty_figure(f"no run has the column {column!r}", column)
     refused = log_y and not overlay_log_ok(frames, column, x=x, log_x=log_x)
-    fig = styled(traces, column, x, column, log_x, log_y and not refused)
+    # the legend below the plot, a line a run (a run's label is long): the plot keeps the width at 1024 x 768
+    height = HEIGHT + OVERLAY_LEGEND_LINE * min(len(traces), OVERLAY_LEGEND_LINES)
+    fig = styled(traces, column, x, column, log_x, log_y and not refused, height=height)
+    fig.layout.legend.update(orientation="h", yanchor="top", y=-0.18, x=0, xanchor="left")
     if refused:
         fig.layout.title.subtitle.text = "linear y: it has values <= 0, which a log axis would hide"
     return fig

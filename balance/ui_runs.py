@@ -24,12 +24,13 @@ import pandas as pd
 import streamlit as st
 
 from balance import plots
+from balance.archive import import_in_worker
 from balance.config import ConfigError
 from balance.store import RunStore, StoreError
 from balance.ui import PAGES, attach, chart_config, metrics_csv, number_text, plain, runner, store
 
-RUN_COLUMNS = ["id", "name", "origin", "state", "step", "steps", "model", "dataset", "optimizer", "step_size"]
-RUN_COLUMNS += ["init_scale", "sweep", "updated", "message"]
+RUN_COLUMNS = ["id", "name", "state", "step_size", "init_scale", "model", "dataset", "optimizer", "step", "steps"]
+RUN_COLUMNS += ["origin", "sweep", "updated", "message"]
 SORTS = ["updated", "created", "name", "state", "model", "lr", "init_scale", "step"]
 READ_ERRORS = (StoreError, ConfigError, ValueError, KeyError, OSError)  # a run or a store that cannot be read
 
@@ -166,7 +167,9 @@ def run_table(prefix: str, view: pd.DataFrame, selected: list[str]) -> None:
         selection_mode="multi-row",
         column_order=RUN_COLUMNS,
         column_config={
-            "step_size": st.column_config.TextColumn("step size", help="→ marks a change while it trained"),
+            "step_size": st.column_config.TextColumn(
+                "step size", help="→ marks a change while it trained", width="medium"
+            ),
             "init_scale": st.column_config.NumberColumn("init scale", format="%g"),
             "origin": st.column_config.TextColumn("origin", help="imported: from a file, not trained here"),
             "updated": st.column_config.DatetimeColumn("updated", format="YYYY-MM-DD HH:mm:ss"),
@@ -240,7 +243,7 @@ def _delete(prefix: str, ids: tuple[str, ...], names: tuple[str, ...]) -> None:
     done, failed = [], []
     for run_id, name in zip(ids, names):
         try:
-            runner().delete(run_id)
+            _delete_run(run_id)
             done.append(name)
         except StoreError as exc:
             failed.append(f"{name}: {exc}")
@@ -254,6 +257,17 @@ def _delete(prefix: str, ids: tuple[str, ...], names: tuple[str, ...]) -> None:
         st.toast(literal("Not deleted: " + "; ".join(failed)), icon=":material/error:")
 
 
+def _delete_run(run_id: str) -> None:
+    """Through the runner (it stops a run in training first); a run whose record is damaged cannot be training
+    (no worker can read it either), and the runner refuses it for want of a record: the store deletes it."""
+    try:
+        runner().delete(run_id)
+    except StoreError as exc:
+        if exc.kind != "corrupt":
+            raise
+        store().delete_run(run_id)
+
+
 def export_bytes(s: RunStore, run_id: str) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{run_id}.zip"
@@ -265,52 +279,40 @@ def export_bytes(s: RunStore, run_id: str) -> bytes:
 
 
 def _import_box(prefix: str) -> None:
-    """An uploader that imports on change (before the list is read, so a new run is listed at once), then is
-    emptied for the next file; the outcome stays below it until the next import."""
+    """An uploader that imports what it is given (before the list is read, so a new run is listed at once), then
+    is emptied for the next file; the outcome stays below it until the next import."""
     generation = st.session_state.setdefault(f"{prefix}.upload_generation", 0)
     with st.expander("Import a run"):
-        st.file_uploader(
-            "An exported run (.zip)",
-            type=["zip"],
-            key=f"{prefix}.upload.{generation}",
-            on_change=_import_uploaded,
-            args=(prefix, generation),
-        )
+        upload = st.file_uploader("An exported run (.zip)", type=["zip"], key=f"{prefix}.upload.{generation}")
+        if upload is not None:
+            with st.spinner(literal(f"Importing {upload.name}"), show_time=True):
+                st.session_state[f"{prefix}.import_note"] = import_upload(upload, upload.name)
+            st.session_state[f"{prefix}.upload_generation"] = generation + 1  # a fresh, empty uploader
+            st.rerun()
         kind, text = st.session_state.get(f"{prefix}.import_note", ("", ""))
         if kind:
             {"success": st.success, "info": st.info, "error": st.error}[kind](literal(text))
 
 
-def _import_uploaded(prefix: str, generation: int) -> None:
-    upload = st.session_state.get(f"{prefix}.upload.{generation}")
-    if upload is None:
-        return
-    st.session_state[f"{prefix}.import_note"] = import_upload(upload, upload.name)
-    st.session_state[f"{prefix}.upload_generation"] = generation + 1  # a fresh, empty uploader
-
-
 def import_upload(upload: Any, name: str) -> tuple[str, str]:
-    """Import an uploaded file (a file-like ``upload``) into the store: (kind, message) naming ``name``, the
-    user's file (never the temporary copy's path)."""
+    """Import an uploaded file (file-like) in a separate, memory-limited process, so that whatever it holds the
+    server does not grow: (kind, message), naming ``name`` (the user's file, never the temporary copy)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.zip"
         upload.seek(0)
         with path.open("wb") as out:
             shutil.copyfileobj(upload, out)
         try:
-            run_id = store().import_run(path)
+            run_id = import_in_worker(store().home, path, name)
         except StoreError as exc:
-            if exc.kind == "duplicate":
-                return "info", f"{name} is already here: {exc}"
-            return "error", f"Could not import {name}: {_named(exc, path, name)}"
-        except (ConfigError, ValueError, OSError) as exc:
-            return "error", f"Could not import {name}: {_named(exc, path, name)}"
+            if exc.kind == "duplicate":  # "<name>: already stored as run <id>; nothing imported"
+                return "info", str(exc)
+            return "error", f"Could not import {name}: {_without(str(exc), f'{name}: ')}"
     return "success", f"Imported {name} as run {run_id}"
 
 
-def _named(exc: Exception, path: Path, name: str) -> str:
-    """The error without the temporary path (the message already says which file)."""
-    return str(exc).replace(f"{path}: ", "").replace(str(path), name)
+def _without(text: str, prefix: str) -> str:
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 # --- overlay ---------------------------------------------------------------------------------------------------------

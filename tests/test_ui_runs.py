@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import time
 import zipfile
@@ -80,6 +81,11 @@ def tick(at: AppTest, rows: list[int]) -> AppTest:
     state.id = proto.id
     state.string_value = json.dumps({"selection": {"rows": rows, "columns": [], "cells": []}})
     return at._run(widget_state=WidgetStates(widgets=states.widgets))
+
+
+def shown(markdown: str) -> str:
+    """What a reader sees of Markdown text escaped by ``ui_runs.literal``."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def ticked(at: AppTest) -> list[str]:
@@ -170,7 +176,9 @@ def with_member(source: bytes, name: str) -> bytes:
     return out.getvalue()
 
 
-def test_an_import_is_listed_at_once_and_errors_name_the_users_file(home: Path) -> None:
+def test_imports_are_listed_at_once_marked_imported_and_never_duplicated(home: Path) -> None:
+    """Through the import worker (a separate process): listed in the same rerun, marked as imported; the same
+    file again is refused as already there; errors name the user's file, never the temporary copy."""
     (first,) = store_runs(home, 1)
     source = exported(home, first)
     ui.store().delete_run(first)
@@ -179,12 +187,17 @@ def test_an_import_is_listed_at_once_and_errors_name_the_users_file(home: Path) 
     at.file_uploader[0].set_value(("my run.zip", source, "application/zip")).run()
     assert not at.exception
     assert [s.value for s in at.success] == [ui_runs.literal(f"Imported my run.zip as run {first}")]
-    assert table(at)["id"].tolist() == [first]  # in the same rerun
+    listed = table(at)
+    assert listed["id"].tolist() == [first] and listed["origin"].tolist() == ["imported"]
     assert at.file_uploader[0].value is None  # emptied for the next file
+    assert at.multiselect(key="runs.selected").options[0].endswith("· imported")
+    at.file_uploader[0].set_value(("again.zip", source, "application/zip")).run()
+    assert [shown(i.value) for i in at.info] == [f"again.zip: already stored as run {first}; nothing imported"]
+    assert len(ui.store().list_runs()) == 1
     at.file_uploader[0].set_value(("bad.zip", with_member(source, "![b](http://host/beacon.png)"), "x")).run()
     (error,) = [e.value for e in at.error]
     assert error.startswith(ui_runs.literal("Could not import bad.zip: refused: unexpected member"))
-    assert "/tmp" not in error and "tmp" not in error.replace("\\", "")
+    assert "tmp" not in error.replace("\\", "") and "run.zip" not in error.replace("\\", "")
     assert "![b](" not in error  # escaped: shown as the characters typed, not an image
 
 
@@ -204,18 +217,35 @@ def test_a_corrupt_store_shows_one_message_and_no_traceback(home: Path) -> None:
     assert "cannot be read" in error and "corrupt" in error
 
 
-def test_a_run_whose_metrics_cannot_be_read_is_named_and_the_others_still_draw(home: Path) -> None:
+def test_a_damaged_run_is_listed_as_unreadable_and_the_others_still_list_and_draw(with_runner: Path) -> None:
+    home = with_runner
     ids = store_runs(home, 3)
     with sqlite3.connect(home / "runs.db") as conn:
+        conn.execute("UPDATE runs SET config = '{broken' WHERE id = ?", (ids[0],))
         conn.execute("UPDATE runs SET columns = '{broken' WHERE id = ?", (ids[1],))
     ui._store.clear()
     at = page()
-    assert sorted(table(at)["id"]) == sorted(ids)
+    assert not at.exception
+    listed = table(at).set_index("id")
+    assert sorted(listed.index) == sorted(ids) and listed.loc[ids[0], "state"] == "unreadable"
+    (error,) = [shown(e.value) for e in at.error]
+    assert "1 run(s) could not be read" in error and ids[0] in error
     at.multiselect(key="runs.selected").set_value(ids).run()
     assert not at.exception
-    (warning,) = [w.value for w in at.warning]
-    assert "run 2" in warning
+    (warning,) = [shown(w.value) for w in at.warning]  # run 2 (no column list) cannot be drawn
+    assert "run 2" in warning and "run 1" not in warning  # run 1's metrics are intact, only its config is not
     assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"]) == 2
+    at.button(key="runs.delete").click().run()  # the damaged ones can be deleted too
+    assert not at.exception and ui.store().list_runs().empty
+
+
+def test_a_step_size_changed_mid_run_shows_in_the_table(home: Path) -> None:
+    ids = store_runs(home, 2)
+    with RunStore(home) as store:
+        store.record_event(ids[1], 10, "lr", 0.05)
+    at = page()
+    sizes = dict(zip(table(at)["id"], table(at)["step_size"]))
+    assert sizes == {ids[0]: "0.01", ids[1]: "0.02 → 0.05 at step 10"}
 
 
 def test_lr_text_shows_a_change_mid_run() -> None:

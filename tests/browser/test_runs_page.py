@@ -36,26 +36,41 @@ IDS_JS = """() => Array.from(document.querySelectorAll(
 OVERLAY_TRACES = """() => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')._fullData.length"""
 
 
-def store_runs(home: Path, count: int, lr_change: bool = False) -> list[str]:
-    """``count`` finished MF runs named "run 1" .. at step sizes 0.01, 0.02, ...; ids in creation order."""
-    from balance import run
+CONFIG = {"steps": 60, "data.d1": 8, "data.d2": 6}
+
+
+def store_run(store: object, name: str, lr: float, change: tuple[int, float] | None = None) -> str:
+    """A finished MF run at step size ``lr``; ``change`` = (step, new lr) changes it while it trains, as the
+    dashboard's runner does (the trainer's step size, and an ``lr`` event in the store)."""
+    import pandas as pd
+
     from balance.presets import preset
+    from balance.trainer import Trainer
+
+    trainer = Trainer(preset("fig1-small").replace(**{"optim.lr": lr, **CONFIG}))
+    rows = []
+    while trainer.status.state == "running":
+        if change and trainer.step_index == change[0]:
+            trainer.learning_rate = change[1]
+        rows += trainer.step()
+    metrics = pd.DataFrame(rows, columns=trainer.columns)
+    run_id = store.create_run(trainer.config, list(metrics.columns), name=name)
+    store.claim_run(run_id, list(metrics.columns))
+    store.append_rows(run_id, metrics.to_numpy())
+    store.record_event(run_id, 0, "lr", lr)
+    if change:
+        store.record_event(run_id, change[0], "lr", change[1])
+    store.set_status(run_id, trainer.status.state, trainer.status.step, trainer.status.message)
+    time.sleep(0.01)  # distinct creation times: the order is well defined
+    return run_id
+
+
+def store_runs(home: Path, count: int) -> list[str]:
+    """``count`` finished MF runs named "run 1" .. at step sizes 0.01, 0.02, ...; ids in creation order."""
     from balance.store import RunStore
 
-    ids = []
     with RunStore(home) as store:
-        for i in range(count):
-            lr = round(0.01 * (i + 1), 2)
-            config = preset("fig1-small").replace(**{"optim.lr": lr, "steps": 60, "data.d1": 8, "data.d2": 6})
-            metrics, status = run(config)
-            run_id = store.create_run(config, list(metrics.columns), name=f"run {i + 1}")
-            store.claim_run(run_id, list(metrics.columns))
-            store.append_rows(run_id, metrics.to_numpy())
-            store.record_event(run_id, 0, "lr", lr)
-            store.set_status(run_id, status.state, status.step, status.message)
-            ids.append(run_id)
-            time.sleep(0.01)  # distinct creation times: the order is well defined
-    return ids
+        return [store_run(store, f"run {i + 1}", round(0.01 * (i + 1), 2)) for i in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +190,8 @@ def hostile_member(source: bytes) -> bytes:
 
 
 def upload(page: object, name: str, data: bytes) -> None:
-    page.get_by_text("Import a run").click()
+    if not page.get_by_test_id("stFileUploaderDropzone").is_visible():
+        page.get_by_text("Import a run").click()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
         files=[{"name": name, "mimeType": "application/zip", "buffer": data}]
     )
@@ -195,9 +211,14 @@ def test_text_from_an_imported_file_is_shown_as_text(home: Path, server: Server,
     page = open_runs(browser, server)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
-    upload(page, f"{HOSTILE}.zip", archive_named(source, HOSTILE, HOSTILE))
-    page.wait_for_selector("text=as run c0ffee00")
+    hostile = archive_named(source, HOSTILE, HOSTILE)
+    upload(page, f"{HOSTILE}.zip", hostile)
+    page.wait_for_selector("text=as run c0ffee00", timeout=60_000)  # the import worker starts a process
     page.wait_for_function(f"() => ({IDS_JS})().includes('c0ffee00')", timeout=5000)  # listed at once
+    assert page.get_by_text("imported", exact=True).count() == 1  # its origin cell, in the grid's DOM copy
+    upload(page, "again.zip", hostile)
+    page.wait_for_selector("text=again.zip: already stored as run c0ffee00; nothing imported", timeout=60_000)
+    assert table_ids(page).count("c0ffee00") == 1 and len(table_ids(page)) == len(table_ids_of_store(home))
     tick(page, table_ids(page).index("c0ffee00"))
     assert any(HOSTILE in label for label in chosen(page)), chosen(page)
     listed = delete_selected(page)  # the popover lists the name; the toast repeats it
@@ -206,7 +227,7 @@ def test_text_from_an_imported_file_is_shown_as_text(home: Path, server: Server,
     assert HOSTILE in toast
     upload(page, "bad.zip", hostile_member(source))
     error = page.get_by_test_id("stAlertContentError")
-    error.wait_for()
+    error.wait_for(timeout=60_000)
     assert HOSTILE in error.inner_text() and "bad.zip" in error.inner_text()
     assert "/tmp" not in error.inner_text()
     assert page.locator('img[src*="beacon"], a[href*="beacon"]').count() == 0
@@ -222,24 +243,37 @@ def table_ids_of_store(home: Path) -> list[str]:
         return store.list_runs()["id"].tolist()
 
 
+@pytest.fixture(scope="module")
+def changed(home: Path, server: Server) -> tuple[str, str]:
+    """Two runs to overlay in the screenshots: 0.04 throughout, and 0.01 raised to 0.04 at step 30."""
+    from balance.store import RunStore
+
+    with RunStore(home) as store:
+        steady = store_run(store, "steady", 0.04)
+        return steady, store_run(store, "raised mid-run", 0.01, change=(30, 0.04))
+
+
 @pytest.mark.parametrize("size", [(1280, 800), (1024, 768)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_screenshots(home: Path, server: Server, browser: object, size: tuple[int, int]) -> None:
-    """Two runs ticked in the table, their gap drift (signed: a linear axis) overlaid."""
-    if len(table_ids_of_store(home)) < 2:
-        store_runs(home, 2)
+def test_screenshots(server: Server, browser: object, changed: tuple[str, str], size: tuple[int, int]) -> None:
+    """A run whose step size changed mid-run says so in the table; ticked with another, their gap drift (signed:
+    a linear axis) overlaid."""
     page = open_runs(browser, server, size)
-    for row in (0, 1):
-        tick(page, row)
+    page.get_by_role("switch", name="descending").uncheck(force=True)  # oldest first: these two come last
+    page.wait_for_function(f"id => ({IDS_JS})().slice(-1)[0] === id", arg=changed[1])  # the grid redrawn
+    wait_idle(page)
+    for run_id in changed:
+        tick(page, table_ids(page).index(run_id))
+    assert page.get_by_text("0.01 → 0.04 at step 30", exact=True).count() == 1  # the grid's accessible copy of the cell
     page.wait_for_selector('[data-testid="stPlotlyChart"] .js-plotly-plot')
     page.get_by_test_id("stSelectbox").filter(has_text="Metric").click()
+    page.keyboard.type("gap_drift_1")  # the list is long and drawn only in part: filter it to the one
     page.get_by_role("option", name="gap_drift_1", exact=True).click()
     wait_idle(page)
     page.wait_for_timeout(500)
     assert page.evaluate(OVERLAY_TRACES) == 2
     assert_no_exception(page)
-    # the table at the top, the chart below it: the page scrolled to the table
-    page.evaluate("""() => document.querySelector('[data-testid="stDataFrame"]').scrollIntoView({block: "start"})""")
-    page.mouse.wheel(0, -90)  # back from under the header bar
+    # the chart at the bottom of the picture, the ticked rows (the table's last) above it
+    page.evaluate("""() => document.querySelector('[data-testid="stPlotlyChart"]').scrollIntoView({block: "end"})""")
     page.wait_for_timeout(500)
     save_screenshot(page, ARTIFACTS / f"runs-{size[0]}.png")
     page.close()
