@@ -45,6 +45,7 @@ def test_a_positive_metric_keeps_its_log_axis(runs):
     assert plots.overlay_log_ok(runs, "loss")
     fig = plots.overlay_figure(runs, "loss")
     assert fig.layout.yaxis.type == "log" and not fig.layout.title.subtitle.text
+    assert fig.layout.legend.orientation == "h"  # below the plot: long run labels leave it its width
     assert drawn(fig) == sum(len(df) for df in runs.values())
     assert plots.overlay_figure(runs, "loss", log_y=False).layout.yaxis.type == "-"
 

@@ -221,6 +221,9 @@ def test_text_from_an_imported_file_is_shown_as_text(home: Path, server: Server,
     assert table_ids(page).count("c0ffee00") == 1 and len(table_ids(page)) == len(table_ids_of_store(home))
     tick(page, table_ids(page).index("c0ffee00"))
     assert any(HOSTILE in label for label in chosen(page)), chosen(page)
+    legend = page.locator('[data-testid="stPlotlyChart"] .legendtext')
+    legend.first.wait_for()
+    assert any(t.startswith(HOSTILE) for t in legend.all_text_contents()), legend.all_text_contents()
     listed = delete_selected(page)  # the popover lists the name; the toast repeats it
     assert HOSTILE in listed
     toast = page.get_by_test_id("stToast").last.inner_text()
