@@ -157,8 +157,9 @@ def run_table(prefix: str, view: pd.DataFrame, selected: list[str]) -> None:
     key, ids = f"{prefix}.table", view["id"].tolist()
     rows = ticked_rows(ids, selected)
     state = st.session_state.get(key)
-    if state is None or list(state["selection"]["rows"]) != rows:
+    if list(state["selection"]["rows"] if state is not None else []) != rows:
         st.session_state[key] = {"selection": {"rows": rows}}  # the ticks follow the ids, not the positions
+    st.session_state[f"{prefix}.table_drawn"] = (ids, rows)
     st.dataframe(
         view,
         key=key,
@@ -179,8 +180,15 @@ def run_table(prefix: str, view: pd.DataFrame, selected: list[str]) -> None:
 
 
 def _table_ticked(prefix: str, ids: list[str], *_: Any) -> None:
-    """``ids``: the runs in the order the table drew them, bound when it was drawn."""
-    rows = st.session_state[f"{prefix}.table"]["selection"]["rows"]
+    """``ids``: the runs in the order the table drew them, bound when it was drawn.
+
+    After the page sets the ticks, the browser sends them back with its next message, which Streamlit reports as
+    a change: the ticks the page drew are no tick of the user's (read as one, they undid a multiselect pick made
+    in that same message).
+    """
+    rows = list(st.session_state[f"{prefix}.table"]["selection"]["rows"])
+    if st.session_state.get(f"{prefix}.table_drawn") == (ids, rows):
+        return
     selected = st.session_state.get(f"{prefix}.selected", [])
     st.session_state[f"{prefix}.selected"] = selection_after_ticks(selected, ids, rows)
 

@@ -127,6 +127,24 @@ def test_selection_follows_run_ids_through_filter_sort_and_delete(home: Path) ->
     assert not at.exception
 
 
+def test_the_tables_echo_of_its_own_ticks_changes_nothing(home: Path) -> None:
+    """After the page sets the table's ticks, the browser sends that selection back with its next message (a
+    change, to Streamlit, so the table's callback runs). Read as a tick, it undid a pick made in the same message:
+    picking two runs in the multiselect left one, picking one left none."""
+    ids = store_runs(home, 3)
+    at = page()
+    shown = table(at)["id"].tolist()
+    at.multiselect(key="runs.selected").set_value([ids[0]])
+    tick(at, [])  # the browser's copy of the table: nothing ticked yet, as the page drew it
+    assert at.session_state["runs.selected"] == [ids[0]]
+    at.multiselect(key="runs.selected").set_value([ids[0], ids[1]])
+    tick(at, [shown.index(ids[0])])  # the ticks the page drew last time, echoed
+    assert at.session_state["runs.selected"] == [ids[0], ids[1]]
+    assert sorted(ticked(at)) == sorted(ids[:2])
+    tick(at, [shown.index(ids[0]), shown.index(ids[1]), shown.index(ids[2])])  # a real tick still counts
+    assert at.session_state["runs.selected"] == [ids[0], ids[1], ids[2]]
+
+
 def test_delete_lists_and_deletes_exactly_the_selected_ids(with_runner: Path) -> None:
     home = with_runner
     ids = store_runs(home, 5)
