@@ -77,17 +77,11 @@ def load_runs() -> tuple[pd.DataFrame | None, str]:
         runs = store().list_runs()
     except READ_ERRORS as exc:
         return None, f"The run store cannot be read, so no runs are listed: {exc}"
-    runs = runs.assign(step_size=[lr_text(lr, h) for lr, h in zip(runs["lr"], _column(runs, "lr_history"))])
-    if "origin" not in runs:  # a store from before imports were marked: every run listed was trained or imported
-        runs["origin"] = ""
+    runs = runs.assign(step_size=[lr_text(lr, h) for lr, h in zip(runs["lr"], runs["lr_history"])])
     bad = runs[runs["state"] == "unreadable"]
     if len(bad):
         return runs, f"{len(bad)} run(s) could not be read and are listed as 'unreadable': {', '.join(bad['id'])}"
     return runs, ""
-
-
-def _column(runs: pd.DataFrame, name: str) -> Sequence[Any]:
-    return runs[name].tolist() if name in runs else [None] * len(runs)
 
 
 def lr_text(lr: float, history: object = None) -> str:
@@ -101,11 +95,13 @@ def lr_text(lr: float, history: object = None) -> str:
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:
     """A label for each run id (name, model, optimiser, step size, init scale), unique: the overlay's legend."""
     labels: dict[str, str] = {}
+    seen: set[str] = set()
     for r in runs.itertuples():
         what = f"{r.model} · {r.optimizer} η={r.step_size} · σ={number_text(float(r.init_scale))}"
         what = "unreadable" if r.state == "unreadable" else what
         label = f"{r.name or r.id} ({what})" + (" · imported" if r.origin == "imported" else "")
-        labels[r.id] = f"{label} [{r.id}]" if label in labels.values() else label
+        labels[r.id] = f"{label} [{r.id}]" if label in seen else label
+        seen.add(label)
     return labels
 
 
