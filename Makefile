@@ -1,11 +1,16 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    installs what is missing into .venv and starts the dashboard
+#   make run    installs what is missing into .venv and starts the dashboard on http://127.0.0.1:8501 only
+#               (make run HOST=0.0.0.0: on every interface, for a class; it says what that exposes)
 #   make test   installs what is missing (the browser too) and runs lint, format check and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PORT ?= 8501
+# The dashboard listens on loopback only: this machine's own browser. `make run HOST=0.0.0.0` serves every
+# interface (a class on a trusted network); for anything wider put it behind a proxy with a login (README).
+HOST ?= 127.0.0.1
+LOOPBACK := 127.0.0.1 localhost ::1
 
 .PHONY: run test lint bench clean chromium
 
@@ -21,7 +26,13 @@ chromium:
 	  else echo "browser tests need /usr/bin/chromium: sudo apt-get install chromium" >&2; fi; }
 
 run: $(STAMP)
-	$(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+ifeq ($(filter $(HOST),$(LOOPBACK)),)
+	@echo "balance: serving http://$(HOST):$(PORT) to every machine that can reach this one. There is no login:" >&2
+	@echo "  anyone who opens it can start runs (this machine's CPU time) and see, download and delete every" >&2
+	@echo "  stored run in $${BALANCE_HOME:-~/.balance}. On an untrusted network use a proxy with a login (README)." >&2
+endif
+	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.fileWatcherType none \
+	  --browser.gatherUsageStats false
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check .

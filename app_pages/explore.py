@@ -1,5 +1,5 @@
 """Explore: set up a homogeneous model, press Start, and watch the layers balance live."""
 
-from balance import ui
+from balance import ui_explore
 
-ui.explore_page("explore")
+ui_explore.explore_page("explore")

@@ -8,6 +8,8 @@ Every field carries its own schema in ``dataclasses.field(metadata=...)``:
   so that adding a model or dataset is one registry entry);
 - ``log``: the widget should offer log-spaced values;
 - ``cli``: the command-line flag (default: ``--`` + field name with ``-``);
+- ``link``: False for a setting that never enters or leaves a URL (a server path: a link must not make the server
+  read a file); ``to_query`` leaves it out and ``from_query`` refuses it;
 - ``applies``: when the setting matters, as a predicate over the flat settings ``{"model.name": "mf", ...}``
   (absent: always). A setting that does not apply is kept and validated but has no effect; the dashboard hides it.
 
@@ -231,7 +233,9 @@ class DataConfig(_Validated):
         0.1, "label noise (teacher) or point jitter (2-D sets)", min=0.0, max=10.0, applies=_not_data("lowrank", "csv")
     )
     image_size: int = _spec(8, "side of the generated square images (images)", min=4, max=32, applies=_data("images"))
-    csv_path: str = _spec("", "path of a CSV file: numeric features and a target column (csv)", applies=_data("csv"))
+    csv_path: str = _spec(
+        "", "path of a CSV file: numeric features and a target column (csv)", applies=_data("csv"), link=False
+    )
     target: str = _spec("", "target column of the CSV (default: the last)", applies=_data("csv"))
     loss: str = _spec(
         "auto",
@@ -449,10 +453,13 @@ class RunConfig(_Validated):
         return cls.from_dict(loads_toml(text))
 
     def to_query(self) -> dict[str, str]:
-        """Flat ``{"model.width": "32", ...}`` of the fields that differ from the defaults (short links)."""
-        default = RunConfig().to_dict()
+        """Flat ``{"model.width": "32", ...}`` of the fields that differ from the defaults (short links).
+
+        Settings marked ``link=False`` (a file path) are left out.
+        """
+        default = _flatten(RunConfig().to_dict())
         flat = _flatten(self.to_dict())
-        return {k: _text(v) for k, v in flat.items() if _flatten(default)[k] != v}
+        return {k: _text(v) for k, v in flat.items() if default[k] != v and k not in _UNLINKED}
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], strict: bool = True) -> tuple[RunConfig, list[str]]:
@@ -469,6 +476,8 @@ class RunConfig(_Validated):
                 if owner is None or name not in {f.name for f in _own_fields(owner)}:
                     raise ConfigError(f"{key}: unknown setting")
                 f = _field(owner, name)
+                if not f.metadata.get("link", True):
+                    raise ConfigError(f"{key}: a link cannot set this (a file on the server); choose it on the page")
                 values[key] = _parse(section or "run", f, str(text))
                 _check_field(section or "run", f, _coerce(section or "run", f, values[key]))
             except ConfigError as exc:
@@ -628,6 +637,9 @@ def schema() -> list[tuple[str, dataclasses.Field]]:
     """
     out = [(f"{s}.{f.name}", f) for s, cls in SECTIONS.items() for f in _own_fields(cls)]
     return out + [(f.name, f) for f in _own_fields(RunConfig)]
+
+
+_UNLINKED = frozenset(name for name, f in schema() if not f.metadata.get("link", True))
 
 
 def choices_of(f: dataclasses.Field) -> tuple[str, ...] | None:

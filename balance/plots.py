@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,14 @@ for _axis in ("xaxis", "yaxis"):
         "title": {"standoff": 12, "font": {"color": MUTED}},
     }
 HEIGHT = 320
+NARROW, WIDE = 300, 620  # px of a chart beside another, and of one across the page, at 1024 x 768
+LEGEND_ROW = 29  # px a row of the legend takes under a chart
+STEP_AXES = frozenset({"step"})  # axis titles that count steps: whole numbers, thousands separated
+WHOLE_STEPS = 20  # a step axis spanning at most this many steps gets its ticks at whole steps
+# The legend in rows under the chart (``fit_legend`` makes room): at the side it took two thirds of a 300 px wide
+# chart at 1024 x 768. Placed in the container's coordinates, it sits under the axis title whatever the height.
+NOTE_CHARS = 48  # a note in a chart (why there is no prediction) wraps at this many characters: a 300 px panel
+LEGEND_BELOW = {"orientation": "h", "x": 0, "xanchor": "left", "y": 0, "yanchor": "bottom", "yref": "container"}
 UIREVISION = "balance"
 MAX_POINTS = 2000
 MAX_LINES = 200  # constant-difference lines drawn in the neuron chart, at most
@@ -144,16 +154,35 @@ def layout(
         "legend": {"font": {"size": 11}, "groupclick": "togglegroup"},
         "hovermode": hovermode,
         "uirevision": UIREVISION,
-        # "-" lets plotly pick linear, date or category from the data: a forced "linear" draws text as nothing
-        "xaxis": {"title": {"text": x_title}, "type": "log" if log_x else "-", "exponentformat": "power"},
-        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "-", "exponentformat": "power"},
+        "xaxis": axis(x_title, log_x),
+        "yaxis": axis(y_title, log_y),
     }
 
 
+def axis(title: str, log: bool = False) -> dict[str, Any]:
+    """An axis whose every tick label states its value.
+
+    A step axis counts: 1,000 and 2,000 (never 0.5×10⁴), and whole steps only for a short run (``whole_steps``).
+    A log axis labels each tick it labels in full: 0.2, 2, 20 or 2e−7, never a bare minor digit "2" that means
+    0.2 at the bottom of an axis and 2 at its top. Other axes write powers of ten as ×10ⁿ.
+    """
+    spec: dict[str, Any] = {"title": {"text": title}, "type": "log" if log else "-"}  # "-": plotly picks, text too
+    if title in STEP_AXES:
+        spec["tickformat"] = ",~f"
+    if log:
+        spec.update(minorloglabels="complete", exponentformat="e")
+    else:
+        spec["exponentformat"] = "power"
+    return spec
+
+
 def styled(data: Any, *args: Any, **kwargs: Any) -> go.Figure:
-    """A one-panel figure of ``data`` (traces) with ``layout(*args, **kwargs)``, built in one go: about 2x
-    cheaper than styling a figure after the fact, which a live page does for ~6 charts twice a second."""
-    return go.Figure(data, layout=layout(*args, **kwargs))
+    """A one-panel figure of ``data`` (traces) with ``layout(*args, **kwargs)`` and the legend under it, built in
+    one go: about 2x cheaper than styling a figure after the fact, which a live page does for ~6 charts twice a
+    second."""
+    spec = layout(*args, **kwargs)
+    spec["legend"] = {**spec["legend"], **LEGEND_BELOW}
+    return whole_steps(go.Figure(data, layout=spec))
 
 
 def style(fig: go.Figure, *args: Any, **kwargs: Any) -> go.Figure:
@@ -164,6 +193,70 @@ def style(fig: go.Figure, *args: Any, **kwargs: Any) -> go.Figure:
     fig.update_layout(spec)
     fig.update_xaxes(x_axis)
     fig.update_yaxes(y_axis)
+    return whole_steps(fig)
+
+
+def whole_steps(fig: go.Figure, most: int = 6) -> go.Figure:
+    """Ticks at whole steps where a step axis spans at most ``WHOLE_STEPS`` steps (plotly would put them at 0.5,
+    1.5 for a two-step run); at most ``most`` of them. Modifies and returns ``fig``."""
+    for name in [k for k in fig.layout.to_plotly_json() if re.fullmatch(r"xaxis\d*", k)]:
+        ax = fig.layout[name]
+        if ax.title.text not in STEP_AXES:
+            continue
+        ref = "x" + name[5:]
+        try:
+            xs = [np.asarray(t.x, dtype=float) for t in fig.data if (t.xaxis or "x") == ref and t.x is not None]
+        except (TypeError, ValueError):  # not numbers (categories): plotly's own ticks
+            continue
+        xs = [x[np.isfinite(x) & ((x > 0) if ax.type == "log" else True)] for x in xs]
+        xs = [x for x in xs if len(x)]
+        if not xs:
+            continue
+        lo, hi = math.ceil(min(x.min() for x in xs)), math.floor(max(x.max() for x in xs))
+        if hi - lo <= WHOLE_STEPS:
+            stride = max(1, math.ceil((hi - lo) / (most - 1)))
+            ax.update(tickmode="array", tickvals=list(range(lo, hi + 1, stride)))
+    return fig
+
+
+def mark_steps(fig: go.Figure, marks: Sequence[tuple[float, str]]) -> go.Figure:
+    """A dotted vertical line with a short label on every step axis of ``fig`` at each ``(step, label)``: where a
+    run's step size was changed, say. Steps that a log axis cannot show (<= 0) are left out. Modifies ``fig``."""
+    axes = [k for k in fig.layout.to_plotly_json() if re.fullmatch(r"xaxis\d*", k)]
+    line = {"color": MUTED, "width": 1, "dash": "dot"}
+    for name in axes:
+        ax = fig.layout[name]
+        if ax.title.text not in STEP_AXES:
+            continue
+        x, y = "x" + name[5:], "y" + name[5:]
+        for step, label in marks:
+            if ax.type == "log" and step <= 0:
+                continue
+            fig.add_shape(type="line", x0=step, x1=step, y0=0, y1=1, xref=x, yref=f"{y} domain", line=line)
+            fig.add_annotation(
+                x=step, y=1, xref=x, yref=f"{y} domain", text=label, showarrow=False, xanchor="left", yanchor="top",
+                font={"size": 10, "color": MUTED}, bgcolor="rgba(255, 255, 255, 0.7)",
+            )  # fmt: skip
+    return fig
+
+
+def fit_legend(fig: go.Figure, width: int = NARROW) -> go.Figure:
+    """Make a chart whose legend is under it (``LEGEND_BELOW``) taller by the legend's rows at ``width`` px, so
+    its plot area keeps its height however many layers it shows. For a page that knows its column's width.
+
+    Plotly lays the legend out in the browser: the rows are estimated from the names (about 6 px a character at
+    11 px type, and 40 px of symbol and gap per entry). Modifies and returns ``fig``.
+    """
+    if fig.layout.legend.yref != "container":
+        return fig
+    names = [t.legendgroup or t.name for t in fig.data if t.showlegend is not False and t.name]
+    entries = [40 + 6 * len(str(n)) for n in dict.fromkeys(names)]
+    rows, used = (1, 0) if entries else (0, 0)
+    for w in entries:
+        if used and used + w > width - 70:  # the legend starts at the plot area's left edge
+            rows, used = rows + 1, 0
+        used += w
+    fig.layout.height = (fig.layout.height or HEIGHT) + LEGEND_ROW * rows  # the legend pushes the margin itself
     return fig
 
 
@@ -339,16 +432,19 @@ def _has_prediction(d: pd.DataFrame, h: int) -> bool:
     return column in d.columns and bool(d[column].notna().any())
 
 
-def _gap_traces(d: pd.DataFrame, x: str, names: Sequence[str] | None) -> list[go.Scatter]:
-    """Per pair: measured drift G_k - G_0 (solid), predicted drift (dashed); then gradient flow, 0 (dotted)."""
+def _gap_traces(d: pd.DataFrame, x: str, names: Sequence[str] | None, no_law: str = "") -> list[go.Scatter]:
+    """Per pair: measured drift G_k - G_0 (solid), predicted drift (dashed); then gradient flow, 0 (dotted).
+
+    With ``no_law`` (why the law does not apply) only the measured drift: there is nothing to predict.
+    """
     xs = d[x].to_numpy()
     traces = []
     for h in _indices(d, "gap_drift"):
         pair, c = _pair_label(h, names), colour(h)
         traces.append(_line(xs, d[f"gap_drift_{h}"].to_numpy(), f"{pair} measured", c))
-        if _has_prediction(d, h):
+        if _has_prediction(d, h) and not no_law:
             traces.append(_line(xs, d[f"pred_gap_drift_{h}"].to_numpy(), f"{pair} predicted", c, "dash"))
-    if traces:
+    if traces and not no_law:
         traces.append(_line(xs[[0, -1]], np.zeros(2), "gradient flow", FLOW_COLOUR, "dot"))
     return traces
 
@@ -368,8 +464,10 @@ def _ratio_prediction(d: pd.DataFrame, h: int) -> tuple[np.ndarray, str] | None:
         return predicted_ratio(sq, bias, gap0, drift), label
 
 
-def _ratio_traces(d: pd.DataFrame, x: str, names: Sequence[str] | None, shown: set[str]) -> list[go.Scatter]:
-    """Per pair: ||W_{h+1}|| / ||W_h|| (solid) and the ratio the invariant implies (dashed).
+def _ratio_traces(
+    d: pd.DataFrame, x: str, names: Sequence[str] | None, shown: set[str], no_law: str = ""
+) -> list[go.Scatter]:
+    """Per pair: ||W_{h+1}|| / ||W_h|| (solid) and the ratio the invariant implies (dashed; none with ``no_law``).
 
     Traces named in ``shown`` are already in the legend (the gap traces of ``balance_figure``): they join that
     legend entry instead of repeating it, so one click toggles both panels.
@@ -380,24 +478,29 @@ def _ratio_traces(d: pd.DataFrame, x: str, names: Sequence[str] | None, shown: s
         pair, c = _pair_label(h, names), colour(h)
         name = f"{pair} measured"
         traces.append(_line(xs, d[f"ratio_{h}"].to_numpy(), name, c, showlegend=name not in shown))
-        prediction = _ratio_prediction(d, h)
+        prediction = None if no_law else _ratio_prediction(d, h)
         if prediction is not None:
             name = f"{pair} {prediction[1]}"
             traces.append(_line(xs, prediction[0], name, c, "dash", showlegend=name not in shown))
     return traces
 
 
-def _no_prediction_note(fig: go.Figure, d: pd.DataFrame) -> None:
-    if not any(_has_prediction(d, h) for h in _indices(d, "gap_drift")):
+def _no_prediction_note(fig: go.Figure, d: pd.DataFrame, no_law: str = "") -> None:
+    """Say in the (left) panel why no prediction is drawn: ``no_law``, or no predicted column in the metrics."""
+    if no_law or not any(_has_prediction(d, h) for h in _indices(d, "gap_drift")):
+        why = no_law or "no finite-step prediction for this optimiser"
         fig.add_annotation(
-            text="no finite-step prediction for this optimiser",
-            x=0,
-            y=1,
-            xref="paper",
-            yref="paper",
+            text="<br>".join(textwrap.wrap(why, NOTE_CHARS)),
+            x=0.02,
+            y=0.98,
+            xref="x domain",
+            yref="y domain",
             xanchor="left",
+            yanchor="top",
+            align="left",
             showarrow=False,
-            font={"color": "grey"},
+            bgcolor="rgba(255, 255, 255, 0.8)",
+            font={"color": MUTED, "size": 11},
         )
 
 
@@ -408,6 +511,7 @@ def gaps_figure(
     x: str = "step",
     log_x: bool = False,
     max_points: int = MAX_POINTS,
+    no_law: str = "",
 ) -> go.Figure:
     """Drift of the gap G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2 since step 0: measured (solid) against the
     exact prediction sum_j eta_j^2 (||g_{h+1}||^2 - ||g_h||^2) (dashed) and gradient flow's 0 (dotted).
@@ -419,9 +523,9 @@ def gaps_figure(
     d = _rows(df, hs, "gap", "gap drift", columns, layer_names, x, log_x, max_points)
     if isinstance(d, go.Figure):
         return d
-    fig = figure(_gap_traces(d, x, layer_names))
-    _no_prediction_note(fig, d)
-    return style(fig, "gap drift: measured vs predicted", x, "G_k − G_0", log_x)
+    fig = figure(_gap_traces(d, x, layer_names, no_law))
+    _no_prediction_note(fig, d, no_law)
+    return style(fig, "gap drift: measured vs predicted", x, "G_k − G_0", log_x).update_layout(legend=LEGEND_BELOW)
 
 
 def ratios_figure(
@@ -431,6 +535,7 @@ def ratios_figure(
     x: str = "step",
     log_x: bool = False,
     max_points: int = MAX_POINTS,
+    no_law: str = "",
 ) -> go.Figure:
     """||W_{h+1}|| / ||W_h|| (solid, log y) against theory.predicted_ratio (dashed) and the balanced value 1."""
     hs = _indices(df, "ratio")
@@ -438,9 +543,10 @@ def ratios_figure(
     d = _rows(df, hs, "ratio", "layer ratio", columns, layer_names, x, log_x, max_points)
     if isinstance(d, go.Figure):
         return d
-    fig = figure(_ratio_traces(d, x, layer_names, set()))
+    fig = figure(_ratio_traces(d, x, layer_names, set(), no_law))
     fig.add_hline(y=1, line={"color": FLOW_COLOUR, "width": 1, "dash": "dot"})
-    return style(fig, "layer ratio: measured vs implied by the gap", x, "ratio", log_x, log_y=True)
+    fig = style(fig, "layer ratio: measured vs implied by the gap", x, "ratio", log_x, log_y=True)
+    return fig.update_layout(legend=LEGEND_BELOW)
 
 
 def balance_figure(
@@ -450,22 +556,28 @@ def balance_figure(
     x: str = "step",
     log_x: bool = False,
     max_points: int = MAX_POINTS,
+    no_law: str = "",
 ) -> go.Figure:
-    """``gaps_figure`` (left) and ``ratios_figure`` (right) as two panels of one figure, sharing the legend."""
+    """``gaps_figure`` (left) and ``ratios_figure`` (right) as two panels of one figure, sharing the legend.
+
+    ``no_law``: why the layer-gap law does not apply to this run (``balance.laws.why_no_law``): no prediction, no
+    gradient-flow line and no implied ratio are drawn, and the left panel says why in those words.
+    """
     hs, columns = _indices(df, "gap_drift"), _balance_columns(df)
     d = _rows(df, hs, "gap", "balance", columns, layer_names, x, log_x, max_points)
     if isinstance(d, go.Figure):
         return d
-    gaps = _gap_traces(d, x, layer_names)
-    ratios = _ratio_traces(d, x, layer_names, {t.name for t in gaps})
+    gaps = _gap_traces(d, x, layer_names, no_law)
+    ratios = _ratio_traces(d, x, layer_names, {t.name for t in gaps}, no_law)
     for trace in ratios:
         trace.update(xaxis="x2", yaxis="y2")
     # Two panels laid out by hand, as make_subplots would, in one constructor call (3x cheaper: a live chart).
     spec = layout("", x, "", log_x)
+    spec["legend"] |= LEGEND_BELOW
     spec["xaxis"] |= {"domain": [0.0, 0.45], "anchor": "y"}
     spec["xaxis2"] = {**spec["xaxis"], "domain": [0.55, 1.0], "anchor": "y2"}
     spec["yaxis"] |= {"anchor": "x"}
-    spec["yaxis2"] = {**spec["yaxis"], "anchor": "x2", "type": "log"}
+    spec["yaxis2"] = {**axis("", log=True), "anchor": "x2"}
     titles = [("gap drift G_k − G_0", 0.225), ("ratio ||W_{h+1}|| / ||W_h||", 0.775)]
     spec["annotations"] = [
         {"text": text, "x": at, "y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "center",
@@ -477,8 +589,8 @@ def balance_figure(
         {"type": "line", "xref": "x2 domain", "x0": 0, "x1": 1, "yref": "y2", "y0": 1, "y1": 1, "line": one}
     ]
     fig = go.Figure([*gaps, *ratios], layout=spec)
-    _no_prediction_note(fig, d)
-    return fig
+    _no_prediction_note(fig, d, no_law)
+    return whole_steps(fig)
 
 
 def matrix_figure(
@@ -502,9 +614,12 @@ def matrix_figure(
     for h in hs:
         pair, c = _pair_label(h, layer_names), colour(h)
         traces.append(_line(xs, d[f"matrix_drift_{h}"].to_numpy(), f"{pair} drift", c))
-        if f"matrix_inv_{h}" in d.columns:
-            y, name = d[f"matrix_inv_{h}"].to_numpy(), f"{pair} ||D||"
-            traces.append(go.Scatter(x=xs, y=y, name=name, mode="lines", line={"color": c, "width": 1}, opacity=0.5))
+        if f"matrix_inv_{h}" in d.columns:  # thin: in the legend with its pair's drift (one click toggles both)
+            y, name, thin = d[f"matrix_inv_{h}"].to_numpy(), f"{pair} ||D||", {"color": c, "width": 1}
+            traces.append(
+                go.Scatter(x=xs, y=y, name=name, mode="lines", line=thin, opacity=0.5, legendgroup=f"{pair} drift",
+                           showlegend=False)
+            )  # fmt: skip
     return styled(traces, "matrix invariant", x, "Frobenius norm", log_x, log_y=True)
 
 
@@ -632,13 +747,16 @@ def neuron_figure(
             x0, y0 = s["in_sqnorm"].to_numpy(float)[::step], s["out_sqnorm"].to_numpy(float)[::step]
             lx, ly = _difference_lines(x0, y0, lo, hi, log_axes)
             line = {"color": c, "width": 0.75, "dash": "dash"}
-            name = f"hidden {h} in - out constant"
-            traces.append(go.Scatter(x=lx, y=ly, name=name, mode="lines", line=line, opacity=0.35, hoverinfo="skip"))
-            traces.append(_points(s, f"hidden {h} at start", c, faint=True))
+            name, group = f"hidden {h} in - out constant", {"legendgroup": f"hidden {h}", "showlegend": False}
+            traces.append(
+                go.Scatter(x=lx, y=ly, name=name, mode="lines", line=line, opacity=0.35, hoverinfo="skip", **group)
+            )
+            traces.append(_points(s, f"hidden {h} at start", c, faint=True).update(**group))
     for h in np.unique(now["layer"].to_numpy()):
-        traces.append(_points(now[now["layer"] == h], f"hidden {h}", colour(int(h))))
+        traces.append(_points(now[now["layer"] == h], f"hidden {h}", colour(int(h))).update(legendgroup=f"hidden {h}"))
     titles = ("per-neuron balance", "incoming ||w_in||² (+ b²)", "outgoing ||w_out||²")
     spec = layout(*titles, log_axes, log_axes, hovermode="closest")
+    spec["legend"] |= LEGEND_BELOW
     spec["xaxis"]["range"] = spec["yaxis"]["range"] = [np.log10(lo), np.log10(hi)] if log_axes else [lo, hi]
     return go.Figure(traces, layout=spec)
 

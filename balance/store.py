@@ -786,15 +786,14 @@ class RunStore:
 
         ``StoreError`` kind ``duplicate`` (its message starts with ``label``) if this file was imported already: an
         imported run with the same content and the same id, or the same name and creation time (a file imported
-        once under a new id). A run trained here is never a duplicate of its own export: importing that adds a
-        copy marked as imported.
+        once under a new id), or a run trained here whose export this is (same id and content: issue 12.4).
         """
         digest = content_digest(raw, rows, events, neurons)
         if self._origin != "origin":
             self._migrate()  # never store an imported run where it could not be told from a trained one
         with self._write("importing a run") as conn:
             same = conn.execute(
-                "SELECT id FROM runs WHERE origin = 'imported' AND (id = ? OR (created = ? AND name = ?))",
+                "SELECT id FROM runs WHERE id = ? OR (origin = 'imported' AND created = ? AND name = ?)",
                 (raw["id"], raw["created"], raw["name"]),
             ).fetchall()
             for (other,) in same:

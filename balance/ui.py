@@ -1,9 +1,10 @@
-"""The dashboard's Streamlit layer: config widgets built from the schema, URL sync, run controls, live charts.
+"""The dashboard's shared Streamlit layer: services, safe text, live charts, a run's charts and status, navigation.
 
-The only library module that imports streamlit; pages call these functions and draw nothing of their own.
-Data flow: widgets (or the URL) -> ``RunConfig`` -> ``Runner.start`` in a worker process -> ``RunStore`` ->
-``store.metrics(run, after=cursor)`` polled by a fragment twice a second -> ``balance.plots`` -> ``live_chart`` (a
-chart that updates in place; ``assets/live_chart.js``).
+The library modules that import streamlit are this one and ``ui_*.py`` (one per page, and the Explore page's
+parts: ``ui_settings`` the sidebar, ``ui_links`` the URL, ``ui_live`` the attached run, ``ui_explore`` the page).
+Pages call these functions and draw nothing of their own. Data flow: widgets (or the URL) -> ``RunConfig`` ->
+``Runner.start`` in a worker process -> ``RunStore`` -> ``store.metrics(run, after=cursor)`` polled by a fragment
+twice a second -> ``balance.plots`` -> ``live_chart`` (a chart that updates in place; ``assets/live_chart.js``).
 
 Session state keys carry the page prefix: ``explore.model.width`` is a widget, ``explore.run`` the attached run.
 """
@@ -12,85 +13,36 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import logging
-import math
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from latex2mathml.converter import convert
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from balance import plots
-from balance.config import ConfigError, RunConfig, applicable, choices_of, link_query, parse_value, schema
-from balance.data import DATASETS
-from balance.models import MODELS
-from balance.optim import OPTIMIZERS
-from balance.presets import PRESETS
+from balance.config import RunConfig
+from balance.config import link_query as link_query  # the one link builder, for the pages that link into Explore
+from balance.laws import why_no_law
 from balance.store import ACTIVE as STORE_ACTIVE
 from balance.store import RunStore, StoreError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-REFRESH_S = 0.5  # live charts and the status line poll this often while a run trains
-LIVE_POINTS = 150  # buckets per live chart: decimation keeps each bucket's extremes, so about 300 points a trace
-TRUE = frozenset({"1", "true", "yes", "on"})
 ACTIVE = frozenset(STORE_ACTIVE)  # queued, running, paused: the page polls while a run is in one of these
-SECTIONS = {"model": "Model", "data": "Data", "optim": "Optimiser", "run": "Run"}
-OPEN_SECTIONS = frozenset({"model", "optim", "run"})
-# Registries whose entries carry a one-line ``help``: shown under the choice and listed in its tooltip.
-REGISTRIES: dict[str, Mapping[str, Any]] = {"model.name": MODELS, "data.name": DATASETS, "optim.name": OPTIMIZERS}
-# Settings most runs never touch: drawn in one "Advanced" expander instead of their section.
-ADVANCED = frozenset(
-    {
-        "data.singular_values",
-        "data.teacher_width",
-        "data.image_size",
-        "data.csv_path",
-        "data.target",
-        "data.loss",
-        "data.seed",
-        "model.widths",
-        "model.negative_slope",
-        "optim.beta2",
-        "optim.eps",
-        "optim.rtol",
-        "optim.decay_power",
-        "optim.decay_every",
-        "optim.decay_factor",
-        "log_every",
-        "max_seconds",
-    }
-)
-# The log-spaced grid offered for a ``log`` field; the config's own min / max where absent.
-LOG_RANGES = {"model.init_scale": (1e-4, 10.0), "optim.lr": (1e-5, 10.0), "optim.eps": (1e-12, 1e-2)}
-LABELS = {
-    "model.name": "model",
-    "model.rank": "factor rank",
-    "model.init": "init distribution",
-    "model.init_scale": "init scale σ",
-    "model.layer_scales": "per-layer scale multipliers",
-    "model.bias": "biases",
-    "model.batch_norm": "batch norm",
-    "data.name": "dataset",
-    "data.rank": "target rank",
-    "optim.name": "optimiser",
-    "optim.lr": "step size η",
-    "optim.weight_decay": "weight decay",
-    "optim.batch_size": "batch size",
-}
 
 
 def chart_config(filename: str) -> dict[str, Any]:
     """Plotly's modebar: no logo; the camera button downloads a PNG at twice the size, named ``filename``."""
     return {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": filename}}
 
-
-# --- live charts ------------------------------------------------------------------------------------------------
 
 STATIC = Path(__file__).resolve().parent.parent / "static"  # served at app/static/ (.streamlit/config.toml)
 
@@ -128,9 +80,6 @@ def live_chart(fig: go.Figure, key: str, config: dict[str, Any]) -> None:
     _LIVE_CHART(key=key, data=data, height=int(fig.layout.height or plots.HEIGHT))
 
 
-# --- services ---------------------------------------------------------------------------------------------------
-
-
 @st.cache_resource(show_spinner=False)
 def _store(home: str) -> RunStore:
     return RunStore(home or None)
@@ -157,6 +106,21 @@ def runner() -> Any:
     return _runner(os.environ.get("BALANCE_HOME", ""))
 
 
+_PUNCTUATION = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|[!-\-/:-@\[-^`{-~]")  # ASCII punctuation but . and _
+_LINKISH = re.compile(r"(?i)(?<=www)(?=\.)|(?<=[:@])(?=\S)")
+
+
+def literal(text: str) -> str:
+    """``text`` (from a file, a link, a stored run) as Markdown that shows it character for character.
+
+    Every ASCII punctuation mark is backslash-escaped, so no link, image, HTML, formula, list or heading can
+    start; '.' and an '_' inside a word start nothing and stay as they are (``optim.lr``, ``layer_scales``). GFM's
+    autolinks and Streamlit's ``:emoji:`` and ``:material/icon:`` codes are found in the text after the escapes
+    are resolved: an invisible zero-width space after ':' and '@' and inside 'www.' breaks them.
+    """
+    return _LINKISH.sub("\u200b", _PUNCTUATION.sub(lambda m: "\\" + m.group(0), str(text)))
+
+
 def plain(text: str) -> str:
     """``text`` shown literally by Markdown: formulas such as ||W_h||_F^2 keep their underscores and stars."""
     return re.sub(r"([\\`*_\[\]<>#$~|])", r"\\\1", text)
@@ -168,286 +132,12 @@ def asset(name: str) -> str:
     return path.read_text(encoding="utf-8") if path.exists() else ""
 
 
-# --- settings <-> widget values ---------------------------------------------------------------------------------
-
-FIELDS: dict[str, dataclasses.Field] = dict(schema())
-
-
-def section_of(name: str) -> str:
-    return name.partition(".")[0] if "." in name else "run"
-
-
-def value_of(config: RunConfig, name: str) -> Any:
-    section, _, field = name.rpartition(".")
-    return getattr(getattr(config, section) if section else config, field)
-
-
 def number_text(v: Any) -> str:
     """Shortest text that reads back as the same number: 0.001, 1e-05, 0.17677669529663687."""
     if isinstance(v, float):
         short = f"{v:g}"
         return short if float(short) == v else repr(v)
     return str(v)
-
-
-def to_widget(name: str, value: Any) -> Any:
-    """A setting's value as its widget holds it (lists of numbers as comma-separated text)."""
-    return ",".join(number_text(v) for v in value) if isinstance(value, tuple) else value
-
-
-def config_values(config: RunConfig) -> dict[str, Any]:
-    return {name: to_widget(name, value_of(config, name)) for name in FIELDS}
-
-
-def build_config(values: Mapping[str, Any]) -> tuple[RunConfig | None, str, str]:
-    """``(config, field, message)``: the config of the widget values, or None with the offending field and why."""
-    parsed: dict[str, Any] = {}
-    try:
-        for name, value in values.items():
-            is_text = isinstance(value, str) and FIELDS[name].type.startswith("tuple")
-            parsed[name] = parse_value(name, value) if is_text else value
-        return RunConfig().replace(**parsed), "", ""
-    except ConfigError as exc:
-        return None, error_field(str(exc)), str(exc)
-
-
-def error_field(message: str) -> str:
-    """The setting a ``ConfigError`` message starts with ('model.name = ...' -> 'model.name'), or ''."""
-    m = re.match(r"^(?:run\.)?([a-z_]+(?:\.[a-z_]+)?) = ", message)
-    return m.group(1) if m and m.group(1) in FIELDS else ""
-
-
-def log_grid(name: str, f: dataclasses.Field, current: float) -> list[float]:
-    """1-2-5 values per decade across the field's range, plus ``current`` if it is off the grid."""
-    lo, hi = LOG_RANGES.get(name, (f.metadata.get("min", 1e-8), f.metadata.get("max", 1e2)))
-    grid = [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
-    grid = [float(f"{v:.1g}") for v in grid if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
-    return sorted({*grid, float(current)})
-
-
-def help_text(name: str, f: dataclasses.Field) -> str:
-    text = f.metadata.get("help", "")
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if lo is not None and hi is not None:
-        text += f" (from {number_text(lo)} to {number_text(hi)})"
-    if name in REGISTRIES:
-        text += "\n\n" + "\n".join(f"- **{k}**: {entry.help}" for k, entry in REGISTRIES[name].items())
-    return text
-
-
-# --- config widgets ---------------------------------------------------------------------------------------------
-
-
-def load_config(prefix: str, config: RunConfig) -> None:
-    """Set every config widget of the page to ``config`` (before the widgets are drawn, or in a callback)."""
-    values = config_values(config)
-    for name, value in values.items():
-        st.session_state[f"{prefix}.{name}"] = value
-    st.session_state[f"{prefix}.values"] = values
-
-
-def current_values(prefix: str) -> dict[str, Any]:
-    return {name: st.session_state.get(f"{prefix}.{name}") for name in FIELDS}
-
-
-def _restore_widgets(prefix: str) -> None:
-    """Streamlit forgets the state of widgets not drawn on a run (another page): put back the last values."""
-    saved = st.session_state.get(f"{prefix}.values") or config_values(RunConfig())
-    for name, value in saved.items():
-        st.session_state.setdefault(f"{prefix}.{name}", value)
-
-
-def _widget(prefix: str, name: str, f: dataclasses.Field) -> None:
-    key = f"{prefix}.{name}"
-    label = LABELS.get(name) or name.rpartition(".")[2].replace("_", " ")
-    common: dict[str, Any] = {"key": key, "help": help_text(name, f)}
-    choices = choices_of(f)
-    if name in ("model.name", "data.name"):
-        common.update(on_change=_repair_pair, args=(prefix, name))
-    if name == "optim.lr":
-        common.update(on_change=_lr_changed, args=(prefix,))
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if choices is not None:
-        st.selectbox(label, choices, **common)
-        if name in REGISTRIES and st.session_state.get(key) in REGISTRIES[name]:
-            st.caption(REGISTRIES[name][st.session_state[key]].help)
-    elif f.type == "bool":
-        st.toggle(label, **common)
-    elif f.type == "float" and f.metadata.get("log"):
-        options = log_grid(name, f, st.session_state[key])
-        st.select_slider(label, options, format_func=number_text, **common)
-    elif f.type == "int":
-        step = 10 ** max(0, math.floor(math.log10(max(f.default, 1))) - 1)
-        st.number_input(label, min_value=lo, max_value=hi, step=step, **common)
-    elif f.type == "float":
-        step = 0.01 if hi is not None and hi <= 10 else 1.0
-        st.number_input(label, min_value=float(lo), max_value=float(hi), step=step, format="%g", **common)
-    else:  # text and lists of numbers
-        placeholder = "comma-separated numbers, e.g. 1,0.5,1" if f.type.startswith("tuple") else ""
-        st.text_input(label, placeholder=placeholder, **common)
-
-
-def config_sidebar(prefix: str) -> tuple[RunConfig | None, str]:
-    """Draw the preset picker and every setting of ``schema()`` in the sidebar; return ``(config, error)``.
-
-    A bad value or combination is explained by ``st.error`` under the setting it names, never as a traceback.
-    """
-    _restore_widgets(prefix)
-    hidden = st.session_state.get(f"{prefix}.hidden", frozenset())
-    values = current_values(prefix)
-    shown = set(applicable(values)) - hidden  # settings that do not apply are kept, not shown
-    shown.add(build_config(values)[1])  # ... unless the one a message names, so that it can be mended
-    slots: dict[str, Any] = {}
-    by_section: dict[str, list[str]] = {s: [] for s in [*SECTIONS, "advanced"]}
-    for name in FIELDS:
-        if name in shown:
-            by_section["advanced" if name in ADVANCED else section_of(name)].append(name)
-    with st.sidebar:
-        if "preset" not in hidden:
-            st.selectbox(
-                "Start from a preset",
-                ["", *PRESETS],
-                format_func=lambda k: PRESETS[k][0] if k else "(choose a preset)",
-                key=f"{prefix}.preset",
-                on_change=_load_preset,
-                args=(prefix,),
-            )
-        if hidden:
-            st.caption("This link shows only some settings; the others keep the link's values.")
-            st.button("Show all settings", key=f"{prefix}.show_all", on_click=_show_all, args=(prefix,))
-        top = st.empty()
-        for section, title in [*SECTIONS.items(), ("advanced", "Advanced")]:
-            if not by_section[section]:
-                continue
-            with st.expander(title, expanded=section in OPEN_SECTIONS or bool(hidden)):
-                for name in by_section[section]:
-                    _widget(prefix, name, FIELDS[name])
-                    slots[name] = st.empty()
-    values = current_values(prefix)
-    st.session_state[f"{prefix}.values"] = values
-    config, field, message = build_config(values)
-    if message:
-        (slots.get(field) or top).error(message, icon=":material/warning:")
-    return config, message
-
-
-def _show_all(prefix: str) -> None:
-    st.session_state[f"{prefix}.hidden"] = frozenset()
-
-
-def _load_preset(prefix: str) -> None:
-    name = st.session_state[f"{prefix}.preset"]
-    if name:
-        load_config(prefix, PRESETS[name][1])
-        st.session_state[f"{prefix}.preset"] = ""
-        st.toast(f"Loaded preset: {PRESETS[name][0]}")
-
-
-def _repair_pair(prefix: str, changed: str) -> None:
-    """After a new model (dataset), pick the first dataset (model) that fits it, if the old one does not."""
-    values = current_values(prefix)
-    message = build_config(values)[2]
-    other = "data.name" if changed == "model.name" else "model.name"
-    if not message or other not in message:
-        return
-    for choice in choices_of(FIELDS[other]) or ():
-        if build_config({**values, other: choice})[0] is not None:
-            st.session_state[f"{prefix}.{other}"] = choice
-            st.toast(f"{LABELS[other]} set to {choice}: {values[other]} does not fit {values[changed]}")
-            return
-
-
-def _lr_changed(prefix: str) -> None:
-    """A new step size reaches the attached run at once (no reset); the run keeps its other settings."""
-    run_id = st.session_state.get(f"{prefix}.run")
-    lr = st.session_state[f"{prefix}.optim.lr"]
-    if run_id and run_status(run_id).state in ACTIVE:
-        runner().set_learning_rate(run_id, lr)
-        st.toast(f"step size of the running run set to {number_text(lr)}")
-
-
-# --- URL ------------------------------------------------------------------------------------------------------
-
-
-def init_session(prefix: str) -> None:
-    """Once per browser session: take the config (and ``run=<id>``) from the URL, warning about bad values."""
-    pending = st.session_state.pop(f"{prefix}.open", None)  # "Open in Explore" on the Runs page
-    if pending:
-        st.session_state[f"{prefix}.ready"] = True
-        _attach_stored(prefix, pending)
-    if st.session_state.get(f"{prefix}.ready"):
-        return
-    st.session_state[f"{prefix}.ready"] = True
-    query = {k: v for k, v in st.query_params.to_dict().items() if k != "run"}
-    st.session_state[f"{prefix}.hidden"], query = hidden_by_link(query)
-    run_id = st.query_params.get("run", "")
-    config, problems = RunConfig.from_query(query, strict=False)
-    if problems:
-        st.session_state[f"{prefix}.url_problems"] = problems
-    if run_id and not query and not problems:
-        _attach_stored(prefix, run_id)
-        return
-    load_config(prefix, config)
-    if run_id:
-        _attach_stored(prefix, run_id, load=False)
-
-
-def _attach_stored(prefix: str, run_id: str, load: bool = True) -> None:
-    try:
-        record = store().get_run(run_id)
-    except (StoreError, ValueError):
-        st.session_state[f"{prefix}.url_problems"] = [
-            f"run = {run_id!r}: no such run is stored here; press Start to train this configuration again"
-        ]
-        return
-    if load:
-        load_config(prefix, record.config)
-    attach(prefix, run_id)
-
-
-def url_warnings(prefix: str) -> None:
-    problems = st.session_state.pop(f"{prefix}.url_problems", None)
-    if problems:
-        lines = "\n".join(f"- {p}" for p in problems)
-        st.warning(f"This link had settings that could not be used; they were left at their defaults:\n{lines}")
-
-
-def hidden_by_link(query: Mapping[str, str]) -> tuple[frozenset[str], dict[str, str]]:
-    """The settings a classroom link hides, and the rest of its query.
-
-    As TensorFlow Playground's ``*_hide``: ``optim.momentum_hide=1`` hides one setting; ``show=optim.lr,steps``
-    hides all but those (``preset`` names the preset picker). Unknown names are ignored: a link still opens.
-    """
-    hidden = {k[: -len("_hide")] for k, v in query.items() if k.endswith("_hide") and v.lower() in TRUE}
-    if "show" in query:
-        hidden |= {*FIELDS, "preset"} - {s.strip() for s in query["show"].split(",")}
-    rest = {k: v for k, v in query.items() if k != "show" and not k.endswith("_hide")}
-    return frozenset(hidden & {*FIELDS, "preset"}), rest
-
-
-def link_flags(hidden: frozenset[str]) -> dict[str, str]:
-    """``hidden`` as the shortest flags: ``show=`` when most settings are hidden, else one ``*_hide`` each."""
-    if not hidden:
-        return {}
-    shown = [name for name in ["preset", *FIELDS] if name not in hidden]
-    if len(shown) < len(hidden):
-        return {"show": ",".join(shown)}
-    return {f"{name}_hide": "1" for name in sorted(hidden)}
-
-
-def sync_url(prefix: str, config: RunConfig | None) -> None:
-    """Write the config (see ``link_query``) and the attached run into the URL."""
-    if config is None:  # keep the last good link while the user fixes a value
-        return
-    wanted = {**link_query(config), **link_flags(st.session_state.get(f"{prefix}.hidden", frozenset()))}
-    run_id = st.session_state.get(f"{prefix}.run")
-    if run_id:
-        wanted["run"] = run_id
-    if st.query_params.to_dict() != wanted:
-        st.query_params.from_dict(wanted)
-
-
-# --- runs -------------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -460,6 +150,8 @@ class Status:
     steps_per_second: float = 0.0
     t: float = float("nan")
     loss: float = float("nan")
+    lr: float = float("nan")
+    queue_position: int = 0  # 1 = next to start; 0 when not queued (the runner's message says why it waits)
 
 
 def run_status(run_id: str) -> Status:
@@ -467,7 +159,33 @@ def run_status(run_id: str) -> Status:
         v = runner().status(run_id)
     except (StoreError, ValueError):
         return Status("missing", 0, f"run {run_id} is not stored here")
-    return Status(v.state, int(v.step), v.message or "", v.steps_per_second or 0.0, v.t, v.loss)
+    speed = v.steps_per_second or 0.0
+    return Status(v.state, int(v.step), v.message or "", speed, v.t, v.loss, v.lr, v.queue_position)
+
+
+# --- sessions: the runner's per-session limits, and the pause of runs no page shows ------------------------------
+
+KEEPALIVE_S = 30.0  # an open Explore page tells the runner this often that its session's runs are watched
+
+
+def session_id() -> str:
+    """This browser session's id (a reload is a new one): the runner's ``session`` for limits and idle pauses."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else ""
+
+
+@st.cache_resource(show_spinner=False)
+def run_sessions() -> dict[str, str]:
+    """Process-wide: the session that started each run, so a page reattached after a reload (a new session)
+    keeps the run it shows watched."""
+    return {}
+
+
+def touch(run_id: str | None = None) -> None:
+    """Tell the runner that a page shows this session's runs (and ``run_id``'s, whichever session started it)."""
+    r, mine = runner(), session_id()
+    for session in {mine, run_sessions().get(run_id or "", mine)}:
+        r.touch(session)
 
 
 def attach(prefix: str, run_id: str | None) -> None:
@@ -478,138 +196,28 @@ def attach(prefix: str, run_id: str | None) -> None:
     st.session_state[f"{prefix}.initial"] = None
 
 
-def _start(prefix: str) -> None:
-    config, _, _ = build_config(current_values(prefix))
-    if config is not None:
-        name = st.session_state.get(f"{prefix}.name", "") or ""
-        attach(prefix, runner().start(config, name=name))
-
-
-def _act(prefix: str, action: str, *args: Any) -> None:
-    run_id = st.session_state.get(f"{prefix}.run")
-    if not run_id:
-        return
-    r = runner()
-    if action == "reset":
-        if run_status(run_id).state in ACTIVE:
-            r.stop(run_id)
-        attach(prefix, None)
-    else:
-        getattr(r, action)(run_id, *args)
-
-
-def run_controls(prefix: str, config: RunConfig | None) -> None:
-    """Start, Pause / Resume, Step 1 / 10 / 100, Stop, Reset, as one row of buttons."""
-    run_id = st.session_state.get(f"{prefix}.run")
-    state = run_status(run_id).state if run_id else ""
-    active = state in ACTIVE
-    with st.container(horizontal=True, vertical_alignment="bottom"):
-        st.button(
-            "Start",
-            type="primary",
-            key=f"{prefix}.start",
-            disabled=config is None,
-            on_click=_start,
-            args=(prefix,),
-            help="train the settings in the sidebar in a new run (a run already training keeps going)",
-        )
-        if state == "paused":
-            st.button("Resume", key=f"{prefix}.resume", on_click=_act, args=(prefix, "resume"))
-        else:
-            paused = state != "running"
-            st.button("Pause", key=f"{prefix}.pause", disabled=paused, on_click=_act, args=(prefix, "pause"))
-        for n in (1, 10, 100):
-            st.button(
-                f"Step {n}",
-                key=f"{prefix}.step{n}",
-                disabled=not active,
-                on_click=_act,
-                args=(prefix, "step", n),
-                help=f"pause, then take {n} step{'s' * (n > 1)}",
-            )
-        st.button("Stop", key=f"{prefix}.stop", disabled=not active, on_click=_act, args=(prefix, "stop"))
-        st.button(
-            "Reset",
-            key=f"{prefix}.reset",
-            disabled=not run_id,
-            on_click=_act,
-            args=(prefix, "reset"),
-            help="stop the run and clear the charts",
-        )
-        st.text_input(
-            "run name",
-            key=f"{prefix}.name",
-            placeholder="run name (optional)",
-            label_visibility="collapsed",
-            width=200,
-        )
-
-
-def status_line(status: Status) -> None:
-    """One line: state, step, t, loss, steps per second; a diverged or failed run says what to try."""
-    colour = {"running": "blue", "paused": "orange", "finished": "green", "diverged": "red", "failed": "red"}
-    parts = [
-        f":{colour.get(status.state, 'gray')}-badge[{status.state}]",
-        f"step **{status.step:,}**",
-    ]
-    if math.isfinite(status.t):
-        parts.append(f"t = {status.t:.4g}")
-    if math.isfinite(status.loss):
-        parts.append(f"loss = {status.loss:.4g}")
-    elif status.loss != status.loss and status.state == "diverged":
-        parts.append("loss = nan")
-    if status.steps_per_second:
-        parts.append(f"{status.steps_per_second:,.0f} steps/s")
-    st.markdown(" · ".join(parts))
-    if status.state == "diverged":
-        head, _, why = status.message.partition(": ")
-        head = head[:1].upper() + head[1:] if head else "Diverged"
-        advice = "" if "try" in why else "; try a smaller step size or a smaller init scale"
-        st.error(f"**{head}**: {plain(why)}{advice}", icon=":material/error:")
-    elif status.state in ("failed", "missing") and status.message:
-        st.error(status.message)
-    elif status.message and status.state not in ACTIVE:
-        st.info(status.message)
-
-
-# --- live charts ------------------------------------------------------------------------------------------------
-
-
-def fetch_rows(prefix: str, run_id: str) -> pd.DataFrame:
-    """The attached run's metrics: rows already seen plus those logged since (``store.metrics(after=cursor)``)."""
-    frame = st.session_state.get(f"{prefix}.frame")
-    cursor = st.session_state.get(f"{prefix}.cursor", -1)
-    new = store().metrics(run_id, after=cursor)
-    if len(new):
-        frame = new if frame is None or frame.empty else pd.concat([frame, new], ignore_index=True)
-        st.session_state[f"{prefix}.frame"] = frame
-        st.session_state[f"{prefix}.cursor"] = int(new["step"].max())
-    return frame if frame is not None else new
-
-
-def neuron_tables(prefix: str, run_id: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """The latest per-neuron table and the one at step 0 (read once per run)."""
-    now = store().neurons(run_id)
-    initial = st.session_state.get(f"{prefix}.initial")
-    if initial is None or initial.empty:
-        initial = store().neurons(run_id, step=0)
-        st.session_state[f"{prefix}.initial"] = initial
-    return (now if len(now) else None), (initial if len(initial) else None)
-
-
 def run_figures(
     df: pd.DataFrame,
     config: RunConfig,
     neurons: tuple[pd.DataFrame | None, pd.DataFrame | None],
     log_x: bool,
     max_points: int = plots.MAX_POINTS,
+    marks: Sequence[tuple[float, str]] = (),
 ) -> list[tuple[str, go.Figure, str]]:
-    """(name, figure, caption) in display order; the matrix chart only where there are linear layers."""
+    """(name, figure, caption) in display order; the matrix chart only where there are linear layers.
+
+    Where the layer-gap law does not apply (``why_no_law``) the balance chart draws no prediction and it and its
+    caption say why; ``marks`` (step, label) are drawn on every step axis (a step size changed mid-run).
+    """
     names = plots.MF_LAYER_NAMES if config.model.name == "mf" else None
+    no_law = why_no_law(config)
     out = []
     for name in ("loss", "norms", "balance", "grad_norms"):
         fn, caption = plots.FIGURES[name]
-        out.append((name, fn(df, layer_names=names, log_x=log_x, max_points=max_points), caption))
+        extra = {"no_law": no_law} if name == "balance" else {}
+        if extra and no_law:
+            caption += f" **Here there is no prediction:** {no_law}."
+        out.append((name, fn(df, layer_names=names, log_x=log_x, max_points=max_points, **extra), caption))
     now, initial = neurons
     if now is not None:
         figure = plots.neuron_figure(now, initial=initial, max_points=max_points)
@@ -617,114 +225,17 @@ def run_figures(
     if any(str(c).startswith("matrix_drift_") for c in df.columns):
         fn, caption = plots.FIGURES["matrix"]
         out.append(("matrix", fn(df, layer_names=names, log_x=log_x, max_points=max_points), caption))
+    for name, fig, _ in out:
+        plots.mark_steps(fig, marks)
+        plots.fit_legend(fig, plots.WIDE if name == "balance" else plots.NARROW)
     return out
 
 
-def show_figures(prefix: str, figures: list[tuple[str, go.Figure, str]]) -> None:
-    """Two charts a row; the gap / ratio pair (one figure of two panels) takes a whole row."""
-    row: list[tuple[str, go.Figure, str]] = []
-    for item in figures:
-        if item[0] == "balance":
-            _row(prefix, row)
-            _row(prefix, [item])
-            row = []
-        else:
-            row.append(item)
-            if len(row) == 2:
-                _row(prefix, row)
-                row = []
-    _row(prefix, row)
-
-
-def _row(prefix: str, items: list[tuple[str, go.Figure, str]]) -> None:
-    if not items:
-        return
-    for column, (name, fig, caption) in zip(st.columns(1 if items[0][0] == "balance" else 2), items):
-        with column:
-            live_chart(fig, key=f"{prefix}.chart.{name}", config=chart_config(name))
-            st.caption(plain(caption))
-
-
-def live_section(prefix: str) -> None:
-    """Status line and charts of the attached run, refreshed every ``REFRESH_S`` while it is active.
-
-    One fragment ticks: the status line and, unless "freeze charts" is on, the charts, which update in place
-    (``live_chart``: a zoom survives). Frozen charts are drawn once by the page and not touched again. A change of
-    state (queued -> running, -> finished or diverged) reruns the page, so the buttons follow.
-    """
-    run_id = st.session_state.get(f"{prefix}.run")
-    if not run_id:
-        st.info("Choose settings in the sidebar (or a preset) and press **Start**.")
-        return
-    first = run_status(run_id)
-    with st.container(horizontal=True, vertical_alignment="center"):
-        st.toggle(
-            "freeze charts",
-            key=f"{prefix}.freeze",
-            help="stop redrawing the charts (training goes on); a zoom survives the live refresh too",
-        )
-        st.toggle("log x", key=f"{prefix}.log_x", help="logarithmic step axis")
-    # A paused run's charts change only by Step n, which reruns the page (below): no need to redraw them per tick.
-    still = st.session_state.get(f"{prefix}.freeze", False) or first.state == "paused"
-
-    @st.fragment(run_every=REFRESH_S if first.state in ACTIVE else None)
-    def live() -> None:
-        status = run_status(run_id)
-        status_line(status)
-        if status.state != first.state or (first.state == "paused" and status.step != first.step):
-            st.rerun(scope="app")
-        if not still:
-            render_charts(prefix, run_id)
-
-    live()
-    if still:
-        render_charts(prefix, run_id)
-
-
-def render_charts(prefix: str, run_id: str) -> None:
-    """The run's charts; rebuilt only when rows, the neuron snapshot or the axis changed since the last tick."""
-    try:
-        df = fetch_rows(prefix, run_id)
-        neurons = neuron_tables(prefix, run_id)
-        config = run_config(prefix, run_id)
-    except StoreError as exc:  # e.g. deleted on the Runs page by another session
-        st.info(f"No charts: {exc}")
-        return
-    if df is None or df.empty:
-        st.caption("waiting for the first rows…")
-        return
-    log_x = st.session_state.get(f"{prefix}.log_x", False)
-    snapshot = -1 if neurons[0] is None else int(neurons[0]["step"].iloc[0])
-    key = (run_id, len(df), int(df["step"].iloc[-1]), snapshot, log_x)
-    cached = st.session_state.get(f"{prefix}.figures")
-    if cached is None or cached[0] != key:
-        cached = (key, run_figures(df, config, neurons, log_x, LIVE_POINTS))
-        st.session_state[f"{prefix}.figures"] = cached
-    show_figures(prefix, cached[1])
-
-
-def run_config(prefix: str, run_id: str) -> RunConfig:
-    cached = st.session_state.get(f"{prefix}.run_config")
-    if cached is None or cached[0] != run_id:
-        cached = (run_id, store().get_run(run_id).config)
-        st.session_state[f"{prefix}.run_config"] = cached
-    return cached[1]
-
-
-def downloads(prefix: str) -> None:
-    """The attached run's metrics as CSV and its charts as stand-alone HTML (PNG: the camera in each chart).
-
-    The files are made when the button is pressed (a callable ``data``, run on another thread), not on every rerun.
-    """
-    run_id = st.session_state.get(f"{prefix}.run")
-    if not run_id or st.session_state.get(f"{prefix}.frame") is None:
-        return
-    s = store()
-    with st.expander("Download"):
-        csv, html = functools.partial(metrics_csv, s, [run_id]), functools.partial(run_html, s, run_id)
-        st.download_button("metrics (CSV)", csv, f"{run_id}.csv", "text/csv", key=f"{prefix}.csv")
-        st.download_button("charts (HTML)", html, f"{run_id}.html", "text/html", key=f"{prefix}.html")
-        st.caption("PNG: the camera button at the top right of each chart.")
+def lr_marks(s: RunStore, run_id: str) -> tuple[tuple[float, str], ...]:
+    """Where the run's step size was changed while it trained: (step, 'η → new value') from its events."""
+    events = s.events(run_id)
+    changes = events[events["kind"] == "lr"]
+    return tuple((float(step), f"η → {number_text(float(v))}") for step, v in zip(changes["step"], changes["value"]))
 
 
 def metrics_csv(s: RunStore, run_ids: list[str]) -> str:
@@ -736,18 +247,28 @@ def run_html(s: RunStore, run_id: str) -> str:
     """Every chart of a run at full resolution, as one HTML page."""
     neurons = s.neurons(run_id), s.neurons(run_id, step=0)
     tables = tuple(t if len(t) else None for t in neurons)
-    return figures_html(run_figures(s.metrics(run_id), s.get_run(run_id).config, tables, False))
+    marks = lr_marks(s, run_id)
+    return figures_html(run_figures(s.metrics(run_id), s.get_run(run_id).config, tables, False, marks=marks))
+
+
+def caption_html(caption: str) -> str:
+    """A caption's Markdown as HTML for a file that opens offline: ``$...$`` as MathML (browsers draw it, no
+    MathJax from a CDN), ``**bold**`` as <strong>, everything else escaped."""
+    parts = re.split(r"\$([^$]+)\$", caption)  # odd parts are formulas
+    out = [
+        convert(part) if i % 2 else re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part, quote=False))
+        for i, part in enumerate(parts)
+    ]
+    return "".join(out)
 
 
 def figures_html(figures: list[tuple[str, go.Figure, str]]) -> str:
     """One stand-alone HTML page with every chart and its caption (plotly.js included once)."""
     parts = []
     for i, (_, fig, caption) in enumerate(figures):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0) + f"<p>{caption}</p>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0) + f"<p>{caption_html(caption)}</p>")
     return "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
 
-
-# --- pages --------------------------------------------------------------------------------------------------------
 
 PAGES = Path(__file__).resolve().parent.parent / "app_pages"
 
@@ -755,73 +276,32 @@ PAGES = Path(__file__).resolve().parent.parent / "app_pages"
 def navigation() -> Any:
     """The app's pages, Explore first (the default); navigation at the top so the sidebar holds the settings."""
     serve_plotly_js()
+    # Titles only: with an icon each, the six links were 11 px wider than the navigation bar at 1024 x 768 with
+    # the sidebar open, and "About" was cut off.
     pages = [
-        st.Page(PAGES / "explore.py", title="Explore", icon=":material/monitoring:", default=True),
-        st.Page(PAGES / "runs.py", title="Runs", icon=":material/table_rows:"),
-        st.Page(PAGES / "sweep.py", title="Sweeps", icon=":material/grid_on:"),
-        st.Page(PAGES / "claims.py", title="Claims", icon=":material/fact_check:"),
-        st.Page(PAGES / "lecture.py", title="Lecture", icon=":material/school:"),
-        st.Page(PAGES / "about.py", title="About", icon=":material/menu_book:"),
+        st.Page(PAGES / "explore.py", title="Explore", default=True),
+        st.Page(PAGES / "runs.py", title="Runs"),
+        st.Page(PAGES / "sweep.py", title="Sweeps"),
+        st.Page(PAGES / "claims.py", title="Claims"),
+        st.Page(PAGES / "lecture.py", title="Lecture"),
+        st.Page(PAGES / "about.py", title="About"),
     ]
     return st.navigation(pages, position="top")
 
 
-def explore_page(prefix: str) -> None:
-    init_session(prefix)
-    config, error = config_sidebar(prefix)
-    sync_url(prefix, config)
-    st.markdown("#### Watch gradient descent balance the layers")
-    url_warnings(prefix)
-    with st.expander("What am I looking at?"):
-        st.markdown(asset("explore.md"))
-    if error:
-        st.error(f"Cannot start yet: {error}", icon=":material/warning:")
-    run_controls(prefix, config)
-    changed_note(prefix, config)
-    live_section(prefix)
-    share(prefix, config)
-    downloads(prefix)
-
-
-def changed_note(prefix: str, config: RunConfig | None) -> None:
-    """Say so when the sidebar no longer matches the run on screen (a new run needs Start)."""
-    run_id = st.session_state.get(f"{prefix}.run")
-    if not run_id or config is None:
-        return
-    try:
-        shown = run_config(prefix, run_id)
-    except StoreError:
-        return
-    differ = sorted(k for k in set(config.to_query()) ^ set(shown.to_query()) | _changed(config, shown))
-    if "optim.lr" in differ and run_status(run_id).state in ACTIVE:
-        differ.remove("optim.lr")  # applied to the running run already
-    if differ:
-        st.caption(f"The sidebar differs from the run shown ({', '.join(differ)}): press **Start** to train it.")
-
-
-def _changed(a: RunConfig, b: RunConfig) -> set[str]:
-    qa, qb = a.to_query(), b.to_query()
-    return {k for k in qa.keys() & qb.keys() if qa[k] != qb[k]}
-
-
-def share(prefix: str, config: RunConfig | None) -> None:
-    if config is None:
-        return
-    base = (st.context.url or "").split("?")[0]
-    with st.expander("Share this experiment"):
-        st.caption("The link holds every setting, the seed included: opening it sets up the same run.")
-        st.code(f"{base}?{urlencode(link_query(config), safe=',')}", language=None)
-        shown = st.multiselect(
-            "Classroom link: show students only these settings",
-            list(FIELDS),
-            format_func=lambda name: LABELS.get(name) or name,
-            key=f"{prefix}.classroom",
-            placeholder="e.g. step size η",
-        )
-        if shown:
-            query = {**link_query(config), "show": ",".join(shown)}
-            st.code(f"{base}?{urlencode(query, safe=',')}", language=None)
-
-
 def about_page() -> None:
     st.markdown(asset("about.md"))
+
+
+_MOVED = {"ui_settings": ("FIELDS", "build_config", "load_config", "config_values", "LABELS", "error_field")}
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved to the Explore page's own modules, still reachable as ``ui.<name>`` (tests of other
+    pages use them); imported on first use, since those modules import this one."""
+    for module, names in _MOVED.items():
+        if name in names:
+            import importlib
+
+            return getattr(importlib.import_module(f"balance.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

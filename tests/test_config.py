@@ -331,6 +331,10 @@ def test_round_trips_dict_toml_query(config: RunConfig) -> None:
     for key in query:  # only what differs from the defaults
         section, _, name = key.rpartition(".")
         assert (default[section][name] if section else default[name]) != _get(config, key)
+    assert "data.csv_path" not in query  # a server path never travels in a link (data.csv_path: link=False)
+    if config.data.name == "csv":  # and the csv dataset is not valid without one
+        return
+    config = config.replace(**{"data.csv_path": ""})  # kept where it does not apply, but not in the query
     assert RunConfig.from_query(query) == (config, [])
     assert RunConfig.from_query(query, strict=False) == (config, [])
 

@@ -4,6 +4,7 @@ metrics columns (and the ratio overlay against theory.predicted_ratio); decimati
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,65 @@ def test_charts_use_numpy_and_shared_style(frames, case):
             assert isinstance(t.x, np.ndarray) and isinstance(t.y, np.ndarray), (name, t.name)
         fig.to_json()  # serialisable
     pd.testing.assert_frame_equal(df, before)  # never mutated
+
+
+@pytest.mark.parametrize("case", RUNS)
+def test_every_axis_states_its_values(frames, case):
+    """Log axes label every labelled tick in full (never a bare minor digit: "2" for 0.2 and for 2); step axes
+    count in whole, thousands-separated numbers (never 0.5×10⁴). The browser test reads the drawn labels."""
+    df = frames[case]
+    figures = {
+        **all_charts(df, case),
+        "neurons": plots.neuron_figure(
+            pd.DataFrame({"layer": [1, 1], "neuron": [0, 1], "in_sqnorm": [0.5, 2.0], "out_sqnorm": [1.0, 3.0]}),
+            log_axes=True,
+        ),
+    }
+    for name, fig in figures.items():
+        axes = {k: v for k, v in fig.layout.to_plotly_json().items() if re.fullmatch(r"[xy]axis\d*", k)}
+        for key, ax in axes.items():
+            if ax.get("type") == "log":
+                assert ax.get("minorloglabels") == "complete", (name, key)
+            if ax.get("title", {}).get("text") == "step":
+                assert ax.get("tickformat") == ",~f", (name, key)
+
+
+def test_a_short_run_has_its_ticks_at_whole_steps(frames):
+    two = frames["mf"].iloc[:3]  # steps 0, 1, 2: plotly would tick 0, 0.5, 1, 1.5, 2
+    for name, fig in all_charts(two, "mf").items():
+        for key in [k for k in fig.layout.to_plotly_json() if k.startswith("xaxis")]:
+            assert list(fig.layout[key].tickvals) == [0, 1, 2], (name, key)
+    assert plots.loss_figure(frames["mf"]).layout.xaxis.tickvals is None  # a long run: plotly's own ticks
+
+
+def test_step_marks_on_every_step_axis(frames):
+    fig = plots.mark_steps(plots.balance_figure(frames["mf"]), [(50.0, "η → 0.02")])
+    assert [(s.x0, s.xref, s.yref) for s in fig.layout.shapes if s.x0 == 50.0] == [
+        (50.0, "x", "y domain"),
+        (50.0, "x2", "y2 domain"),
+    ]
+    assert [a.text for a in fig.layout.annotations].count("η → 0.02") == 2
+    logged = plots.mark_steps(plots.loss_figure(frames["mf"], log_x=True), [(0.0, "at 0"), (5.0, "η → 1")])
+    assert [a.text for a in logged.layout.annotations] == ["η → 1"]  # a log axis cannot show step 0
+
+
+def test_where_the_law_does_not_apply_no_prediction_is_drawn(frames):
+    why = "tanh is not homogeneous: no conservation law to predict"
+    for fig in (plots.balance_figure(frames["mlp"], no_law=why), plots.gaps_figure(frames["mlp"], no_law=why)):
+        names = [t.name for t in fig.data]
+        assert not [n for n in names if "predicted" in n or n == "gradient flow"], names
+        assert "tanh is not homogeneous" in " ".join(annotations(fig)).replace("<br>", " ")
+    ratios = plots.ratios_figure(frames["mlp"], no_law=why)
+    assert [t.name for t in ratios.data] == ["layers 1-2 measured", "layers 2-3 measured"]
+
+
+def test_fit_legend_keeps_the_plot_area(frames):
+    fig = plots.neuron_figure(
+        pd.DataFrame({"layer": list(range(1, 7)), "neuron": [0] * 6, "in_sqnorm": [1.0] * 6, "out_sqnorm": [2.0] * 6})
+    )
+    assert fig.layout.height == plots.HEIGHT
+    plots.fit_legend(fig, plots.NARROW)
+    assert fig.layout.height >= plots.HEIGHT + 2 * plots.LEGEND_ROW  # 7 entries: at least two rows at 300 px
 
 
 def test_loss_figure(frames):

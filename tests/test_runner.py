@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 import types
+from contextlib import contextmanager
 from multiprocessing import resource_tracker
 from pathlib import Path
 
@@ -22,10 +25,13 @@ import numpy as np
 import pytest
 
 import balance
+import balance.limits
+import balance.worker
 from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.limits import GIB, Estimate, LimitError, Limits
 from balance.runner import WORKER_NICENESS, Runner, RunStatusView
 from balance.store import RunStore, StoreError
-from balance.trainer import Trainer
+from balance.trainer import Trainer, should_log
 
 MF = RunConfig(
     data=DataConfig(name="lowrank", d1=6, d2=5, rank=2),
@@ -370,6 +376,232 @@ def test_bad_arguments():
 def test_workers_train_below_the_page(runner):
     """Workers run at a higher nice value than the server, so a click answers while every core trains."""
     ours = os.getpriority(os.PRIO_PROCESS, 0)
+    _until(lambda: all(w.ready for w in runner._workers))  # each lowers its own priority as it starts
     pids = [w.proc.pid for w in runner._workers]
     assert pids
     assert all(os.getpriority(os.PRIO_PROCESS, pid) == min(ours + WORKER_NICENESS, 19) for pid in pids)
+
+
+# --- stops under load -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _cpu_load(n: int = 2):
+    """``n`` busy processes at the server's priority (the workers run below it), ended by their own pids."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def _stop_and_check(runner: Runner, store: RunStore, run_id: str) -> RunStatusView:
+    """Stop ``run_id``: within a second the runner says "stopped" and the store says the same state and step."""
+    deadline = time.monotonic() + 1.0
+    assert runner.stop(run_id)  # returns once the run has stopped: a page that reruns on the click shows it
+    view = runner.status(run_id)
+    assert view.state == "stopped" and time.monotonic() < deadline, view
+    while (record := store.get_run(run_id)).state != view.state or record.step != view.step:
+        assert time.monotonic() < deadline, f"the store says {record.state} at {record.step}; the runner {view}"
+        time.sleep(0.002)
+    return view
+
+
+def test_every_stop_takes_effect_within_a_second_under_load(tmp_path):
+    """Fast start/stop cycles: while the workers are still starting (a run waits in the runner, not inside a worker
+    that cannot read its commands yet), then on ready workers under CPU load, stopped at every stage of a start."""
+    random.seed(0)
+    with RunStore(tmp_path) as store:
+        runner = Runner(store, max_workers=2)
+        try:
+            runner.warm()
+            for i in range(10):  # the workers are importing torch meanwhile
+                run_id = runner.start(FOREVER.replace(seed=i))
+                time.sleep(random.choice([0, 0.01, 0.1]))
+                assert _stop_and_check(runner, store, run_id).message == "stopped before it started"
+            _until(lambda: all(w.ready for w in runner._workers))
+            ran = 0
+            with _cpu_load():
+                for i in range(60):
+                    run_id = runner.start(FOREVER.replace(seed=i))
+                    time.sleep(random.choice([0, 0, 0.001, 0.005, 0.02, 0.05, 0.2]))
+                    view = _stop_and_check(runner, store, run_id)
+                    rows = store.metrics(run_id)
+                    if len(rows):
+                        ran += 1
+                        assert rows["step"].iloc[-1] == view.step
+            assert ran >= 10  # most stops above met a run that trained
+            assert runner.active() == []
+        finally:
+            runner.shutdown()
+
+
+# --- a store locked by another process ------------------------------------------------------------------------
+
+_HOLD = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("COMMIT")
+"""
+
+
+@contextmanager
+def _locked(store: RunStore):
+    """Another process holds the store's write lock until the block ends."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(store.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        holder.stdout.close()
+
+
+def _expected_steps(config: RunConfig, last: int) -> list[int]:
+    return sorted({k for k in range(last + 1) if should_log(k, config.steps, config.log_every)} | {last})
+
+
+def test_a_run_keeps_training_and_every_row_while_another_process_holds_the_store(tmp_path):
+    config = MLP.replace(steps=10**8)
+    with RunStore(tmp_path, timeout=1.0) as store:
+        runner = Runner(store, max_workers=1)
+        try:
+            run_id = runner.start(config)
+            _until(lambda: len(store.metrics(run_id)) > 20)
+            with _locked(store):
+                time.sleep(1.5 * store.timeout)  # longer than any writer waits for the lock
+                view = runner.status(run_id)
+                assert view.state == "running" and "the store is locked by another process" in view.message
+                assert "rows kept in memory" in view.message
+                k = view.step
+                _until(lambda: runner.status(run_id).step > k)  # still training
+                stopped = runner.status(run_id).step
+                assert runner.stop(run_id)
+                view = _until(lambda: (v := runner.status(run_id)).state == "stopped" and v)
+                assert store.get_run(run_id).state == "running"  # the store cannot say more yet; the page can
+                assert "locked" in view.message and view.step >= stopped
+            view = runner.wait(run_id, WAIT)
+            assert view.message == f"stopped at step {view.step}"
+            record = store.get_run(run_id)
+            assert (record.state, record.step, record.message) == ("stopped", view.step, view.message)
+            assert store.metrics(run_id)["step"].tolist() == _expected_steps(config, view.step)  # nothing lost
+        finally:
+            runner.shutdown()
+
+
+def test_rows_held_past_the_cap_are_thinned_and_said_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(balance.worker, "PENDING_BYTES", 40_000)  # about 300 MLP rows (the thread backend sees it)
+    config = MLP.replace(steps=10**8)
+    with RunStore(tmp_path) as store:
+        runner = Runner(store, max_workers=1, backend="thread")
+        try:
+            run_id = runner.start(config)
+            _until(lambda: len(store.metrics(run_id)) > 0)
+            with _locked(store):
+                _until(lambda: "rows dropped to stay within memory" in runner.status(run_id).message)
+                runner.stop(run_id)
+                _until(lambda: runner.status(run_id).state == "stopped")
+            view = runner.wait(run_id, WAIT)
+            steps = store.metrics(run_id)["step"]
+            assert steps.iloc[-1] == view.step and steps.is_monotonic_increasing
+            assert len(steps) < len(_expected_steps(config, view.step))  # thinned ...
+            events = store.events(run_id)
+            thinned = events[events["kind"] == "rows_thinned"]
+            assert len(thinned) == 1 and "every other row dropped while the store was locked" in thinned["text"].iloc[0]
+        finally:
+            runner.shutdown()
+
+
+# --- limits ---------------------------------------------------------------------------------------------------
+
+
+def test_a_run_over_the_limits_is_refused_before_anything_is_stored(tmp_path, monkeypatch):
+    with RunStore(tmp_path) as store:
+        runner = Runner(store, max_workers=1, limits=Limits(max_memory=GIB, max_seconds=2.0))
+        try:
+            huge = MLP.replace(**{"model.width": 4096, "model.depth": 8, "data.samples": 100_000})
+            with pytest.raises(LimitError, match=r"the limit is 1\.0 GiB per run"):
+                runner.start(huge)
+            with pytest.raises(LimitError, match="set max_seconds to at most 2"):
+                runner.start(FOREVER)
+            assert store.list_runs().empty and runner._workers == []
+            # the limit holds even where the estimate is wrong: the worker stops the run there
+            monkeypatch.setattr(balance.limits, "estimate", lambda config: Estimate(0, 0.0, 0, 0.0, ()))
+            view = runner.wait(runner.start(FOREVER), WAIT)
+            assert (
+                view.state == "stopped" and view.message == "stopped at the server's limit of 2 s per run (limits.toml)"
+            )
+        finally:
+            runner.shutdown()
+
+
+def test_sessions_share_the_workers_and_are_refused_beyond_their_share(tmp_path):
+    limits = Limits(running_per_session=1, queued_per_session=1)
+    with RunStore(tmp_path) as store:
+        runner = Runner(store, max_workers=2, limits=limits)
+        try:
+            a1 = runner.start(FOREVER, session="a")
+            view = runner.status(a1)
+            assert (view.state, view.queue_position) == ("queued", 1)
+            assert view.message == "queued: next in line; a worker is starting (a few seconds)"
+            _running(runner, a1)
+            a2 = runner.start(FOREVER, session="a")
+            with pytest.raises(LimitError, match="this session already has 1 run training and 1 waiting, the most"):
+                runner.start(FOREVER, session="a")
+            b1 = runner.start(FOREVER, session="b")  # queued after a2, starts before it: a has its share
+            _running(runner, b1)
+            view = runner.status(a2)
+            assert (view.state, view.queue_position) == (
+                "queued",
+                1,
+            ) and "this session already has 1 run training" in view.message
+            free = [runner.start(MF.replace(steps=10**8, seed=s)) for s in range(3)]  # "" is not limited
+            view = runner.status(free[1])
+            assert view.queue_position == 3 and view.message == "queued: 2 runs ahead; both workers busy"
+            assert runner.status(a1).queue_position == 0
+            runner.stop(a1)
+            _running(runner, a2)  # first in line once a has a free share
+            assert runner.status(free[0]).queue_position == 1
+            for run_id in [a2, b1, *free]:
+                runner.stop(run_id)
+            assert [runner.wait(i, WAIT).state for i in [a1, a2, b1, *free]] == ["stopped"] * 6
+            assert runner.start(MF, session="a")  # its share is free again
+        finally:
+            runner.shutdown()
+
+
+def test_unwatched_runs_pause_resume_when_watched_and_stop_at_last(tmp_path):
+    limits = Limits(idle_seconds=0.5, idle_stop_seconds=4.0)
+    with RunStore(tmp_path) as store:
+        runner = Runner(store, max_workers=2, limits=limits)
+        try:
+            runner.warm()
+            _until(lambda: all(w.ready for w in runner._workers))
+            watched, cli = runner.start(FOREVER, session="s"), runner.start(FOREVER)
+            _running(runner, watched)
+            view = runner.wait(watched, WAIT, states=("paused",))
+            assert (
+                view.state == "paused"
+                and view.message == "paused: no page has shown it for 0.5 s; it resumes when one does"
+            )
+            assert store.get_run(watched).message == view.message
+            runner.touch("s")
+            view = runner.wait(watched, WAIT, states=("running",))
+            assert view.state == "running" and view.message == ""
+            assert runner.pause(watched)  # paused by its user: stays paused, and the session still needs a page
+            runner.wait(watched, WAIT, states=("paused",))
+            view = runner.wait(watched, WAIT)
+            assert view.state == "stopped" and re.fullmatch(
+                r"stopped at step \d+: no page has shown it for 4\.\d s", view.message
+            )
+            assert runner.status(cli).state == "running"  # session "" is never paused
+            runner.stop(cli)
+        finally:
+            runner.shutdown()

@@ -293,7 +293,9 @@ def test_export_import_round_trip(store, result, tmp_path):
         assert other.events(new_id)[["step", "kind", "value"]].equals(store.events(run_id)[["step", "kind", "value"]])
         record = other.get_run(new_id)
         assert (record.config, record.state, record.name) == (TINY, "finished", "exported")
-    assert store.import_run(path) != run_id  # a taken id is not
+    with pytest.raises(StoreError, match=f"already stored as run {run_id}") as refused:
+        store.import_run(path)  # its own export, back into the store it came from: the same run (issue 12.4)
+    assert refused.value.kind == "duplicate"
 
 
 def test_an_exported_running_run_imports_as_interrupted(store, tmp_path):
@@ -446,8 +448,10 @@ def test_balance_run_records_unless_no_store_and_runs_subcommands(tmp_path, monk
     assert run_id in ok("runs", "list")
     assert "finished at step 5" in ok("runs", "show", run_id[:5])
     ok("runs", "export", run_id, str(tmp_path / "r.zip"))
+    assert "already stored as run" in refused("runs", "import", str(tmp_path / "r.zip"))  # same id and content
+    ok("runs", "delete", run_id)
     new_id = ok("runs", "import", str(tmp_path / "r.zip")).strip()
-    assert new_id != run_id and new_id in ok("runs", "list")
+    assert new_id == run_id and new_id in ok("runs", "list")
     ok("runs", "delete", run_id)
     assert "is not a run" in refused("runs", "show", run_id)
     assert "is not a run" in refused("runs", "export", "zzzz", str(tmp_path / "x.zip"))
