@@ -14,6 +14,7 @@ one-line caption (with its formula) for every chart, read from ``assets/captions
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import re
@@ -622,6 +623,9 @@ def matrix_figure(
     return styled(traces, "matrix invariant", x, "Frobenius norm", log_x, log_y=True)
 
 
+OVERLAY_LEGEND_LINE, OVERLAY_LEGEND_LINES = 22, 8  # px a legend line, lines the figure grows for at most
+
+
 def overlay_figure(
     frames: Mapping[str, pd.DataFrame],
     column: str,
@@ -634,16 +638,47 @@ def overlay_figure(
     """``column`` from several runs, one trace per run named by its key (e.g. one config at four step sizes).
 
     Use ``x="t"`` (t = sum of step sizes) to compare step sizes at equal training time. Runs without the column
-    are left out (keeping the others' colours); with none, an empty figure says so.
+    are left out (keeping the others' colours); with none, an empty figure says so. The run names are shown as
+    text (``<`` and ``&`` escaped: Plotly reads a few HTML tags in names). A log y axis is drawn only when
+    ``overlay_log_ok``: a signed metric (a gap drift) on a log axis would lose every value <= 0, so it is drawn on a
+    linear axis and the figure says why.
     """
     traces = []
     for i, (label, df) in enumerate(frames.items()):
         if column in df.columns and x in df.columns and not df.empty:
             d = _prepare(df, [column], x, log_x, max_points)
-            traces.append(_line(d[x].to_numpy(), d[column].to_numpy(), str(label), colour(i + 1)))
+            traces.append(_line(d[x].to_numpy(), d[column].to_numpy(), _literal(label), colour(i + 1)))
     if not traces:
         return empty_figure(f"no run has the column {column!r}", column)
-    return styled(traces, column, x, column, log_x, log_y)
+    refused = log_y and not overlay_log_ok(frames, column, x=x, log_x=log_x)
+    # the legend below the plot, a line a run (a run's label is long): the plot keeps the width at 1024 x 768
+    height = HEIGHT + OVERLAY_LEGEND_LINE * min(len(traces), OVERLAY_LEGEND_LINES)
+    fig = styled(traces, column, x, column, log_x, log_y and not refused, height=height)
+    fig.layout.legend.update(orientation="h", yanchor="top", y=-0.18, x=0, xanchor="left")
+    if refused:
+        fig.layout.title.subtitle.text = "linear y: it has values <= 0, which a log axis would hide"
+    return fig
+
+
+def overlay_log_ok(frames: Mapping[str, pd.DataFrame], column: str, *, x: str = "step", log_x: bool = False) -> bool:
+    """Whether ``column`` can go on a log y axis without losing data: every finite value drawn is > 0.
+
+    Plotly has no symmetric-log axis. An asinh transform would need hand-made tick labels and hover text, and
+    its linear zone near 0 depends on a scale that changes the picture; a linear axis shows a signed quantity
+    (gap drift, its prediction) as the numbers are. So log is offered only where it hides nothing.
+    """
+    for df in frames.values():
+        if column in df.columns and x in df.columns:
+            values = df.loc[df[x] > 0, column] if log_x else df[column]
+            values = values.to_numpy(dtype=float)
+            if (values[np.isfinite(values)] <= 0).any():
+                return False
+    return True
+
+
+def _literal(text: object) -> str:
+    """``text`` shown as itself in a Plotly name or label (which reads <b>, <a href=...>, <br> and entities)."""
+    return html.escape(str(text), quote=False)
 
 
 # --- per-neuron balance -----------------------------------------------------------------------------------------

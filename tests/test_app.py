@@ -540,24 +540,6 @@ def test_charts_html_has_its_formulas_as_mathml() -> None:
     assert one.startswith("a <math") and one.endswith("</math> <strong>b</strong> &lt;i&gt;") and "<msup>" in one
 
 
-def test_runs_page_overlays_downloads_and_deletes() -> None:
-    at = app()
-    first = start(at, optim__lr=0.01)
-    second = start(at, optim__lr=0.02)
-    at.switch_page("app_pages/runs.py").run()
-    assert not at.exception
-    at.multiselect(key="runs.selected").set_value([first, second]).run()
-    assert not at.exception
-    overlay = figures(at)
-    assert len(next(iter(overlay.values()))["data"]) == 2
-    assert at.get("download_button")
-    at.text_input(key="runs.filter").input("0.02").run()
-    assert not at.exception
-    at.button(key="runs.delete").click().run()
-    assert not at.exception
-    assert set(ui.store().list_runs()["id"]).isdisjoint({first, second})
-
-
 # --- pure helpers -----------------------------------------------------------------------------------------------
 
 
