@@ -32,7 +32,7 @@ ifeq ($(filter $(HOST),$(LOOPBACK)),)
 	@echo "  stored run in $${BALANCE_HOME:-~/.balance}. On an untrusted network use a proxy with a login (README)." >&2
 endif
 	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.fileWatcherType none \
-	  --browser.gatherUsageStats false
+	  --browser.gatherUsageStats false $(if $(filter $(HOST),$(LOOPBACK)),,--client.showErrorDetails type)
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check .

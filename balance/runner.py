@@ -327,8 +327,12 @@ class Runner:
         return self._command(run_id, "lr", lr)
 
     def delete(self, run_id: str) -> None:
-        """Stop the run if it is going, then delete it and its data from the store."""
-        self.stop(run_id)
+        """Stop the run if this runner drives it, then delete it and its data from the store (a run whose record
+        is damaged too: nothing of it needs reading to go)."""
+        with self._lock:
+            driven = run_id in self._runs
+        if driven:
+            self.stop(run_id)
         self.store.delete_run(run_id)  # the worker notices at its next write and lets the run go
         with self._lock:
             self._runs.pop(run_id, None)

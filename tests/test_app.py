@@ -598,6 +598,7 @@ def test_streamlit_config_serves_plotly_and_skips_the_per_run_gc() -> None:
     assert (ui.STATIC / "plotly.min.js").stat().st_size > 1_000_000
     assert config["server"]["address"] == "127.0.0.1"  # no login: loopback unless the owner says otherwise
     assert config["client"]["toolbarMode"] == "viewer"  # no Deploy button, no developer menu
+    assert config["server"]["maxUploadSize"] <= 100  # MB an upload may hold in the server's memory
 
 
 def listening(port: int) -> set[str]:

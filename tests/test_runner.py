@@ -194,6 +194,18 @@ def test_delete_a_running_run(runner, store):
     assert runner.wait(runner.start(MF), WAIT).state == "finished"
 
 
+def test_delete_a_run_whose_record_is_damaged(runner, store):
+    """Nothing of a damaged run needs reading to delete it (the Runs page offers Delete for 'unreadable' rows)."""
+    import sqlite3
+
+    run_id = store.create_run(MF, [])
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE runs SET config = '{not json', state = 'finished' WHERE id = ?", (run_id,))
+    assert store.list_runs().set_index("id").loc[run_id, "state"] == "unreadable"
+    runner.delete(run_id)
+    assert run_id not in store.list_runs()["id"].tolist()
+
+
 def test_another_runner_sees_runs_it_does_not_drive(runner, store):
     run_id = runner.start(MF)
     runner.wait(run_id, WAIT)

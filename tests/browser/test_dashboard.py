@@ -356,7 +356,7 @@ def test_other_pages(server: Server, browser: object, stored_runs: list[str], si
     wait_idle(page)
     assert page.evaluate(OVERLAY_TRACES) == 2
     assert_no_exception(page)
-    shoot(page, "runs")
+    shoot(page, "runs-overlay")  # docs/screenshots/runs-*.png come from test_runs_page.py
     page.goto(server.url + "/about")
     wait_idle(page)
     assert_no_exception(page)
