@@ -9,7 +9,7 @@ process first calls ``st.navigation``, so on a fresh server a first visit to /ru
 
 import streamlit as st
 
-from balance import ui
+from balance.app import common as ui
 
 st.set_page_config(page_title="balance: layers balance under gradient descent", page_icon="⚖️", layout="wide")
 ui.navigation().run()

@@ -1,5 +1,5 @@
 """About: what the dashboard shows and the theorem behind it."""
 
-from balance import ui
+from balance.app import common as ui
 
 ui.about_page()

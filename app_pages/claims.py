@@ -1,5 +1,5 @@
 """Claims: each reviewer's doubt as a live experiment with a verdict computed from runs."""
 
-from balance import ui_claims
+from balance.app import claims as ui_claims
 
 ui_claims.page("claims")

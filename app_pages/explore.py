@@ -1,5 +1,5 @@
 """Explore: set up a homogeneous model, press Start, and watch the layers balance live."""
 
-from balance import ui_explore
+from balance.app import explore as ui_explore
 
 ui_explore.explore_page("explore")

@@ -1,5 +1,5 @@
 """Lecture: a guided, presentable walk through auto-balancing."""
 
-from balance import ui_lecture
+from balance.app import lecture as ui_lecture
 
 ui_lecture.page("lecture")

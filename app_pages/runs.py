@@ -1,5 +1,5 @@
 """Runs: the stored runs as a table; overlay, download, open or delete them."""
 
-from balance import ui_runs
+from balance.app import runs as ui_runs
 
 ui_runs.runs_page("runs")

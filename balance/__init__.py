@@ -10,25 +10,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from balance import plots
-    from balance.api import RunResult, run
     from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
-    from balance.presets import PRESETS, preset
-    from balance.trainer import RunStatus, Trainer
+    from balance.config.presets import PRESETS, preset
+    from balance.engine.trainer import RunStatus, Trainer
+    from balance.runs.loop import RunResult, run
+    from balance.views import figures as plots
 
 _EXPORTS = {
-    "PRESETS": "balance.presets",
+    "PRESETS": "balance.config.presets",
     "ConfigError": "balance.config",
     "DataConfig": "balance.config",
     "ModelConfig": "balance.config",
     "OptimConfig": "balance.config",
     "RunConfig": "balance.config",
-    "RunResult": "balance.api",
-    "RunStatus": "balance.trainer",
-    "Trainer": "balance.trainer",
+    "RunResult": "balance.runs.loop",
+    "RunStatus": "balance.engine.trainer",
+    "Trainer": "balance.engine.trainer",
     "plots": "balance",
-    "preset": "balance.presets",
-    "run": "balance.api",
+    "preset": "balance.config.presets",
+    "run": "balance.runs.loop",
 }
 __all__ = [
     "PRESETS",

@@ -1,6 +1,6 @@
 """Thread or process for background runs? Training throughput and page latency, measured together.
 
-For each backend of ``balance.runner.Runner`` ("process": spawned workers with one torch thread; "thread":
+For each backend of ``balance.runs.executor.Runner`` ("process": spawned workers with one torch thread; "thread":
 threads of this process, torch set to one thread too) and each model:
 
 - solo: one run alone, steps/s;
@@ -24,8 +24,8 @@ import time
 import torch
 
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.runner import Runner
-from balance.store import RunStore
+from balance.runs.executor import Runner
+from balance.runs.store import RunStore
 
 MODELS = {
     "mf 100x100 r5": RunConfig(
@@ -48,7 +48,7 @@ def page(home: str, run_ids: list[str]) -> None:
     import plotly.graph_objects as go
     import streamlit as st
 
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     with RunStore(home) as store:
         fig = go.Figure()

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from harness import CHROMIUM, LAUNCH_ARGS, Server, wait_idle  # noqa: E402
 
 from balance.config import RunConfig  # noqa: E402
-from balance.presets import preset  # noqa: E402
+from balance.config.presets import preset  # noqa: E402
 
 CONFIGS = {
     "mf 100x25 (fig1-small)": preset("fig1-small").replace(steps=10**7),
@@ -114,8 +114,8 @@ def steps_per_second(step_of, window: float) -> float:
 
 def headless(config: RunConfig, window: float, home: Path) -> tuple[float, float]:
     """The same config in a Runner with no server and no browser: (steps/s, the worker's cores busy)."""
-    from balance.runner import Runner
-    from balance.store import RunStore
+    from balance.runs.executor import Runner
+    from balance.runs.store import RunStore
 
     runner = Runner(RunStore(home))
     try:
@@ -196,7 +196,7 @@ def main() -> None:
         sys.exit("needs /usr/bin/chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"

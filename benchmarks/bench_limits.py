@@ -1,9 +1,9 @@
-"""How close ``balance.limits.estimate`` is to real runs: peak memory and time per step, config by config.
+"""How close ``balance.runs.limits.estimate`` is to real runs: peak memory and time per step, config by config.
 
 Each config trains in a fresh process set up as a worker (one torch thread, the worker's imports, a warm-up step):
 its peak resident size (VmHWM, from /proc) and its CPU seconds per step (``process_time``, so other load on a
 shared machine does not count) over up to 200 steps or 6 s, every step logged as in a run's first 10,000 steps.
-Printed: estimate, measurement and their ratio. The constants of ``balance.limits`` were set from this table.
+Printed: estimate, measurement and their ratio. The constants of ``balance.runs.limits`` were set from this table.
 
     python benchmarks/bench_limits.py [NAME_FILTER ...]
 """
@@ -15,14 +15,14 @@ import subprocess
 import sys
 
 from balance.config import RunConfig
-from balance.limits import MIB, estimate
+from balance.runs.limits import MIB, estimate
 
 CHILD = r"""
 import json, sys, time
 import torch; torch.set_num_threads(1)
-import balance.store  # what a worker imports
+import balance.runs.store  # what a worker imports
 from balance.config import RunConfig
-from balance.trainer import Trainer
+from balance.engine.trainer import Trainer
 Trainer(RunConfig(steps=2)).step()
 trainer = Trainer(RunConfig.from_dict(json.loads(sys.argv[1])))
 trainer.step()

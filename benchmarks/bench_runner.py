@@ -1,4 +1,4 @@
-"""Throughput of a background run (a worker process of ``balance.runner``, with a reader polling the store every
+"""Throughput of a background run (a worker process of ``balance.runs.executor``, with a reader polling the store every
 0.5 s as the dashboard does) against the foreground ``balance.run`` of the same config, in one process and run.
 
 Both are timed end to end: foreground from ``balance.run(config)`` to its return (it builds the trainer too);
@@ -26,8 +26,8 @@ import torch
 
 import balance
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.runner import Runner
-from balance.store import RunStore
+from balance.runs.executor import Runner
+from balance.runs.store import RunStore
 
 CASES = {
     "mf 100x100 r5": RunConfig(

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from balance.api import run
-from balance.batched import train_batched, tune_allocator
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.runs.batching import train_batched, tune_allocator
+from balance.runs.loop import run
 
 MF = RunConfig(
     data=DataConfig(name="lowrank", d1=50, d2=50, rank=5),

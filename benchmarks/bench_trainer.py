@@ -18,7 +18,7 @@ import torch
 
 import balance
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.trainer import DTYPES, Trainer
+from balance.engine.trainer import DTYPES, Trainer
 
 CASES = {
     "mf 100x100 r5": (

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.data import Task, loss_value, make_task
-from balance.models import CNN, MLP, MODELS, HomogeneousModel, MatrixFactorisation, build_model
+from balance.engine.data import Task, loss_value, make_task
+from balance.engine.models import CNN, MLP, MODELS, HomogeneousModel, MatrixFactorisation, build_model
 
 
 def pytest_configure(config: object) -> None:

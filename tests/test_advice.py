@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from balance.advice import divergence_advice, nice_below, settings_key
 from balance.config import RunConfig
+from balance.runs.advice import divergence_advice, nice_below, settings_key
 
 WHY = (
     "loss is inf; the loss's sharpness at the start is 3.2, so steps above 2/3.2 = 0.625 cannot be stable: "

@@ -1,4 +1,4 @@
-"""Tests of balance.archive against hostile and damaged files: sizes decided by the file, special files, NaN,
+"""Tests of balance.runs.archive against hostile and damaged files: sizes decided by the file, special files, NaN,
 duplicates, the names in messages, the import worker, exported files' permissions and clean exits."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import balance.archive as archive
-from balance.archive import import_in_worker
+import balance.runs.archive as archive
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.store import NEURON_SNAPSHOTS, RunStore, StoreError
+from balance.runs.archive import import_in_worker
+from balance.runs.store import NEURON_SNAPSHOTS, RunStore, StoreError
 
 TINY = RunConfig(
     data=DataConfig(name="lowrank", d1=6, d2=5, rank=2),

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from conftest import FAMILIES, TANH, Family, make_config
 
-from balance.api import run
-from balance.batched import BatchedTrainer, batch_key, train_batched, why_not_batched
 from balance.config import OptimConfig, RunConfig
+from balance.runs.batching import BatchedTrainer, batch_key, train_batched, why_not_batched
+from balance.runs.loop import run
 
 BATCHING = [f for f in FAMILIES if f.model["name"] != "cnn"] + [TANH]
 CLASSIFY = Family("mlp-ce", {"name": "mlp", "activation": "relu", "bias": True}, {"name": "moons", "samples": 16})

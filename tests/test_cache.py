@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from balance import cache
-from balance.api import run
 from balance.config import RunConfig
-from balance.runner import Runner
-from balance.store import RunStore
+from balance.runs import reuse as cache
+from balance.runs.executor import Runner
+from balance.runs.loop import run
+from balance.runs.store import RunStore
 
 TINY = RunConfig.from_dict(
     {"data": {"name": "lowrank", "d1": 6, "d2": 5, "rank": 2}, "model": {"name": "mf", "init_scale": 0.1},

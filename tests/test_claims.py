@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from balance import claims, ui
+from balance import claims
+from balance.app import common as ui
 from balance.claims import verdicts
 from balance.claims.base import Fit, Verdict, loglog_slope
 from balance.cli import main
@@ -274,7 +275,7 @@ def test_claims_package_never_imports_the_ui() -> None:
 
 
 def test_report_link_is_the_dashboards_link() -> None:
-    """The report cannot import balance.ui (Streamlit): its Explore link must still be the one the page builds."""
+    """The report cannot import balance.app (Streamlit): its Explore link must still be the one the page builds."""
     from urllib.parse import parse_qsl, urlsplit
 
     config = claims.by_number([6])[0].configs(False)[0]

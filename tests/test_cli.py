@@ -1,4 +1,4 @@
-"""Tests of balance.cli: flags from the schema, output files, exit codes, one-line errors, precedence."""
+"""Tests of balance.cli.core: flags from the schema, output files, exit codes, one-line errors, precedence."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import balance.api
-from balance import cli
-from balance.cli import config_from_args, flag_of, main
-from balance.config import RunConfig, schema, tomllib
-from balance.presets import PRESETS, preset
-from balance.trainer import Trainer
+import balance.runs.loop
+from balance.cli import core as cli
+from balance.cli.core import config_from_args, flag_of, main
+from balance.config import RunConfig, schema
+from balance.config.codecs import tomllib
+from balance.config.presets import PRESETS, preset
+from balance.engine.trainer import Trainer
 
 # a 6 x 4 rank-2 matrix: every run below takes a fraction of a second; the run store has its own tests
 MF = ["--d1", "6", "--d2", "4", "--rank", "2", "--lr", "0.05", "--init-scale", "0.5", "--steps", "40", "--no-store"]
@@ -129,7 +130,7 @@ def test_mf_csv_columns_and_exact_numbers(capsys: pytest.CaptureFixture[str], tm
     assert list(df["step"]) == list(range(41))
     # the file holds every float64 exactly: the same as the in-memory run
     config = _config(MF)
-    pd.testing.assert_frame_equal(df, balance.api.run(config).metrics, check_exact=True)
+    pd.testing.assert_frame_equal(df, balance.runs.loop.run(config).metrics, check_exact=True)
     # layer 1 is V, layer 2 is U
     model = Trainer(config).model
     assert df["sqnorm_1"][0] == pytest.approx(float((model.V.detach() ** 2).sum()), rel=1e-15)
@@ -155,7 +156,7 @@ def test_mlp_csv_columns(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
 def test_parquet_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "mf.parquet"
     assert _run(capsys, "run", *MF, "--out", str(path))[0] == 0
-    expected = balance.api.run(_config(MF)).metrics
+    expected = balance.runs.loop.run(_config(MF)).metrics
     pd.testing.assert_frame_equal(pd.read_parquet(path), expected, check_exact=True)
 
 
@@ -199,7 +200,7 @@ def test_interrupt_exits_130(capsys: pytest.CaptureFixture[str], monkeypatch: py
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(balance.api, "run", interrupted)
+    monkeypatch.setattr(balance.runs.loop, "run", interrupted)
     assert _run(capsys, "run", *MF) == (130, "", "balance: interrupted\n")
 
 
@@ -275,7 +276,7 @@ def test_console_script_and_module(tmp_path: Path) -> None:
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "balance"]
     assert script.value == "balance.cli:main"
     path = tmp_path / "mf.csv"
-    argv = [sys.executable, "-m", "balance.cli", "run", *DIVERGES, "--out", str(path)]
+    argv = [sys.executable, "-m", "balance", "run", *DIVERGES, "--out", str(path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 3 and done.stdout.startswith("diverged") and path.exists(), done.stderr
 
@@ -392,9 +393,9 @@ def test_lecture_handout_gets_the_usual_permissions(
     import os
     import stat
 
-    import balance.handout
+    import balance.lecture.handout
 
-    monkeypatch.setattr(balance.handout, "handout_html", lambda store, on_step=None: "<html></html>")
+    monkeypatch.setattr(balance.lecture.handout, "handout_html", lambda store, on_step=None: "<html></html>")
     old = os.umask(0o027)
     try:
         assert _run(capsys, "lecture", "--no-store", "--out", str(tmp_path / "h.html"))[0] == 0
@@ -409,9 +410,9 @@ def test_ctrl_c_keeps_the_rows_so_far(capsys: pytest.CaptureFixture[str], tmp_pa
     """The first Ctrl-C stops after the current step: rows recorded (state 'interrupted') and written, exit 130."""
     import signal
 
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
-    real = balance.api.run
+    real = balance.runs.loop.run
 
     def press_ctrl_c_at_step_7(config: RunConfig, on_step: object = None, stop: object = None) -> object:
         def on(k: int) -> None:
@@ -420,7 +421,7 @@ def test_ctrl_c_keeps_the_rows_so_far(capsys: pytest.CaptureFixture[str], tmp_pa
 
         return real(config, on, stop)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(balance.api, "run", press_ctrl_c_at_step_7)
+    monkeypatch.setattr(balance.runs.loop, "run", press_ctrl_c_at_step_7)
     monkeypatch.setenv("BALANCE_HOME", str(tmp_path / "home"))
     path = tmp_path / "mf.csv"
     code, out, err = _run(capsys, "run", *[a for a in MF if a != "--no-store"], "--steps", "1000", "--out", str(path))
@@ -443,10 +444,10 @@ def test_ctrl_c_in_a_real_process(tmp_path: Path) -> None:
 
     marker, path, home = tmp_path / "training", tmp_path / "run.csv", tmp_path / "home"
     code = (  # a marker file once training has begun, so the signal does not land during the imports
-        "import pathlib, sys\nimport balance.api\nreal = balance.api.run\n"
+        "import pathlib, sys\nimport balance.runs.loop\nreal = balance.runs.loop.run\n"
         "def run(config, on_step=None, stop=None):\n"
         "    return real(config, lambda k: k == 50 and pathlib.Path(sys.argv[1]).touch(), stop)\n"
-        "balance.api.run = run\nfrom balance.cli import main\nsys.exit(main(sys.argv[2:]))\n"
+        "balance.runs.loop.run = run\nfrom balance.cli import main\nsys.exit(main(sys.argv[2:]))\n"
     )
     argv = [*[a for a in MF if a != "--no-store"], "--steps", "100000000", "--out", str(path)]
     env = {**os.environ, "BALANCE_HOME": str(home)}
@@ -461,7 +462,7 @@ def test_ctrl_c_in_a_real_process(tmp_path: Path) -> None:
     assert out.startswith("interrupted: ") and out.count("\n") == 1 and "Traceback" not in err
     df = pd.read_csv(path)
     assert len(df) > 50 and df["step"].is_monotonic_increasing
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     with RunStore(home) as store:
         (run_id,) = store.list_runs()["id"]

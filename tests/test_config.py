@@ -11,7 +11,6 @@ from conftest import FAMILIES, TEACHER, make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balance.api import run
 from balance.config import (
     SECTIONS,
     ConfigError,
@@ -25,6 +24,7 @@ from balance.config import (
     parse_value,
     schema,
 )
+from balance.runs.loop import run
 
 SCHEMA = schema()
 KEYS = [key for key, _ in SCHEMA]

@@ -1,4 +1,5 @@
-"""Tests of balance.data: shapes, seeding, the low-rank target's spectrum, losses against hand-written formulas, CSV."""
+"""Tests of balance.engine.data: shapes, seeding, the low-rank target's spectrum, losses against written-out formulas,
+CSV."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from balance.config import ConfigError, DataConfig
-from balance.data import DATASETS, LOSSES, _orthonormal, loss_value, make_task
+from balance.engine.data import DATASETS, LOSSES, _orthonormal, loss_value, make_task
 
 GENERATED = [name for name in DATASETS if name != "csv"]
 PLANAR = ["moons", "circles", "spiral", "xor"]

@@ -1,6 +1,6 @@
 """Fuzz: hostile command lines, TOML files and URL queries give a clear refusal, never a traceback (issue 11).
 
-Every case runs ``balance.cli.main(argv)`` in this process (fast) inside a sandbox: the current folder is a fresh
+Every case runs ``balance.cli.core(argv)`` in this process (fast) inside a sandbox: the current folder is a fresh
 ``out`` folder, ``$BALANCE_HOME`` a fresh store and ``$HOME`` an empty folder. Each case must end with exit 2 and
 exactly one line on stderr, or succeed; nothing may appear outside the store and the out folder. Training is cut to
 a few steps of a small model (larger valid configs stop at the point where they would train), so the fuzz covers
@@ -22,9 +22,9 @@ import tomli_w
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import balance.api
-import balance.sweep
-from balance.cli import flag_of, main
+import balance.runs.loop
+import balance.runs.sweep
+from balance.cli.core import flag_of, main
 from balance.config import MAX_MESSAGE, ConfigError, RunConfig, choices_of, schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path / "out")
     monkeypatch.setenv("BALANCE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    real_run = balance.api.run
+    real_run = balance.runs.loop.run
 
     def run(config: RunConfig, on_step: object = None, stop: object = None) -> object:
         if not _small(config):
@@ -135,8 +135,8 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     def run_sweep(*args: object, **kwargs: object) -> object:
         raise _WouldTrain
 
-    monkeypatch.setattr(balance.api, "run", run)
-    monkeypatch.setattr(balance.sweep, "run_sweep", run_sweep)
+    monkeypatch.setattr(balance.runs.loop, "run", run)
+    monkeypatch.setattr(balance.runs.sweep, "run_sweep", run_sweep)
     root = sorted(p.name for p in ROOT.iterdir())
     yield tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out", "user"]
@@ -229,7 +229,7 @@ def test_specs_from_tables(sandbox: Path, table: dict) -> None:
     """``SweepSpec.from_dict`` on any table: a spec or a ConfigError, nothing else."""
     for raw in (table, {"grid": table}, {"base": table}, {"list": [table]}):
         with contextlib.suppress(ConfigError):
-            balance.sweep.SweepSpec.from_dict(raw)
+            balance.runs.sweep.SweepSpec.from_dict(raw)
 
 
 # --- URL query parameters -----------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_real_processes(sandbox: Path) -> None:
     ]
     env = {**os.environ, "BALANCE_HOME": str(sandbox / "home"), "HOME": str(sandbox / "user")}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "balance.cli", *argv], cwd=sandbox / "out", env=env, text=True,
+        subprocess.Popen([sys.executable, "-m", "balance", *argv], cwd=sandbox / "out", env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for argv in cases
     ]  # fmt: skip

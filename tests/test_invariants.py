@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch.func import functional_call
 
-from balance.invariants import (
+from balance.engine.invariants import (
     gaps,
     incoming_matrix,
     incoming_sqnorms,
@@ -42,7 +42,7 @@ from balance.invariants import (
     rescale,
     sqnorm,
 )
-from balance.models import HomogeneousModel
+from balance.engine.models import HomogeneousModel
 
 LINEAR_FAMILIES = [f for f in FAMILIES if f.linear]
 

@@ -1,11 +1,11 @@
-"""balance.laws.why_no_law: a prediction exactly where the rescaling symmetry gives one."""
+"""balance.engine.laws.why_no_law: a prediction exactly where the rescaling symmetry gives one."""
 
 from __future__ import annotations
 
 import pytest
 
 from balance.config import RunConfig
-from balance.laws import why_no_law
+from balance.engine.laws import why_no_law
 
 MLP = {"model.name": "mlp", "data.name": "teacher"}
 

@@ -17,12 +17,14 @@ import pytest
 from latex2mathml.converter import convert
 from streamlit.testing.v1 import AppTest
 
-from balance import lecture, ui, ui_lecture
+from balance.app import common as ui
+from balance.app import lecture as ui_lecture
 from balance.cli import main
 from balance.config import RunConfig
-from balance.handout import handout_html, mathml
-from balance.presets import PRESETS, preset
-from balance.store import RunStore
+from balance.config.presets import PRESETS, preset
+from balance.lecture import steps as lecture
+from balance.lecture.handout import handout_html, mathml
+from balance.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "app_pages" / "lecture.py")

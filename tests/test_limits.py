@@ -1,4 +1,4 @@
-"""Tests of balance.limits: estimates against real runs, refusals with their numbers, the limits file."""
+"""Tests of balance.runs.limits: estimates against real runs, refusals with their numbers, the limits file."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 from balance.claims import CLAIMS
 from balance.config import ConfigError, RunConfig
-from balance.limits import GIB, LimitError, Limits, check, estimate, logged_rows
-from balance.presets import PRESETS
-from balance.trainer import should_log
+from balance.config.presets import PRESETS
+from balance.engine.trainer import should_log
+from balance.runs.limits import GIB, LimitError, Limits, check, estimate, logged_rows
 
 TEACHER = {"data.name": "teacher", "model.name": "mlp"}
 
@@ -64,9 +64,9 @@ def test_every_preset_and_claim_fits_a_small_machines_limits():
 _MEASURE = r"""
 import json, sys, time
 import torch; torch.set_num_threads(1)
-import balance.store  # what a worker imports
+import balance.runs.store  # what a worker imports
 from balance.config import RunConfig
-from balance.trainer import Trainer
+from balance.engine.trainer import Trainer
 Trainer(RunConfig(steps=2)).step()
 
 def peak():

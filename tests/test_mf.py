@@ -89,8 +89,8 @@ def test_a_float32_target_trains_in_the_subspace_and_follows_float64() -> None:
     so float32 runs train in the small subspace too, and follow the float64 run to float32 precision."""
     from conftest import FAMILIES, make_config
 
-    from balance.api import run
     from balance.engine.engine import Engine
+    from balance.runs.loop import run
 
     config = make_config(FAMILIES[0], steps=50, data={"d1": 40, "d2": 30, "rank": 2}, model={"init_scale": 0.3})
     engine = Engine([config.replace(dtype="float32")])

@@ -1,4 +1,4 @@
-"""Tests of balance.models: the layer / neuron protocol against the modules, homogeneity, MF, initialisation."""
+"""Tests of balance.engine.models: the layer / neuron protocol against the modules, homogeneity, MF, initialisation."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from balance.config import DataConfig, ModelConfig, RunConfig
-from balance.data import make_task
-from balance.models import MODELS, MatrixFactorisation, build_model, initialise
+from balance.engine.data import make_task
+from balance.engine.models import MODELS, MatrixFactorisation, build_model, initialise
 
 ALL = [*FAMILIES, BATCH_NORM, TANH]
 ALL_IDS = [f.id for f in ALL]

@@ -1,4 +1,5 @@
-"""Tests of balance.plots: every chart built from real tiny runs, its traces checked by name and data against the
+"""Tests of balance.views.figures: every chart built from real tiny runs, its traces checked by name and data against
+the
 metrics columns (and the ratio overlay against theory.predicted_ratio); decimation keeps extremes and spikes."""
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import balance
-from balance import plots
-from balance.theory import predicted_ratio
+from balance.engine.theory import predicted_ratio
+from balance.views import figures as plots
 
 MF = balance.preset("fig1-small").replace(**{"data.d1": 8, "data.d2": 6, "data.rank": 2, "steps": 30})
 MLP = balance.preset("mlp-relu").replace(**{"model.bias": True, "model.width": 6, "data.samples": 16, "steps": 30})

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import balance
-from balance import plots
+from balance.views import figures as plots
 
 MF = balance.preset("fig1-small").replace(**{"data.d1": 8, "data.d2": 6, "data.rank": 2, "steps": 40})
 

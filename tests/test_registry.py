@@ -14,7 +14,6 @@ import torch
 from conftest import BATCH_NORM, FAMILIES, TANH, make_config
 
 from balance import config as config_module
-from balance.api import run
 from balance.config import OptimConfig, RunConfig
 from balance.engine import laws
 from balance.engine.engine import Engine
@@ -22,12 +21,15 @@ from balance.engine.metrics import COMPUTE
 from balance.engine.models import ACTIVATION_FUNCTIONS
 from balance.engine.optim import RULES, Rule, Step
 from balance.engine.theory import RECURSIONS, LawStep
-from balance.trainer import Trainer
+from balance.engine.trainer import Trainer
+from balance.runs.loop import run
 
 ALL = [*FAMILIES, BATCH_NORM, TANH]
 
 
-@pytest.mark.parametrize("module", ["balance.engine.laws", "balance.engine.columns", "balance.laws", "balance.theory"])
+@pytest.mark.parametrize(
+    "module", ["balance.engine.laws", "balance.engine.columns", "balance.engine.laws", "balance.engine.theory"]
+)
 def test_importing_the_registry_imports_no_torch(module: str) -> None:
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

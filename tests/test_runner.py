@@ -1,4 +1,4 @@
-"""Tests of balance.runner: background runs against the foreground, control, limits, faults, kills and leaks.
+"""Tests of balance.runs.executor: background runs against the foreground, control, limits, faults, kills and leaks.
 
 One module-wide runner with four warm worker processes serves most tests (starting a worker costs a Python start
 and a torch import); the leak test and the process-kill test start their own.
@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 
 import balance
-import balance.limits
-import balance.worker
+import balance.runs.limits
+import balance.runs.worker
 from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.limits import GIB, Estimate, LimitError, Limits
-from balance.runner import WORKER_NICENESS, Runner, RunStatusView
-from balance.store import RunStore, StoreError
-from balance.trainer import Trainer, should_log
+from balance.engine.trainer import Trainer, should_log
+from balance.runs.executor import WORKER_NICENESS, Runner, RunStatusView
+from balance.runs.limits import GIB, Estimate, LimitError, Limits
+from balance.runs.store import RunStore, StoreError
 
 MF = RunConfig(
     data=DataConfig(name="lowrank", d1=6, d2=5, rank=2),
@@ -240,8 +240,8 @@ def test_kill_9_of_a_worker_interrupts_its_run_and_keeps_its_rows(runner, store)
 _APP = """
 import sys, time
 from balance.config import RunConfig
-from balance.runner import Runner
-from balance.store import RunStore
+from balance.runs.executor import Runner
+from balance.runs.store import RunStore
 if __name__ == "__main__":
     runner = Runner(RunStore(sys.argv[1]), max_workers=1)
     config = RunConfig.from_toml(sys.stdin.read())
@@ -509,7 +509,7 @@ def test_a_run_keeps_training_and_every_row_while_another_process_holds_the_stor
 
 
 def test_rows_held_past_the_cap_are_thinned_and_said_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(balance.worker, "PENDING_BYTES", 40_000)  # about 300 MLP rows (the thread backend sees it)
+    monkeypatch.setattr(balance.runs.worker, "PENDING_BYTES", 40_000)  # about 300 MLP rows (the thread backend sees it)
     config = MLP.replace(steps=10**8)
     with RunStore(tmp_path) as store:
         runner = Runner(store, max_workers=1, backend="thread")
@@ -545,7 +545,7 @@ def test_a_run_over_the_limits_is_refused_before_anything_is_stored(tmp_path, mo
                 runner.start(FOREVER)
             assert store.list_runs().empty and runner._workers == []
             # the limit holds even where the estimate is wrong: the worker stops the run there
-            monkeypatch.setattr(balance.limits, "estimate", lambda config: Estimate(0, 0.0, 0, 0.0, ()))
+            monkeypatch.setattr(balance.runs.limits, "estimate", lambda config: Estimate(0, 0.0, 0, 0.0, ()))
             view = runner.wait(runner.start(FOREVER), WAIT)
             assert (
                 view.state == "stopped" and view.message == "stopped at the server's limit of 2 s per run (limits.toml)"

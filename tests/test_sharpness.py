@@ -1,4 +1,4 @@
-"""balance.sharpness: lambda_max by Lanczos against the dense autograd Hessian; divergence advice that works."""
+"""balance.engine.sharpness: lambda_max by Lanczos against the dense autograd Hessian; divergence advice that works."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import FAMILIES, TANH, make_config
 
-from balance.api import run
-from balance.data import loss_value
-from balance.presets import preset
-from balance.sharpness import extreme_eigenvalues, hessian_operator, initial_sharpness, nice_below, step_advice
-from balance.trainer import Trainer
+from balance.config.presets import preset
+from balance.engine.data import loss_value
+from balance.engine.sharpness import extreme_eigenvalues, hessian_operator, initial_sharpness, nice_below, step_advice
+from balance.engine.trainer import Trainer
+from balance.runs.loop import run
 
 SMALL = [f for f in FAMILIES if f.id in ("mf", "mlp-relu-bias", "linear", "cnn")] + [TANH]
 

@@ -1,4 +1,5 @@
-"""Tests of balance.store and balance.archive: round trips, cursors, limits, faults, interrupted runs, import checks."""
+"""Tests of balance.runs.store and balance.runs.archive: round trips, cursors, limits, faults, interrupted runs,
+import checks."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pytest
 
 import balance
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.store import NEURON_SNAPSHOTS, RunStore, StoreError, owner_alive, owner_token
+from balance.runs.store import NEURON_SNAPSHOTS, RunStore, StoreError, owner_alive, owner_token
 
 TINY = RunConfig(
     data=DataConfig(name="lowrank", d1=6, d2=5, rank=2),
@@ -232,7 +233,7 @@ def test_reads_during_writes_see_whole_batches_in_order(tmp_path):
 _WRITER = """
 import sys, time
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from balance.store import RunStore
+from balance.runs.store import RunStore
 store = RunStore(sys.argv[1])
 run_id = store.create_run(RunConfig(), ["step", "loss"])
 store.claim_run(run_id, ["step", "loss"])
@@ -393,7 +394,7 @@ def test_files_that_are_not_archives_are_refused(store, tmp_path):
 
 
 def test_a_zip_bomb_is_refused_before_decompressing(store, tmp_path, monkeypatch):
-    import balance.archive as archive
+    import balance.runs.archive as archive
 
     monkeypatch.setitem(archive.LIMITS, "metrics.parquet", 1 << 20)  # the same check as at 256 MiB, smaller
     path = tmp_path / "bomb.zip"
@@ -406,7 +407,7 @@ def test_a_zip_bomb_is_refused_before_decompressing(store, tmp_path, monkeypatch
 
 
 def test_a_lying_size_header_is_refused(store, tmp_path, monkeypatch):
-    import balance.archive as archive
+    import balance.runs.archive as archive
 
     monkeypatch.setitem(archive.LIMITS, "run.json", 100)
     path = _archive(tmp_path / "liar.zip", {"run.json": "x" * 50, "metrics.parquet": _parquet(GOOD_METRICS)})
@@ -515,7 +516,7 @@ def test_read_only_on_a_missing_store_is_empty_and_creates_nothing(tmp_path):
 
 _LIMITED = """
 import argparse, resource, signal, sys
-from balance import cli_runs
+from balance.cli import runs as cli_runs
 parser = argparse.ArgumentParser()
 cli_runs.register(parser.add_subparsers())  # 'balance runs' without the rest of the command (and its torch)
 args = parser.parse_args(sys.argv[1:])

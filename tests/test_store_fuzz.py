@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_archive import TINY, manifest, neuron_table, parquet
 
 from balance.config import RunConfig
-from balance.store import RunStore, StoreError
+from balance.runs.store import RunStore, StoreError
 
 FUZZ = settings(
     max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -23,12 +23,13 @@ import pytest
 from conftest import FAMILIES, make_config
 from streamlit.testing.v1 import AppTest
 
-from balance import sweep_plots, ui
-from balance.api import run
+from balance.app import common as ui
 from balance.cli import main
 from balance.config import ConfigError, RunConfig
-from balance.store import RunStore
-from balance.sweep import SweepSpec, fit_slopes, member_name, parse_seeds, plan, run_sweep, summary
+from balance.runs.loop import run
+from balance.runs.store import RunStore
+from balance.runs.sweep import SweepSpec, fit_slopes, member_name, parse_seeds, plan, run_sweep, summary
+from balance.views import sweeps as sweep_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -189,16 +190,16 @@ def test_summary_holds_each_members_final_values(store: RunStore) -> None:
 
 
 def test_a_failing_chunk_fails_its_members_only(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import balance.batched
+    import balance.runs.batching
 
-    real = balance.batched.train_batched
+    real = balance.runs.batching.train_batched
 
     def flaky(configs: list[RunConfig], on_step: object = None) -> list:
         if any(c.model.init_scale == 0.5 for c in configs):
             raise RuntimeError("out of memory")
         return real(configs)
 
-    monkeypatch.setattr(balance.batched, "train_batched", flaky)
+    monkeypatch.setattr(balance.runs.batching, "train_batched", flaky)
     result = run_sweep(SweepSpec.from_toml(SPEC), store, workers=1, chunk=2)
     scales = [c.model.init_scale for c in SweepSpec.from_toml(SPEC).configs()]
     assert result.states == ["failed" if s == 0.5 else "finished" for s in scales]
@@ -542,12 +543,12 @@ def test_cli_three_thousand_value_axes_are_refused(tmp_path: Path, capsys: pytes
 
 def test_workers_are_capped_at_the_cores(tmp_path: Path, capsys: pytest.CaptureFixture,
                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import balance.sweep
+    import balance.runs.sweep
 
     seen = []
-    real = balance.sweep.run_sweep
-    monkeypatch.setattr(balance.sweep, "usable_cores", lambda: 1)
-    monkeypatch.setattr(balance.sweep, "run_sweep", lambda *a, **k: seen.append(k["workers"]) or real(*a, **k))
+    real = balance.runs.sweep.run_sweep
+    monkeypatch.setattr(balance.runs.sweep, "usable_cores", lambda: 1)
+    monkeypatch.setattr(balance.runs.sweep, "run_sweep", lambda *a, **k: seen.append(k["workers"]) or real(*a, **k))
     argv = ["sweep", "--d1", "4", "--d2", "3", "--rank", "1", "--lr", "0.01,0.02", "--steps", "2", "--workers",
             "100000", "--home", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0 and seen == [1]
@@ -579,9 +580,9 @@ def test_an_address_that_is_not_ray_fails_within_the_limit(store: RunStore, monk
     """A port that accepts connections but never speaks Ray: refused when the limit runs out, nothing stored."""
     import threading
 
-    import balance.sweep
+    import balance.runs.sweep
 
-    monkeypatch.setattr(balance.sweep, "RAY_CONNECT_SECONDS", 3.0)
+    monkeypatch.setattr(balance.runs.sweep, "RAY_CONNECT_SECONDS", 3.0)
     held: list[socket.socket] = []
 
     def accept(server: socket.socket) -> None:

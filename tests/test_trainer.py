@@ -1,4 +1,4 @@
-"""Tests of balance.trainer and balance.api: the logged columns against independent computations and exact
+"""Tests of balance.engine.trainer and balance.runs.loop: the logged columns against independent computations and exact
 recursions, gradient flow, the controls that break the invariant, schedules, seeding, thinning, divergence."""
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from conftest import (
 )
 from torch import Tensor
 
-from balance.api import run
 from balance.config import OptimConfig, RunConfig
-from balance.optim import SCHEDULES
-from balance.theory import GapLaw, pair_matrix
-from balance.trainer import DENSE_STEPS, Trainer, metric_columns, should_log
+from balance.engine.optim import SCHEDULES
+from balance.engine.theory import GapLaw, pair_matrix
+from balance.engine.trainer import DENSE_STEPS, Trainer, metric_columns, should_log
+from balance.runs.loop import run
 
 MF = FAMILIES[FAMILY_IDS.index("mf")]
 RELU = FAMILIES[FAMILY_IDS.index("mlp-relu")]

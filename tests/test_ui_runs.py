@@ -22,9 +22,11 @@ import pytest
 from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
 
-from balance import run, ui, ui_runs
-from balance.presets import preset
-from balance.store import RunStore
+from balance import run
+from balance.app import common as ui
+from balance.app import runs as ui_runs
+from balance.config.presets import preset
+from balance.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "app_pages" / "runs.py")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from balance import uploads
 from balance.config import ConfigError, RunConfig, link_query
 from balance.files import FileRefused
+from balance.runs import uploads
 
 CSV = b"x1,x2,y\n0.5,1,0\n1.5,0,1\n"
 

@@ -1,9 +1,9 @@
 """The reviewers' claims, each a live experiment with a verdict computed from its runs.
 
 ``CLAIMS`` lists them in order 1..10. ``start(claims, store, runner)`` finds each claim's runs in the store
-(``balance.cache``: same config, same code version) and starts the missing ones on the runner, all at once;
+(``balance.runs.reuse``: same config, same code version) and starts the missing ones on the runner, all at once;
 ``collect(claim, ids, ...)`` waits for one claim's runs and returns them with the ``Finding``: the numbers, the
-``Verdict`` and the figure. ``evaluate`` does both for one claim. The page (``balance.ui_claims``) and the command
+``Verdict`` and the figure. ``evaluate`` does both for one claim. The page (``balance.app.claims``) and the command
 line (``balance claims``) both use them.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from balance.cache import CachedRun, cache_key, cached_runs, find_cached, load
 from balance.claims import initial, networks, report, steps
 from balance.claims.base import OUTCOMES, Claim, Finding, Verdict
-from balance.store import RunStore
+from balance.runs.reuse import CachedRun, cache_key, cached_runs, find_cached, load
+from balance.runs.store import RunStore
 
 __all__ = [
     "CLAIMS",
@@ -194,7 +194,7 @@ def collect(
     on_done: Callable[[int, int], None] | None = None,
     quick: bool = False,
 ) -> Evaluated:
-    """Wait for the claim's runs (ids from ``start``; None: train here, via ``balance.cache``) and analyse them."""
+    """Wait for the claim's runs (ids from ``start``; None: train here, via ``balance.runs.reuse``) and analyse them."""
     if None in ids:
         runs = cached_runs(claim.configs(quick), label(claim), store, on_done=on_done)
     else:

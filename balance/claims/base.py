@@ -55,7 +55,7 @@ class Claim:
     quote: str  # the reviewer's own words (or the paraphrase)
     experiment: str  # what is run, in one or two sentences
     configs: Callable[[bool], list[RunConfig]]  # quick -> the runs
-    analyse: Callable[[Sequence[Any]], Finding]  # the runs (balance.cache.CachedRun) -> finding
+    analyse: Callable[[Sequence[Any]], Finding]  # the runs (balance.runs.reuse.CachedRun) -> finding
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------

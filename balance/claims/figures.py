@@ -1,6 +1,6 @@
 """The claims' charts: metrics DataFrames (or arrays of measured numbers) in, a ``go.Figure`` out.
 
-They follow ``balance.plots``: its ``style`` and colours, measured series solid and wide, theory dashed on top,
+They follow ``balance.views.figures``: its ``style`` and colours, measured series solid and wide, theory dashed on top,
 gradient flow dotted grey, time series decimated keeping their extremes. No data fetching, no Streamlit.
 """
 
@@ -13,8 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from balance import plots
 from balance.claims.base import Fit
+from balance.views import figures as plots
 
 POINTS = 400  # buckets per series: every claim figure holds several runs
 

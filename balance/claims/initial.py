@@ -12,8 +12,8 @@ import pandas as pd
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, flow_ratio, identity_error, last, max_sqnorm, relative_drift
 from balance.config import RunConfig
-from balance.presets import preset
-from balance.theory import mf_balanced_ratio
+from balance.config.presets import preset
+from balance.engine.theory import mf_balanced_ratio
 
 TEACHER = {"name": "teacher", "samples": 128, "input_dim": 5}
 

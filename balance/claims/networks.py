@@ -12,7 +12,7 @@ import numpy as np
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, identity_error, last, loglog_slope, relative_drift
 from balance.config import RunConfig
-from balance.laws import why_no_law
+from balance.engine.laws import why_no_law
 
 TEACHER = {"name": "teacher", "samples": 128, "input_dim": 5}
 

@@ -15,7 +15,7 @@ import pandas as pd
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, identity_error, last, loglog_slope
 from balance.config import RunConfig
-from balance.theory import momentum_amplification, weight_decay_gap
+from balance.engine.theory import momentum_amplification, weight_decay_gap
 
 MF_SMALL = {"name": "lowrank", "d1": 20, "d2": 10, "rank": 3}
 TEACHER = {"name": "teacher", "samples": 128, "input_dim": 5}

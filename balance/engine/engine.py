@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from balance.config import RunConfig
-from balance.data import make_task
 from balance.engine import laws
+from balance.engine.data import make_task
 from balance.engine.grouping import PER_MEMBER, engine_key, layout_of, why_not_together
 from balance.engine.metrics import COMPUTE, Snapshot
 from balance.engine.mf import Full, Subspace

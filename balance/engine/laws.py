@@ -161,7 +161,7 @@ MODEL_NO_LAW = {
     ),
     "flow_regularized": "gradient flow with the balancing regulariser has no closed-form gap: nothing to predict",
 }
-NO_LAW = {  # every reason by key, as ``balance.laws.NO_LAW`` has always offered them
+NO_LAW = {  # every reason by key, as ``balance.engine.laws.NO_LAW`` has always offered them
     "tanh": ACTIVATIONS["tanh"].no_law,
     "adam": OPTIMIZERS["adam"].no_law,
     **MODEL_NO_LAW,

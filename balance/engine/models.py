@@ -8,7 +8,7 @@ Every model is an ``nn.Module`` with one protocol:
   filter of conv h, b_h[i]; or BatchNorm's gamma_i, beta_i) and the next weight whose dim 1 indexes them
   (outgoing: column of W_{h+1}, input channel of the next conv, the head's block of a flattened channel).
 
-So per-neuron quantities are reshapes and sums over whole tensors (see ``balance.invariants``), never loops
+So per-neuron quantities are reshapes and sums over whole tensors (see ``balance.engine.invariants``), never loops
 over neurons. Matrix factorisation is the depth-2 linear case: layer 1 is V^T (r x d2), layer 2 is U (d1 x r),
 prediction U V^T, so the hidden units are the r columns shared by U and V.
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from balance.config import ModelConfig, RunConfig
-from balance.data import Task
+from balance.engine.data import Task
 from balance.engine.laws import ACTIVATIONS
 
 

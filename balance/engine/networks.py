@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from balance.data import Task
+from balance.engine.data import Task
 from balance.engine.models import MODELS, HomogeneousModel
 
 
 def member_losses(f: Tensor, y: Tensor, kind: str) -> Tensor:
     """Each member's loss [K] of outputs f [K, N, out] against targets y (shared [N, ...] or [K, N, ...]), the
-    definitions of ``balance.data.loss_value`` (their oracle in the tests), per member:
+    definitions of ``balance.engine.data.loss_value`` (their oracle in the tests), per member:
 
     squared 1/(2N) sum_i ||f_i - y_i||^2; logistic 1/N sum_i log(1 + exp(-y_i f_i)); cross-entropy
     1/N sum_i -log softmax(f_i)_{y_i} (y int64 class indices)."""

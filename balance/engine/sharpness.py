@@ -62,7 +62,7 @@ def hessian_operator(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> tupl
 
 def initial_sharpness(config: object) -> float:
     """lambda_max of the full-batch objective at the config's initial weights, in float64."""
-    from balance.data import make_task
+    from balance.engine.data import make_task
     from balance.engine.models import MODELS, build_model
     from balance.engine.networks import objective  # the engine's own objective: the quantity its steps see
 

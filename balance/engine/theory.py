@@ -13,7 +13,7 @@ recursions below exact (formula sheet, section 3):
 - Nesterov:               G_{k+1} = G_k - 2 eta (lambda (1+beta) G_k + beta^2 B_k) + eta^2 Delta||u_k||^2,
                           B_{k+1} = beta B_k + lambda G_k - eta Delta<u_k, v_{k+1}>;
 - Adam:                   no prediction (coordinate-wise scaling breaks the symmetry at first order);
-- tanh, BatchNorm:        no prediction (no rescaling symmetry between the layers; ``balance.laws``).
+- tanh, BatchNorm:        no prediction (no rescaling symmetry between the layers; ``balance.engine.laws``).
 
 A term of the objective that is not rescaling-invariant by design (MF's balancing regulariser
 lambda/8 ||U^T U - V^T V||_F^2, problem (9)) makes E = Delta<theta, g> nonzero; it is measured each step and enters

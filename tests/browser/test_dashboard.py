@@ -21,7 +21,7 @@ pytestmark = pytest.mark.browser
 
 SIZES = [(1280, 800), (1024, 768)]
 # A run long enough to watch for a few seconds: the Figure 1 analogue, small init, many steps.
-LONG_RUN = "/?model.init_scale=0.001&optim.lr=0.002&steps=200000"
+LONG_RUN = "/?model.init_scale=0.001&optim.lr=0.002&steps=3000000"  # minutes: still training when stopped
 TRACES = """() => document.querySelector('div.balance-chart.js-plotly-plot')._fullData.length"""
 OVERLAY_TRACES = """() => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')._fullData.length"""
 ZOOM_IN = """() => {
@@ -173,7 +173,7 @@ def test_one_start_after_a_change_starts_a_run(
 def test_csv_data_come_from_an_upload_never_from_a_link(server: Server, browser: object, tmp_path) -> None:
     """A link's data.csv_path is refused; an upload is stored by its hash under BALANCE_HOME and trained on; the
     URL names it by that hash (csv=<key>), never by a path."""
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     data = tmp_path / "mine.csv"
     data.write_text("x1,x2,y\n" + "".join(f"{i % 7},{i % 3},{i % 2}\n" for i in range(40)))
@@ -296,7 +296,7 @@ HOSTILE = (
 
 def test_run_messages_and_link_values_are_shown_as_text(server: Server, browser: object) -> None:
     """An imported run's message (and a link's value) is text: nothing in it is fetched, linked or formatted."""
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     with RunStore(server.home) as store:
         run_id = store.create_run(RunConfig(), [], name="imported")
@@ -324,8 +324,8 @@ def test_run_messages_and_link_values_are_shown_as_text(server: Server, browser:
 def stored_runs(server: Server) -> list[str]:
     """Two finished runs of one config at two step sizes, written straight into the server's store."""
     from balance import run
-    from balance.presets import preset
-    from balance.store import RunStore
+    from balance.config.presets import preset
+    from balance.runs.store import RunStore
 
     ids = []
     with RunStore(server.home) as store:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
 
-from balance import lecture
+from balance.lecture import steps as lecture
 
 pytestmark = pytest.mark.browser
 
@@ -122,8 +122,8 @@ def test_bad_step_in_the_url_opens_step_one(server: Server, browser: object) -> 
 
 
 def test_handout_opens_offline(browser: object, tmp_path: Path) -> None:
-    from balance.handout import handout_html
-    from balance.store import RunStore
+    from balance.lecture.handout import handout_html
+    from balance.runs.store import RunStore
 
     path = tmp_path / "handout.html"
     with RunStore(tmp_path / "home") as store:

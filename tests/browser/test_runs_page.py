@@ -44,8 +44,8 @@ def store_run(store: object, name: str, lr: float, change: tuple[int, float] | N
     dashboard's runner does (the trainer's step size, and an ``lr`` event in the store)."""
     import pandas as pd
 
-    from balance.presets import preset
-    from balance.trainer import Trainer
+    from balance.config.presets import preset
+    from balance.engine.trainer import Trainer
 
     trainer = Trainer(preset("fig1-small").replace(**{"optim.lr": lr, **CONFIG}))
     rows = []
@@ -67,7 +67,7 @@ def store_run(store: object, name: str, lr: float, change: tuple[int, float] | N
 
 def store_runs(home: Path, count: int) -> list[str]:
     """``count`` finished MF runs named "run 1" .. at step sizes 0.01, 0.02, ...; ids in creation order."""
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     with RunStore(home) as store:
         return [store_run(store, f"run {i + 1}", round(0.01 * (i + 1), 2)) for i in range(count)]
@@ -136,7 +136,7 @@ def delete_selected(page: object) -> str:
 
 
 def test_deleting_one_run_of_five_deletes_exactly_that_one(home: Path, server: Server, browser: object) -> None:
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     store_runs(home, 5)
     page = open_runs(browser, server)
@@ -171,7 +171,7 @@ def test_picks_in_the_multiselect_and_ticks_in_the_table_agree(home: Path, serve
     one pick left nothing, two left one), the table ticks them, and a tick in the table adds a third."""
     if len(table_ids_of_store(home)) < 3:
         store_runs(home, 3)
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     with RunStore(home) as store:
         names = dict(zip(*store.list_runs()[["id", "name"]].to_dict("list").values()))
@@ -225,7 +225,7 @@ def upload(page: object, name: str, data: bytes) -> None:
 
 
 def test_text_from_an_imported_file_is_shown_as_text(home: Path, server: Server, browser: object) -> None:
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     if not table_ids_of_store(home):
         store_runs(home, 1)
@@ -266,7 +266,7 @@ def test_text_from_an_imported_file_is_shown_as_text(home: Path, server: Server,
 
 
 def table_ids_of_store(home: Path) -> list[str]:
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     with RunStore(home) as store:
         return store.list_runs()["id"].tolist()
@@ -275,7 +275,7 @@ def table_ids_of_store(home: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def changed(home: Path, server: Server) -> tuple[str, str]:
     """Two runs to overlay in the screenshots: 0.04 throughout, and 0.01 raised to 0.04 at step 30."""
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     with RunStore(home) as store:
         steady = store_run(store, "steady", 0.04)

@@ -70,7 +70,7 @@ def _run_id(page: object) -> str:
 
 
 def test_start_then_stop_50_times(server: Server, browser: object) -> None:
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.add_init_script(WATCH)
@@ -119,7 +119,7 @@ def _finished_run(server: Server) -> str:
     """A short finished run written straight into the server's store."""
     from balance import run
     from balance.config import RunConfig
-    from balance.store import RunStore
+    from balance.runs.store import RunStore
 
     config = RunConfig(steps=50)
     metrics, status = run(config)

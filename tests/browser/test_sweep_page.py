@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from harness import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, Server, save_screenshot, wait_idle
 
-from balance.store import RunStore
-from balance.sweep import SweepSpec, run_sweep
+from balance.runs.store import RunStore
+from balance.runs.sweep import SweepSpec, run_sweep
 
 pytestmark = pytest.mark.browser
 

@@ -1,0 +1,519 @@
+"""Sweeps: a grid or a list of configurations, trained in batches, every member stored as a run of its sweep.
+
+A spec is a base ``RunConfig`` plus the settings to vary, as dotted names (``optim.lr``, ``model.init_scale``,
+``seed``, ``optim.name``, ``model.width``, ...). From TOML::
+
+    name = "lr-study"              # optional; the sweep id is the name and a random suffix
+    preset = "fig1-small"          # optional starting point (else the defaults), then [base] on top
+
+    [base]                         # a run config, exactly as 'balance config' prints one
+    steps = 2000
+    log_every = 10
+    [base.data]
+    d1 = 50
+    d2 = 50
+
+    [grid]                         # every combination of these values (Cartesian product)
+    "optim.lr" = [0.01, 0.02, 0.05]
+    "model.init_scale" = [0.01, 0.1]
+    seed = "0-7"                   # a range (inclusive) or a list, as --seeds takes
+
+    [[list]]                       # optional: members given one by one; the grid multiplies each of them
+    "optim.name" = "gd"
+    [[list]]
+    "optim.name" = "momentum"
+    "optim.momentum" = 0.5
+
+Running (``run_sweep``): members that can batch (``batched.batch_key``) train in chunks of one shape (about 64 MF
+or 8 network members each: larger chunks hit allocator page faults); the rest, one per process in a process pool.
+A diverged member is recorded as diverged and the others go on. With ``ray_address`` each chunk is a Ray task and
+the results are collected into the same store; Ray is imported only then.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from balance.config import ConfigError, RunConfig, loads_toml, parse_value, schema
+
+log = logging.getLogger(__name__)
+
+MAX_MEMBERS = 100_000  # counted (a product of axis lengths) before a single member is built
+RAY_CONNECT_SECONDS = 20.0  # a Ray address that does not answer within this is refused (the CLI exits 2)
+CHUNK = {"mf": 64}  # members per batched chunk by model family; others CHUNK_DEFAULT
+CHUNK_DEFAULT = 8
+SPEC_KEYS = ("name", "preset", "base", "grid", "list")
+SETTINGS = dict(schema())  # dotted name -> field
+# The axes the Sweeps page knows by name (shown in this order where they vary).
+AXES = ("optim.lr", "model.init_scale", "seed", "optim.name", "model.width", "model.depth", "optim.momentum")
+
+
+def parse_seeds(text: str, limit: int = MAX_MEMBERS) -> tuple[int, ...]:
+    """``"0-7"`` -> 0..7, ``"0,3,5"``, ``"0-3,8"``; each seed once, in the order given.
+
+    The seeds are counted before any list is built: more than ``limit`` (``0-2147483647``) raise ``ConfigError``.
+    """
+    ranges: list[tuple[int, int]] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            lo, _, hi = part.partition("-") if "-" in part.lstrip("-") else (part, "", part)
+            first, last = int(lo), int(hi)
+        except ValueError:
+            raise ConfigError(f"seeds {text!r}: expected seeds such as 0-7 or 0,3,5") from None
+        if last < first:
+            raise ConfigError(f"seeds {text!r}: the range {part} runs backwards")
+        ranges.append((first, last))
+    count = sum(last - first + 1 for first, last in ranges)
+    if count > limit:
+        raise ConfigError(f"seeds {text!r}: {count:,} seeds; a sweep has at most {limit:,} members")
+    seeds = [seed for first, last in ranges for seed in range(first, last + 1)]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {text!r}: a seed is given twice")
+    return tuple(seeds)
+
+
+def count_members(axis_lengths: Sequence[int], listed: int = 0) -> int:
+    """Members of a sweep: the product of the grid's axis lengths, times the ``[[list]]`` entries (if any)."""
+    return math.prod(axis_lengths) * max(listed, 1)
+
+
+def check_members(count: int, where: str = "sweep spec") -> None:
+    """Refuse a sweep of more than ``MAX_MEMBERS`` members, before anything of it is built."""
+    if count > MAX_MEMBERS:
+        raise ConfigError(f"{where}: {count:,} members; a sweep has at most {MAX_MEMBERS:,}")
+
+
+def _value(key: str, value: Any) -> Any:
+    """One value of setting ``key`` as TOML or the command line gives it (text is parsed as the CLI does)."""
+    return parse_value(key, value) if isinstance(value, str) and SETTINGS[key].type != "str" else value
+
+
+def _check_key(key: str, where: str) -> None:
+    if key not in SETTINGS:
+        close = [k for k in SETTINGS if k.rpartition(".")[2] == key.rpartition(".")[2]]
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ConfigError(f"{where}: {key!r} is not a setting{hint}; settings are dotted names such as optim.lr")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A base config, a grid (every combination) and a list (members one by one); see the module docstring."""
+
+    base: RunConfig = field(default_factory=RunConfig)
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    members: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    name: str = "sweep"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> SweepSpec:
+        """Strict: unknown keys, empty or repeated values and invalid members raise ``ConfigError`` naming them."""
+        for key in raw:
+            if key not in SPEC_KEYS:
+                raise ConfigError(f"sweep spec: unknown key {key!r}; allowed: {', '.join(SPEC_KEYS)}")
+        name = raw.get("name", "sweep")
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+            raise ConfigError(f"sweep spec: name = {name!r}: use letters, digits, - and _ (at most 64)")
+        base = RunConfig()
+        if "preset" in raw:
+            from balance.config.presets import PRESETS, preset
+
+            if not isinstance(raw["preset"], str) or raw["preset"] not in PRESETS:
+                raise ConfigError(f"sweep spec: preset {raw['preset']!r} is not one of {', '.join(PRESETS)}")
+            base = preset(raw["preset"])
+        if "base" in raw:
+            if not isinstance(raw["base"], Mapping):
+                raise ConfigError("sweep spec: [base] must be a table (a run config)")
+            base = _merge(base, raw["base"])
+        grid = raw.get("grid", {})
+        if not isinstance(grid, Mapping):
+            raise ConfigError("sweep spec: [grid] must be a table of setting = [values]")
+        members = raw.get("list", [])
+        if not isinstance(members, list) or not all(isinstance(m, Mapping) for m in members):
+            raise ConfigError("sweep spec: [[list]] entries must be tables of setting = value")
+        lists: dict[str, list[Any]] = {}
+        for key, values in grid.items():  # the shapes first: the count comes before any value is parsed
+            _check_key(key, "sweep spec: [grid]")
+            if key == "seed" and isinstance(values, str):
+                values = list(parse_seeds(values))
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"sweep spec: [grid] {key}: give a non-empty list of values")
+            lists[key] = values
+        check_members(count_members([len(v) for v in lists.values()], len(members)))
+        axes = []
+        for key, values in lists.items():
+            parsed = tuple(_value(key, v) for v in values)
+            if len({repr(v) for v in parsed}) != len(parsed):
+                raise ConfigError(f"sweep spec: [grid] {key}: a value is given twice")
+            axes.append((key, parsed))
+        listed = []
+        for i, m in enumerate(members):
+            for key in m:
+                _check_key(key, f"sweep spec: [[list]] entry {i + 1}")
+                if key in grid:
+                    raise ConfigError(f"sweep spec: {key} is both in [grid] and in [[list]] entry {i + 1}")
+            listed.append(tuple((k, _value(k, v)) for k, v in m.items()))
+        spec = cls(base, tuple(axes), tuple(listed), name)
+        spec.configs()  # every member must be a valid config
+        return spec
+
+    @classmethod
+    def from_toml(cls, text: str, where: str = "sweep spec") -> SweepSpec:
+        raw = loads_toml(text, where)
+        if not any(k in raw for k in ("grid", "list", "base", "preset", "name")):
+            raw = {"base": raw}  # a plain run config: a sweep of one, to be widened by flags
+        return cls.from_dict(raw)
+
+    def size(self) -> int:
+        """The number of members, counted without building them."""
+        return count_members([len(v) for _, v in self.grid], len(self.members))
+
+    def changes(self) -> list[dict[str, Any]]:
+        """Each member's settings that differ from the base: list entries times grid combinations."""
+        return [dict(c) for c in self._changes]
+
+    def configs(self) -> list[RunConfig]:
+        """The members' configs, in ``changes`` order; an invalid combination raises naming the member."""
+        return list(self._configs)
+
+    def varied(self) -> list[str]:
+        """The settings that vary across members."""
+        changes = self._changes
+        keys = dict.fromkeys(k for c in changes for k in c)
+        return [k for k in keys if len({repr(c.get(k)) for c in changes}) > 1]
+
+    # Built once per spec (validating, counting and running all need them; 10^5 configs take seconds to build),
+    # and only after the count is known to be within the limit.
+    @functools.cached_property
+    def _changes(self) -> tuple[dict[str, Any], ...]:
+        check_members(self.size())
+        keys = [k for k, _ in self.grid]
+        combos = [dict(zip(keys, values)) for values in itertools.product(*(v for _, v in self.grid))]
+        listed = [dict(m) for m in self.members] or [{}]
+        return tuple({**m, **c} for m in listed for c in combos)
+
+    @functools.cached_property
+    def _configs(self) -> tuple[RunConfig, ...]:
+        out = []
+        for change in self._changes:
+            try:
+                out.append(self.base.replace(**change))
+            except ConfigError as exc:
+                shown = ", ".join(f"{k}={v}" for k, v in change.items())
+                raise ConfigError(f"sweep member ({shown}): {exc}") from None
+        return tuple(out)
+
+
+def _merge(base: RunConfig, table: Mapping[str, Any]) -> RunConfig:
+    """``base`` with the fields of a run-config table on top (validated as a whole)."""
+    raw = base.to_dict()
+    for key, value in table.items():
+        if isinstance(value, Mapping) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    try:
+        return RunConfig.from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"sweep spec: [base] {exc}") from None
+
+
+def member_name(change: Mapping[str, Any]) -> str:
+    """A short run name from a member's varied settings, e.g. ``lr=0.01 init_scale=0.1 seed=3``."""
+    return " ".join(f"{k.rpartition('.')[2]}={_short(v)}" for k, v in change.items()) or "base"
+
+
+def _short(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else ",".join(map(_short, v)) if isinstance(v, tuple) else str(v)
+
+
+# --- running ------------------------------------------------------------------------------------------------------
+
+
+Outcome = tuple[list[str], np.ndarray, str, int, str]  # columns, rows [n, len(columns)], state, step, message
+
+
+def train_chunk(configs: Sequence[RunConfig]) -> list[Outcome]:
+    """Train ``configs`` (one batch shape, or a single config of any kind); one outcome per config.
+
+    Runs in this process, a pool worker or a Ray worker: it touches no store. A failure (an exception) is that
+    chunk's outcome for every member, as state ``failed``.
+    """
+    import torch
+
+    from balance.runs.batching import batch_key, train_batched, tune_allocator
+    from balance.runs.loop import run
+
+    torch.set_num_threads(1)  # one thread per worker: workers share the machine's cores
+    tune_allocator()
+    try:
+        single = len(configs) == 1 and batch_key(configs[0]) is None
+        results = [run(configs[0])] if single else train_batched(configs)
+    except Exception as exc:  # reported as the members' state: the sweep goes on
+        log.exception("a sweep chunk failed")
+        return [([], np.zeros((0, 0)), "failed", 0, f"failed: {type(exc).__name__}: {exc}") for _ in configs]
+    return [
+        (list(r.metrics.columns), r.metrics.to_numpy(dtype="float64"), r.status.state, r.status.step, r.status.message)
+        for r in results
+    ]
+
+
+def plan(configs: Sequence[RunConfig], chunk: int | None = None) -> list[list[int]]:
+    """Member indices grouped into work units: batches of one shape (at most ``chunk``), and singles."""
+    from balance.runs.batching import batch_key
+
+    groups: dict[str, list[int]] = {}
+    units: list[list[int]] = []
+    for i, c in enumerate(configs):
+        key = batch_key(c)
+        if key is None:
+            units.append([i])
+        else:
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        size = chunk or CHUNK.get(configs[members[0]].model.name, CHUNK_DEFAULT)
+        # equal chunks: 70 members in chunks of 64 become 35 + 35, not 64 + 6
+        n = math.ceil(len(members) / size)
+        units += [list(part) for part in np.array_split(members, n)]
+    return [[int(i) for i in u] for u in units]
+
+
+@dataclass
+class SweepResult:
+    sweep: str
+    run_ids: list[str]
+    states: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {s: self.states.count(s) for s in dict.fromkeys(self.states)}
+
+
+def new_sweep_id(name: str) -> str:
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+def run_sweep(
+    spec: SweepSpec,
+    store: Any,
+    *,
+    workers: int | None = None,
+    chunk: int | None = None,
+    ray_address: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SweepResult:
+    """Train every member of ``spec`` and record each as a run of one new sweep in ``store`` (a ``RunStore``).
+
+    ``workers``: processes for the work units (default and at most: the usable cores; 1 trains in this process).
+    ``chunk``: members per batch. ``ray_address``: send the units to that Ray cluster instead; one that does not
+    answer within ``RAY_CONNECT_SECONDS`` raises ``ConfigError`` before anything is stored.
+    ``on_progress(done, total)`` counts members. A member that diverges or fails is recorded as such; the others go
+    on.
+    """
+    configs, changes = spec.configs(), spec.changes()
+    if ray_address:
+        check_ray(ray_address)  # before any member is stored: a dead address leaves nothing behind
+    sweep = new_sweep_id(spec.name)
+    with store.transaction():
+        ids = [store.create_run(c, [], name=member_name(ch), sweep=sweep) for c, ch in zip(configs, changes)]
+    units = plan(configs, chunk)
+    states = [""] * len(configs)
+    done = 0
+
+    def collect(unit: list[int], outcomes: list[Outcome]) -> None:
+        nonlocal done
+        with store.transaction():
+            for i, (columns, rows, state, step, message) in zip(unit, outcomes):
+                if columns:
+                    store.claim_run(ids[i], columns)
+                    store.append_rows(ids[i], rows)
+                store.set_status(ids[i], state, step, message)
+                states[i] = state
+        done += len(unit)
+        if on_progress is not None:
+            on_progress(done, len(configs))
+
+    if on_progress is not None:
+        on_progress(0, len(configs))
+    try:
+        if ray_address:
+            _run_ray(ray_address, configs, units, collect)
+        else:
+            _run_local(configs, units, collect, workers)
+    except BaseException:
+        for i, state in enumerate(states):  # an interrupted sweep leaves no member "queued" forever
+            if not state:
+                store.set_status(ids[i], "stopped", 0, "the sweep was interrupted before this member ran")
+        raise
+    return SweepResult(sweep, ids, states)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _run_local(configs: Sequence[RunConfig], units: list[list[int]], collect: Callable, workers: int | None) -> None:
+    # more processes than cores only add memory and contention (each worker runs one torch thread)
+    workers = min(workers or usable_cores(), usable_cores(), len(units))
+    if workers <= 1:
+        for unit in units:
+            collect(unit, train_chunk([configs[i] for i in unit]))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from balance.runs.executor import neutral_main
+
+    # spawn: a forked child of a process that has used torch threads can deadlock
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with neutral_main():  # the pool spawns its workers while tasks are submitted: not as the page script
+            futures = {pool.submit(train_chunk, [configs[i] for i in unit]): unit for unit in units}
+        for future in as_completed(futures):
+            collect(futures[future], future.result())
+
+
+# Run in a child process: a Ray client that finds no cluster retries inside Ray's C++ core for minutes and cannot
+# be interrupted from Python; a child can be killed at the deadline.
+_RAY_PROBE = (
+    "import logging, sys, ray; "
+    "ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR); "
+    "ray.shutdown()"
+)
+
+
+def check_ray(address: str, timeout: float | None = None) -> None:
+    """Return when a Ray cluster answers at ``address`` (``host:port``, ``ray://host:port``, ``auto``); else
+    ``ConfigError`` within ``timeout`` seconds (default ``RAY_CONNECT_SECONDS``) saying why.
+
+    A ``host:port`` that refuses a TCP connection fails at once; one that accepts it is asked by a throwaway Ray
+    client in a child process, killed at the deadline. Ray is never imported in this process here.
+    """
+    timeout = RAY_CONNECT_SECONDS if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    where = f"--ray-address {address}"
+    hostport = address.removeprefix("ray://").rpartition(":")
+    if hostport[1] and hostport[2].isdigit():
+        host = hostport[0].strip("[]") or "127.0.0.1"
+        try:
+            socket.create_connection((host, int(hostport[2])), timeout=min(5.0, timeout)).close()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: nothing answers there ({exc.strerror or exc}); is the Ray head running?"
+            ) from None
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _RAY_PROBE, address],
+            capture_output=True,
+            text=True,
+            timeout=max(deadline - time.monotonic(), 1.0),
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{where}: no Ray cluster answered within {timeout:g} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {done.returncode}"
+        raise ConfigError(f"{where}: no Ray cluster there ({why})")
+
+
+def _run_ray(address: str, configs: Sequence[RunConfig], units: list[list[int]], collect: Callable) -> None:
+    """One Ray task per unit on the cluster at ``address``; results are collected here as they complete."""
+    import ray  # only on this path: without --ray-address nothing of Ray is imported
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        remote = ray.remote(num_cpus=1)(train_chunk)
+        pending = {remote.remote([configs[i] for i in unit]): unit for unit in units}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                collect(pending.pop(ref), ray.get(ref))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# --- reading a sweep back -----------------------------------------------------------------------------------------
+
+
+def summary(store: Any, sweep: str) -> pd.DataFrame:
+    """One row per member of ``sweep``: run, name, state, message, its settings on ``AXES`` (and any other varied
+    setting, as dotted names), then final values: loss, gap_drift and pred_gap_drift (the layer pair with the
+    largest |drift|), ratio (of that pair), diverged (0 / 1), steps."""
+    records = store.sweep_runs(sweep)
+    rows = []
+    flats = [_flat(r.config.to_dict()) for r in records]
+    varied = [k for k in flats[0] if len({repr(f[k]) for f in flats}) > 1] if flats else []
+    keys = list(dict.fromkeys([*AXES, *varied]))
+    for r, flat in zip(records, flats):
+        last = store.last_row(r.id)
+        pairs = [c.removeprefix("gap_drift_") for c in last if c.startswith("gap_drift_")]
+        h = max(pairs, key=lambda p: abs(last[f"gap_drift_{p}"]) if math.isfinite(last[f"gap_drift_{p}"]) else -1.0)
+        row = {"run": r.id, "name": r.name, "state": r.state, "message": r.message}
+        row |= {k: flat[k] for k in keys}
+        row |= {
+            "loss": last.get("loss", math.nan),
+            "gap_drift": last.get(f"gap_drift_{h}", math.nan) if pairs else math.nan,
+            "pred_gap_drift": last.get(f"pred_gap_drift_{h}", math.nan) if pairs else math.nan,
+            "ratio": last.get(f"ratio_{h}", math.nan) if pairs else math.nan,
+            "diverged": float(r.state == "diverged"),
+            "steps": r.step,
+        }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _flat(nested: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, Mapping):
+            out |= {f"{key}.{k}": tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        else:
+            out[key] = value
+    return out
+
+
+def fit_slopes(df: pd.DataFrame, by: str = "model.init_scale", level: float = 0.95) -> pd.DataFrame:
+    """Least-squares fit of log|gap drift| = a + p log(step size), per value of ``by`` (finished members only).
+
+    Returns one row per group: by, slope p, its ``level`` confidence interval (t distribution, n - 2 degrees of
+    freedom), intercept a, n; groups with fewer than 3 usable points or one step size get NaN.
+    """
+    from scipy import stats
+
+    ok = df[(df["state"] == "finished") & np.isfinite(df["gap_drift"]) & (df["gap_drift"] != 0)]
+    rows = []
+    for value, group in ok.groupby(by, sort=True):
+        x, y = np.log(group["optim.lr"].to_numpy(float)), np.log(np.abs(group["gap_drift"].to_numpy(float)))
+        n = len(x)
+        if n < 3 or np.ptp(x) == 0:
+            rows.append(
+                {by: value, "slope": math.nan, "low": math.nan, "high": math.nan, "intercept": math.nan, "n": n}
+            )
+            continue
+        fit = stats.linregress(x, y)
+        half = stats.t.ppf(0.5 + level / 2, n - 2) * fit.stderr
+        rows.append({by: value, "slope": fit.slope, "low": fit.slope - half, "high": fit.slope + half,
+                     "intercept": fit.intercept, "n": n})  # fmt: skip
+    return pd.DataFrame(rows, columns=[by, "slope", "low", "high", "intercept", "n"])

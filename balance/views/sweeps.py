@@ -1,0 +1,155 @@
+"""Figures of a sweep: heat maps over step size x init scale, and the drift against the step size on log-log.
+
+Pure functions: a tidy DataFrame (``balance.runs.sweep.summary``: one row per member) in, a ``go.Figure`` out; they
+never fetch data or change their input. Every cell and every point carries its run id in ``customdata``, so a
+page can open the run behind a click.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+X, Y = "optim.lr", "model.init_scale"
+LABELS = {X: "step size η", Y: "init scale σ", "seed": "seed"}
+# column -> (title, colour scale, log10 of |value|, how seeds combine)
+METRICS = {
+    "gap_drift": ("final gap drift G_T − G_0 (colour: log10 of its size)", "Viridis", True, "median"),
+    "ratio": ("final ratio ‖W₂‖/‖W₁‖", "RdBu_r", False, "median"),
+    "loss": ("final loss", "Magma", True, "median"),
+    "diverged": ("diverged (fraction of seeds)", "Reds", False, "mean"),
+}
+CAPTIONS = {
+    "heatmap": "Each cell is one step size and init scale; with several seeds it shows the median (divergence: the "
+    "fraction of seeds that diverged). Grey: no finished member. Click a cell to open its run in Explore.",
+    "drift": "Measured final |gap drift| (dots, one per run; solid line: the fit) and the exact prediction of the "
+    "step recursion (rings) against the step size, log-log. The slope p of |drift| ∝ η^p is fitted per init "
+    "scale by least squares; the bracket is its 95% confidence interval.",
+}
+
+
+def _tick(v: float) -> str:
+    return f"{v:g}"
+
+
+def cell_table(df: pd.DataFrame, column: str, how: str = "median") -> pd.DataFrame:
+    """One row per (step size, init scale): the ``how`` of ``column`` over the cell's members (finite values;
+    diverged members are left out except for the ``diverged`` column), and the cell's first run (lowest seed)."""
+    value = df[column].astype(float)
+    if column != "diverged":
+        value = value.where((df["state"] != "diverged") & np.isfinite(value))
+    frame = df.assign(_v=value).sort_values([Y, X, "seed"] if "seed" in df else [Y, X])
+    grouped = frame.groupby([Y, X], sort=True)
+    return pd.DataFrame(
+        {"value": grouped["_v"].agg(how), "run": grouped["run"].first(), "n": grouped.size()}
+    ).reset_index()
+
+
+def heatmap_figure(df: pd.DataFrame, column: str) -> go.Figure:
+    """Heat map of ``column`` (a key of ``METRICS``) over step size (x) and init scale (y), categorical axes."""
+    title, scale, log, how = METRICS[column]
+    cells = cell_table(df, column, how)
+    xs, ys = sorted(df[X].unique()), sorted(df[Y].unique())
+    z = np.full((len(ys), len(xs)), np.nan)
+    runs = np.full((len(ys), len(xs)), "", dtype=object)
+    shown = np.full((len(ys), len(xs)), "", dtype=object)
+    for c in cells.itertuples():
+        i, j = ys.index(c[1]), xs.index(c[2])
+        v = c.value
+        runs[i, j] = c.run
+        if math.isfinite(v):
+            z[i, j] = math.log10(abs(v)) if log and v != 0 else (np.nan if log else v)
+            shown[i, j] = f"{v:.3g}"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[_tick(v) for v in xs],
+            y=[_tick(v) for v in ys],
+            colorscale=scale,
+            text=shown,
+            texttemplate="%{text}",
+            customdata=runs,
+            hoverinfo="skip",  # the markers below answer hover and click
+            colorbar={"title": {"text": f"log10 |{column}|" if log else column, "side": "right"}},
+            **({"zmin": 0.0, "zmax": 1.0} if column == "diverged" else {}),
+        )
+    )
+    # Invisible markers on the cells: Streamlit reports clicks on points (not on heat-map cells), and these carry
+    # the run ids. hoverinfo must not be "skip", which would also swallow the clicks.
+    jj, ii = np.meshgrid(range(len(xs)), range(len(ys)))
+    fig.add_trace(
+        go.Scatter(
+            x=[_tick(xs[j]) for j in jj.ravel()],
+            y=[_tick(ys[i]) for i in ii.ravel()],
+            mode="markers",
+            marker={"symbol": "square", "size": 28, "color": "rgba(0,0,0,0)"},
+            customdata=runs.ravel(),
+            text=shown.ravel(),
+            hovertemplate="η=%{x}, σ=%{y}<br>" + column + " %{text}<br>run %{customdata}<extra></extra>",
+            showlegend=False,
+        )
+    )
+    fig.update_layout(
+        title={"text": title, "font": {"size": 14}},
+        xaxis={"title": LABELS[X], "type": "category"},
+        yaxis={"title": LABELS[Y], "type": "category"},
+        margin={"l": 60, "r": 10, "t": 40, "b": 50},
+        height=320,
+        clickmode="event+select",
+        plot_bgcolor="#e5e5e5",
+    )
+    return fig
+
+
+def drift_figure(df: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
+    """|final gap drift| against step size, log-log, per init scale: members (markers), the predicted drift
+    (dashed) and the fitted power law with its slope and confidence interval in the legend."""
+    fig = go.Figure()
+    ok = df[(df["state"] == "finished") & np.isfinite(df["gap_drift"]) & (df["gap_drift"] != 0)]
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2"]
+    for n, (sigma, group) in enumerate(ok.groupby(Y, sort=True)):
+        colour = colours[n % len(colours)]
+        fit = fits[fits[Y] == sigma]
+        name = f"σ={_tick(sigma)}"
+        if len(fit) and math.isfinite(fit["slope"].iloc[0]):
+            f = fit.iloc[0]
+            name += f": slope {f['slope']:.3f} [{f['low']:.3f}, {f['high']:.3f}]"
+        fig.add_trace(
+            go.Scatter(
+                x=group[X],
+                y=group["gap_drift"].abs(),
+                mode="markers",
+                name=name,
+                legendgroup=name,
+                marker={"color": colour, "size": 8},
+                customdata=group["run"],
+                hovertemplate="η=%{x:.3g}<br>|drift| %{y:.3g}<br>run %{customdata}<extra></extra>",
+            )
+        )
+        pred = group["pred_gap_drift"].abs()
+        if pred.notna().any():  # the exact recursion: open rings that each member's marker should fill
+            fig.add_trace(
+                go.Scatter(x=group[X], y=pred, mode="markers", legendgroup=name, showlegend=False,
+                           marker={"color": colour, "size": 13, "symbol": "circle-open"}, name=f"{name} predicted",
+                           customdata=group["run"],
+                           hovertemplate="η=%{x:.3g}<br>predicted %{y:.3g}<br>run %{customdata}<extra></extra>")
+            )  # fmt: skip
+        if len(fit) and math.isfinite(fit["slope"].iloc[0]):
+            f = fit.iloc[0]
+            lr = np.geomspace(group[X].min(), group[X].max(), 20)
+            fig.add_trace(
+                go.Scatter(x=lr, y=np.exp(f["intercept"]) * lr ** f["slope"], mode="lines", legendgroup=name,
+                           line={"color": colour, "width": 1.5}, showlegend=False, hoverinfo="skip")
+            )  # fmt: skip
+    fig.update_layout(
+        title={"text": "final |gap drift| against the step size", "font": {"size": 14}},
+        xaxis={"title": LABELS[X], "type": "log"},
+        yaxis={"title": "|G_T − G_0|", "type": "log", "exponentformat": "power"},
+        margin={"l": 60, "r": 10, "t": 40, "b": 50},
+        height=420,
+        legend={"font": {"size": 11}},
+    )
+    return fig
