@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from balance.app import common as ui
 from balance.app import lecture as ui_lecture
+from balance.app import sidebar
 from balance.cli import main
 from balance.config import RunConfig
 from balance.config.presets import PRESETS, preset
@@ -102,11 +103,11 @@ def test_explore_opens_every_link_with_only_the_steps_controls() -> None:
                 at.query_params[key] = value
             at.run()
             assert not at.exception and not at.warning, (s.key, at.warning)
-            values = {name: at.session_state[f"explore.{name}"] for name in ui.FIELDS}
-            assert ui.build_config(values)[0] == d.config
+            values = {name: at.session_state[f"explore.{name}"] for name in sidebar.FIELDS}
+            assert sidebar.build_config(values)[0] == d.config
             shown = {w.key for w in [*at.selectbox, *at.number_input, *at.toggle, *at.select_slider, *at.text_input]}
             wanted = {f"explore.{n}" for n in s.show}
-            assert shown & {f"explore.{n}" for n in [*ui.FIELDS, "preset"]} <= wanted
+            assert shown & {f"explore.{n}" for n in [*sidebar.FIELDS, "preset"]} <= wanted
             assert shown & wanted, s.key
 
 

@@ -4,6 +4,7 @@ another folder with the package read from the wheel's contents, not from this ch
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,9 @@ ASSETS = sorted(p.name for p in (ROOT / "balance" / "assets").iterdir() if p.is_
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)]
+    source = out / "source"  # a copy: building writes build/ and *.egg-info next to the sources
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "docs", "tests", "static", "*.egg-info"))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source)]
     subprocess.run(build, check=True, capture_output=True, timeout=600)
     (path,) = out.glob("balance-*.whl")
     return path

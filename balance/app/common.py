@@ -1,7 +1,7 @@
 """The dashboard's shared Streamlit layer: services, safe text, live charts, a run's charts and status, navigation.
 
 The library modules that import streamlit are this one and ``ui_*.py`` (one per page, and the Explore page's
-parts: ``ui_settings`` the sidebar, ``ui_links`` the URL, ``ui_live`` the attached run, ``ui_explore`` the page).
+parts: ``sidebar``, ``links`` the URL, ``live`` the attached run, ``explore`` the page).
 Pages call these functions and draw nothing of their own. Data flow: widgets (or the URL) -> ``RunConfig`` ->
 ``Runner.start`` in a worker process -> ``RunStore`` -> ``store.metrics(run, after=cursor)`` polled by a fragment
 twice a second -> ``balance.views.figures`` -> ``live_chart`` (a chart that updates in place; ``assets/live_chart.js``).
@@ -291,17 +291,3 @@ def navigation() -> Any:
 
 def about_page() -> None:
     st.markdown(asset("about.md"))
-
-
-_MOVED = {"ui_settings": ("FIELDS", "build_config", "load_config", "config_values", "LABELS", "error_field")}
-
-
-def __getattr__(name: str) -> Any:
-    """Names that moved to the Explore page's own modules, still reachable as ``ui.<name>`` (tests of other
-    pages use them); imported on first use, since those modules import this one."""
-    for module, names in _MOVED.items():
-        if name in names:
-            import importlib
-
-            return getattr(importlib.import_module(f"balance.{module}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
