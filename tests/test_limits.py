@@ -62,7 +62,7 @@ def test_every_preset_and_claim_fits_a_small_machines_limits():
 # One process measures every config, smallest first: the peak resident size (VmHWM, reset before each config) and
 # the CPU time per step (one torch thread, as a worker; CPU time, so other processes on the machine do not count).
 _MEASURE = r"""
-import json, sys, time
+import gc, json, sys, time
 import torch; torch.set_num_threads(1)
 import balance.runs.store  # what a worker imports
 from balance.config import RunConfig
@@ -84,6 +84,7 @@ for raw in json.loads(sys.argv[1]):
         n += 1
     out.append({"peak": peak(), "step": (time.process_time() - start) / n})
     del trainer
+    gc.collect()  # a trainer held in a reference cycle would still count in the next config's peak
 print(json.dumps(out))
 """
 
