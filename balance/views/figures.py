@@ -672,8 +672,7 @@ def matrix_figure(
                 go.Scatter(x=xs, y=y, name=name, mode="lines", line=thin, opacity=0.5, legendgroup=f"{pair} drift",
                            showlegend=False, hovertemplate=_hover(size, name))
             )  # fmt: skip
-    y_title = f"{drift.plain()} (thin: {inv.plain()})"
-    return styled(traces, inv.title, x, y_title, log_x, log_y=True)
+    return styled(traces, inv.title, x, drift.plain(), log_x, log_y=True)  # the thin ||D_h||: caption and hover
 
 
 OVERLAY_LEGEND_LINE, OVERLAY_LEGEND_LINES = 22, 8  # px a legend line, lines the figure grows for at most
