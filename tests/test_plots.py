@@ -5,6 +5,7 @@ metrics columns (and the ratio overlay against theory.predicted_ratio); decimati
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import balance
+from balance.engine import laws
 from balance.engine.theory import predicted_ratio
 from balance.views import figures as plots
 
@@ -475,9 +477,40 @@ def test_captions_cover_every_chart():
     from_file = plots.load_captions()
     assert set(from_file) == set(plots.CAPTIONS) == set(plots.FIGURES) | {"neurons", "overlay"}
     for name, caption in plots.CAPTIONS.items():
-        assert caption == from_file[name] and "\n" not in caption and len(caption) > 40, name
-        assert plots.FIGURES.get(name, (None, caption))[1] == caption
+        assert caption == laws.expand(from_file[name]) and "\n" not in caption and len(caption) > 40, name
+        assert "{{" not in caption and plots.FIGURES.get(name, (None, caption))[1] == caption
     assert "eta" in plots.CAPTIONS["gaps"] and "dashed" in plots.CAPTIONS["ratios"]
+
+
+# the metrics each chart's caption names: their TeX labels come from the registry, never from the captions file
+CAPTION_METRICS = {
+    "loss": ["loss"],
+    "norms": ["sqnorm", "gap"],
+    "gaps": ["gap_drift", "pred_gap_drift", "gap"],
+    "ratios": ["ratio"],
+    "balance": ["gap_drift", "pred_gap_drift", "ratio"],
+    "grad_norms": ["grad_norm"],
+    "matrix": ["matrix_drift", "matrix_inv"],
+    "neurons": ["in_sqnorm", "out_sqnorm"],
+}
+
+
+@pytest.mark.parametrize("name", CAPTION_METRICS)
+def test_captions_take_the_metrics_labels_from_the_registry(name, monkeypatch):
+    raw = plots.load_captions()[name]
+    for metric in CAPTION_METRICS[name]:
+        label = laws.METRICS[metric].label()
+        assert label in plots.CAPTIONS[name], metric
+        assert label not in raw, f"{name}: {metric}'s label is spelt in captions.toml, not referenced"
+    # relabel a metric in the registry: the caption follows
+    metric = CAPTION_METRICS[name][0]
+    monkeypatch.setitem(laws.METRICS, metric, dataclasses.replace(laws.METRICS[metric], tex=r"\mathrm{relabelled}"))
+    assert r"$\mathrm{relabelled}$" in laws.expand(raw)
+
+
+def test_a_caption_naming_an_unknown_metric_fails_when_read():
+    with pytest.raises(KeyError, match="nope"):
+        laws.expand("the {{nope}} metric")
 
 
 def test_missing_captions_file_falls_back_to_docstrings(tmp_path):

@@ -4,8 +4,10 @@ engine's columns and rows (and the run's DataFrame through ``balance.run``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,8 @@ import torch
 from conftest import BATCH_NORM, FAMILIES, TANH, make_config
 
 from balance import config as config_module
+from balance.app.common import run_figures
+from balance.cli.core import build_parser, config_from_args, main
 from balance.config import OptimConfig, RunConfig
 from balance.engine import laws
 from balance.engine.engine import Engine
@@ -23,6 +27,7 @@ from balance.engine.optim import RULES, Rule, Step
 from balance.engine.theory import RECURSIONS, LawStep
 from balance.engine.trainer import Trainer
 from balance.runs.loop import run
+from balance.views import figures as plots
 
 ALL = [*FAMILIES, BATCH_NORM, TANH]
 
@@ -183,3 +188,125 @@ def test_the_settings_an_optimizer_reads_are_the_ones_the_config_applies(optimiz
     if "optim.schedule" in reads:
         reads |= set(laws.SCHEDULES[schedule].settings)
     assert applied == reads
+
+
+# --- what a reader sees: labels, captions, help ---------------------------------------------------------------------
+
+
+def test_labels_plain_text_and_words() -> None:
+    assert laws.METRICS["ratio"].label() == r"\|W_{h+1}\|_F / \|W_{h}\|_F"  # the generic label: h, h + 1
+    assert laws.plain("sqnorm_2") == "||W₂||²" and laws.METRICS["sqnorm"].plain() == "||W_h||²"
+    assert laws.plain("ratio_12") == "||W₁₃|| / ||W₁₂||" and laws.plain("not_a_metric") == "not_a_metric"
+    assert laws.describe("gap_drift_1") == "gap drift, layers 1-2" and laws.describe("loss") == "loss"
+    assert laws.METRICS["sqnorm"].place(2, ("V", "U")) == "U" and laws.METRICS["gap"].place(1, ("V", "U")) == "V-U"
+    assert laws.pattern("gap_drift") == "gap_drift_h" and laws.pattern("loss") == "loss"
+    assert laws.prediction_of("gap_drift") == "pred_gap_drift" and laws.prediction_of("loss") is None
+    assert laws.expand("{{gap=}}, {{ratio}}") == (
+        r"$G_{h} = \|W_{h+1}\|_F^2 - \|W_{h}\|_F^2 - \|b_{h}\|^2$, $\|W_{h+1}\|_F / \|W_{h}\|_F$"
+    )
+    for name, m in laws.METRICS.items():
+        assert m.title and m.text, name  # every entry says itself in words and in plain text
+        assert ("{h}" in m.text) == (m.scope in ("layer", "pair")), name
+        assert m.predicts in ("", *laws.METRICS) and (m.kind == "predicted") == bool(m.predicts), name
+
+
+def test_run_help_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    """``balance run --help`` lists every metric's columns and every optimiser's law (or why there is none); the
+    listing reads only the torch-free registry (the config's choices of datasets and models still load torch)."""
+    code = "import sys\nfrom balance.cli.core import metrics_help\nmetrics_help()\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    out = " ".join(_cli(["run", "--help"], capsys).split())  # words, not argparse's line breaks
+    for name, m in laws.METRICS.items():
+        if m.scope != "neuron":
+            assert f"{laws.pattern(name)} {'predicted: ' if m.predicts else ''}{' '.join(m.formula.split())}" in out
+    for name, o in laws.OPTIMIZERS.items():
+        assert f"{name} {' '.join((o.law.recursion if o.law else 'no law: ' + o.no_law).split())}" in out, name
+
+
+# --- a new metric or optimiser reaches the CSV, a chart and the CLI help --------------------------------------------
+
+
+def _config(argv: list[str]) -> RunConfig:
+    return config_from_args(build_parser().parse_args(["run", *argv]))
+
+
+MF_ARGS = ["--d1", "6", "--d2", "4", "--rank", "2", "--lr", "0.05", "--init-scale", "0.5", "--steps", "20"]
+
+
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """The registry (and its torch side) is exactly as before once a test that registered toy entries is done."""
+    tables = (laws.METRICS, laws.OPTIMIZERS, COMPUTE, RULES, RECURSIONS)
+    before = [dict(t) for t in tables]
+    yield
+    assert [dict(t) for t in tables] == before
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_a_registered_metric_reaches_the_csv_a_chart_and_the_help(
+    restored: None, toy_metrics: None, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "x.csv"
+    _cli(["run", *MF_ARGS, "--no-store", "--out", str(path)], capsys)
+    csv = pd.read_csv(path)
+    assert {"toy_total", "toy_grad_sq_1", "toy_grad_sq_2"} <= set(csv.columns)
+    np.testing.assert_allclose(csv["toy_total"], csv["sqnorm_1"] + csv["sqnorm_2"], rtol=1e-12)
+    np.testing.assert_allclose(csv["toy_grad_sq_2"], csv["grad_norm_2"] ** 2, rtol=1e-12)
+    # a chart of its own, named and labelled by the registry (Explore draws it: run_figures)
+    assert plots.more_metrics(csv.columns) == ["toy_total", "toy_grad_sq"]
+    fig = plots.metric_figure(csv, "toy_grad_sq", plots.MF_LAYER_NAMES)
+    assert [t.name for t in fig.data] == ["V", "U"] and fig.layout.yaxis.title.text == r"\|g_{h}\|^2"
+    np.testing.assert_array_equal(fig.data[1].y, csv["toy_grad_sq_2"].to_numpy())
+    assert fig.data[1].hovertemplate.startswith(r"U: \|g_{2}\|^2 = ")
+    config = _config(MF_ARGS)
+    charts = {name: (f, caption) for name, f, caption in run_figures(csv, config, (None, None), False)}
+    assert list(charts)[-2:] == ["metric.toy_total", "metric.toy_grad_sq"]
+    fig, caption = charts["metric.toy_total"]
+    np.testing.assert_array_equal(fig.data[0].y, csv["toy_total"].to_numpy())
+    assert "$T$" in caption and "weight²" in caption
+    # the CLI help lists it with its formula and unit
+    help_text = _cli(["run", "--help"], capsys)
+    assert "toy_total            sum_h ||W_h||^2 [weight²]" in help_text
+    assert "toy_grad_sq_h        ||g_h||^2 [gradient²]" in help_text
+
+
+def test_a_registered_optimizer_reaches_the_csv_a_chart_and_the_help(
+    restored: None, toy_optimizer: str, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert f"{toy_optimizer}  " in _cli(["run", "--help"], capsys)  # its law is listed ...
+    assert f",{toy_optimizer}}}" in _cli(["run", "--help"], capsys)  # ... and --optimizer accepts it
+    path = tmp_path / "x.csv"
+    argv = [*MF_ARGS, "--optimizer", toy_optimizer, "--weight-decay", "0.05"]
+    out = _cli(["run", *argv, "--no-store", "--out", str(path)], capsys)
+    csv = pd.read_csv(path)
+    drift, predicted = csv["gap_drift_1"], csv["pred_gap_drift_1"]
+    assert drift.abs().max() > 1e-6 and (drift - predicted).abs().max() <= 1e-10 * drift.abs().max()
+    assert "vs predicted" in out and "nan" not in out  # the summary line has its prediction
+    # the charts draw its law's prediction: nothing says there is none
+    config = _config(argv)
+    assert config.optim.name == toy_optimizer and laws.why_no_law(config) == ""
+    charts = {name: f for name, f, _ in run_figures(csv, config, (None, None), False)}
+    predicted_trace = next(t for t in charts["balance"].data if t.name == "V-U predicted")
+    np.testing.assert_array_equal(predicted_trace.y, predicted.to_numpy())
+    assert not [a.text for a in charts["balance"].layout.annotations if "prediction" in a.text]
+
+
+def test_a_relabelled_metric_relabels_the_charts(restored: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = pd.DataFrame({"step": [0, 1], "sqnorm_1": [1.0, 2.0], "sqnorm_2": [3.0, 4.0]})
+    relabelled = dataclasses.replace(laws.METRICS["sqnorm"], text="S{h}", title="size")
+    monkeypatch.setitem(laws.METRICS, "sqnorm", relabelled)
+    fig = plots.norms_figure(frame)
+    assert fig.layout.yaxis.title.text == "S_h" and fig.data[1].hovertemplate.startswith("layer 2: S₂ = ")
+    assert plots.overlay_figure({"a": frame}, "sqnorm_2").layout.yaxis.title.text == "S₂"
+    drift = dataclasses.replace(laws.METRICS["gap_drift"], text="Δ{h}", title="moved")
+    monkeypatch.setitem(laws.METRICS, "gap_drift", drift)
+    frame = frame.assign(gap_1=[2.0, 2.5], gap_drift_1=[0.0, 0.5], pred_gap_drift_1=[0.0, 0.5], ratio_1=[1.7, 1.4])
+    assert plots.gaps_figure(frame).layout.yaxis.title.text == "Δ_h"
+    assert "moved Δ_h" in [a.text for a in plots.balance_figure(frame).layout.annotations]

@@ -30,7 +30,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from balance.config import RunConfig
 from balance.config import link_query as link_query  # the one link builder, for the pages that link into Explore
-from balance.engine.laws import why_no_law
+from balance.engine.laws import of_metric, why_no_law
 from balance.runs.store import ACTIVE as STORE_ACTIVE
 from balance.runs.store import RunStore, StoreError
 from balance.views import figures as plots
@@ -204,7 +204,8 @@ def run_figures(
     max_points: int = plots.MAX_POINTS,
     marks: Sequence[tuple[float, str]] = (),
 ) -> list[tuple[str, go.Figure, str]]:
-    """(name, figure, caption) in display order; the matrix chart only where there are linear layers.
+    """(name, figure, caption) in display order; the matrix chart only where there are linear layers, then a chart
+    of each registered metric that none of these draws (``plots.more_metrics``).
 
     Where the layer-gap law does not apply (``why_no_law``) the balance chart draws no prediction and it and its
     caption say why; ``marks`` (step, label) are drawn on every step axis (a step size changed mid-run).
@@ -222,9 +223,12 @@ def run_figures(
     if now is not None:
         figure = plots.neuron_figure(now, initial=initial, max_points=max_points)
         out.insert(3, ("neurons", figure, plots.CAPTIONS["neurons"]))
-    if any(str(c).startswith("matrix_drift_") for c in df.columns):
+    if of_metric(df.columns, "matrix_drift"):
         fn, caption = plots.FIGURES["matrix"]
         out.append(("matrix", fn(df, layer_names=names, log_x=log_x, max_points=max_points), caption))
+    for metric in plots.more_metrics(df.columns):  # a registered metric no chart above draws: one of its own
+        figure = plots.metric_figure(df, metric, names, log_x=log_x, max_points=max_points)
+        out.append((f"metric.{metric}", figure, plots.metric_caption(metric)))
     for name, fig, _ in out:
         plots.mark_steps(fig, marks)
         plots.fit_legend(fig, plots.WIDE if name == "balance" else plots.NARROW)

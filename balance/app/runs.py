@@ -324,10 +324,9 @@ def _without(text: str, prefix: str) -> str:
 
 def overlay(prefix: str, frames: dict[str, pd.DataFrame]) -> None:
     """One metric of the selected runs in one chart, e.g. one config at four step sizes."""
-    columns = list(dict.fromkeys(c for df in frames.values() for c in df.columns if c not in ("step", "t")))
-    columns.sort(key=lambda c: (c != "loss", not c.startswith("gap_drift"), c))
+    columns = plots.overlay_columns(frames.values())
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
-    column = c1.selectbox("Metric", columns, key=f"{prefix}.metric")
+    column = c1.selectbox("Metric", columns, key=f"{prefix}.metric", format_func=plots.overlay_option)
     x = c2.segmented_control("x axis", ["step", "t"], default="step", key=f"{prefix}.x", required=True) or "step"
     log_x = c3.toggle("log x", key=f"{prefix}.log_x")
     wanted = st.session_state.setdefault(f"{prefix}.log_y_wanted", True)  # on by default, where it can be

@@ -19,8 +19,11 @@ import plotly.graph_objects as go
 from scipy import stats
 
 from balance.config import RunConfig
+from balance.engine.laws import column, of_metric, prediction_of
 
 OUTCOMES = ("supported", "refuted", "partly")
+DRIFT = "gap_drift"
+PREDICTED = prediction_of(DRIFT) or ""  # the registry's prediction of the gap drift
 
 
 @dataclass(frozen=True)
@@ -83,40 +86,47 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> Fit:
     return Fit(float(fit.slope), float(fit.slope) - half, float(fit.slope) + half)
 
 
-def last(df: pd.DataFrame, column: str) -> float:
-    return float(df[column].iloc[-1])
+def series(df: pd.DataFrame, metric: str, index: int | None = None) -> pd.Series:
+    """The column of ``metric`` at layer or pair ``index`` (None for a scalar): the registry names it."""
+    return df[column(metric, index)]
 
 
-def first(df: pd.DataFrame, column: str) -> float:
-    return float(df[column].iloc[0])
+def last(df: pd.DataFrame, metric: str, index: int | None = None) -> float:
+    """The final value of ``metric`` (at layer or pair ``index``)."""
+    return float(series(df, metric, index).iloc[-1])
+
+
+def first(df: pd.DataFrame, metric: str, index: int | None = None) -> float:
+    """The value of ``metric`` (at layer or pair ``index``) at the first logged step."""
+    return float(series(df, metric, index).iloc[0])
 
 
 def pairs(df: pd.DataFrame) -> list[int]:
-    """The h of every ``gap_drift_h`` column."""
-    return sorted(int(c.rsplit("_", 1)[1]) for c in df.columns if c.startswith("gap_drift_"))
+    """The pairs h with a gap-drift column."""
+    return of_metric(df.columns, DRIFT)
 
 
 def max_sqnorm(df: pd.DataFrame) -> float:
     """The largest squared norm of any layer at any logged step: the scale drifts are measured against."""
-    return float(df[[c for c in df.columns if c.startswith("sqnorm_")]].to_numpy().max())
+    return float(df[[column("sqnorm", h) for h in of_metric(df.columns, "sqnorm")]].to_numpy().max())
 
 
 def relative_drift(df: pd.DataFrame) -> float:
     """max_{h,k} |G_h(k) - G_h(0)| / max_{h,k} ||W_h(k)||^2: how far the gaps moved, against the norms' size."""
-    return max(float(df[f"gap_drift_{h}"].abs().max()) for h in pairs(df)) / max_sqnorm(df)
+    return max(float(series(df, DRIFT, h).abs().max()) for h in pairs(df)) / max_sqnorm(df)
 
 
 def identity_error(df: pd.DataFrame) -> float:
     """max_{h,k} |measured drift - exact prediction sum eta^2 Delta||g||^2| / max_{h,k} ||W_h||^2 (NaN: none)."""
-    errors = [float((df[f"gap_drift_{h}"] - df[f"pred_gap_drift_{h}"]).abs().max()) for h in pairs(df)]
+    errors = [float((series(df, DRIFT, h) - series(df, PREDICTED, h)).abs().max()) for h in pairs(df)]
     return max(errors) / max_sqnorm(df) if errors else math.nan
 
 
 def flow_ratio(df: pd.DataFrame, h: int = 1) -> np.ndarray:
     """Gradient flow's reading of the invariant: ||W_{h+1}|| / ||W_h|| = sqrt(1 - Phi_0 / ||W_h||^2) per row,
     Phi_0 = ||W_h(0)||^2 + ||b_h(0)||^2 - ||W_{h+1}(0)||^2 = -G_h(0) (no biases in these experiments)."""
-    gap0 = first(df, f"gap_{h}")
-    sq = df[f"sqnorm_{h}"].to_numpy()
+    gap0 = first(df, "gap", h)
+    sq = series(df, "sqnorm", h).to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.sqrt(np.clip(1 + gap0 / sq, 0, None))
 

@@ -13,7 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from balance.claims.base import Fit
+from balance.claims.base import Fit, series
+from balance.engine.laws import METRICS, of_metric
 from balance.views import figures as plots
 
 POINTS = 400  # buckets per series: every claim figure holds several runs
@@ -101,13 +102,14 @@ def _fit_line(
 def difference_figure(runs: Mapping[str, pd.DataFrame], flow: Mapping[str, np.ndarray]) -> go.Figure:
     """Claim 1, per run: squared norms (log y), the gap G = ||W_2||^2 - ||W_1||^2, and the ratio against
     sqrt(1 - Phi_0 / ||W_1||^2)."""
-    fig = _panels(["squared norms ||W_h||²", "difference G = ||W₂||² − ||W₁||²", "ratio ||W₂|| / ||W₁||"])
+    sq, ratio = METRICS["sqnorm"], METRICS["ratio"]
+    fig = _panels([f"squared norms {sq.plain()}", "difference G = ||W₂||² − ||W₁||²", f"ratio {ratio.plain(1)}"])
     for i, (name, df) in enumerate(runs.items()):
         c = plots.colour(i + 1)
-        _series(fig, df, "sqnorm_1", f"{name}: ||W₁||²", c, 1, dash="solid")
-        _series(fig, df, "sqnorm_2", f"{name}: ||W₂||²", c, 1, dash="dash")
-        _series(fig, df, "gap_1", f"{name}: G", c, 2, legend=False)
-        _series(fig, df, "ratio_1", f"{name}: ratio", c, 3, legend=False)
+        _series(fig, df, series(df, "sqnorm", 1), f"{name}: {sq.plain(1)}", c, 1, dash="solid")
+        _series(fig, df, series(df, "sqnorm", 2), f"{name}: {sq.plain(2)}", c, 1, dash="dash")
+        _series(fig, df, series(df, "gap", 1), f"{name}: G", c, 2, legend=False)
+        _series(fig, df, series(df, "ratio", 1), f"{name}: ratio", c, 3, legend=False)
         _series(fig, df, flow[name], f"{name}: sqrt(1 − Φ₀/||W₁||²)", c, 3, dash="dot")
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=3)
@@ -167,10 +169,12 @@ def batchnorm_figure(runs: Mapping[str, pd.DataFrame]) -> go.Figure:
     for i, (name, df) in enumerate(runs.items()):
         c = plots.colour(i + 1)
         eta = df["lr"].to_numpy()
-        growth = np.concatenate([[0.0], np.cumsum((eta**2 * df["grad_norm_1"].to_numpy() ** 2)[:-1])])
-        _series(fig, df, "sqnorm_1", f"{name}: measured", c, 1, x="t")
-        _series(fig, df, df["sqnorm_1"].iloc[0] + growth, f"{name}: ||W₁(0)||² + Σ η²||g₁||²", c, 1, "dash", x="t")
-        _series(fig, df, df["gap_drift_1"].abs(), f"{name}: cross-layer gap", c, 2, x="t")
+        growth = np.concatenate([[0.0], np.cumsum((eta**2 * series(df, "grad_norm", 1).to_numpy() ** 2)[:-1])])
+        _series(fig, df, series(df, "sqnorm", 1), f"{name}: measured", c, 1, x="t")
+        _series(
+            fig, df, series(df, "sqnorm", 1).iloc[0] + growth, f"{name}: ||W₁(0)||² + Σ η²||g₁||²", c, 1, "dash", x="t"
+        )
+        _series(fig, df, series(df, "gap_drift", 1).abs(), f"{name}: cross-layer gap", c, 2, x="t")
         _series(fig, df, df["neuron_drift_max"], f"{name}: (γ, β) vs W₂ per neuron", c, 2, "dot", x="t")
     fig.update_yaxes(type="log", row=1, col=2, exponentformat="power")
     fig.update_xaxes(title_text="t = Σ η")
@@ -182,10 +186,10 @@ def figure1_figure(runs: Mapping[str, pd.DataFrame], flow: Mapping[str, np.ndarr
     fig = _panels(["ratio ||U||_F / ||V||_F", "||UᵀU − VᵀV||_F (what Theorem 3.1 controls)"])
     for i, (name, df) in enumerate(runs.items()):
         c = plots.colour(i + 1)
-        _series(fig, df, "ratio_1", name, c, 1)
+        _series(fig, df, series(df, "ratio", 1), name, c, 1)
         if name in flow:
             _series(fig, df, flow[name], f"{name}: implied by the invariant", c, 1, dash="dash")
-        _series(fig, df, "matrix_inv_1", name, c, 2, legend=False)
+        _series(fig, df, series(df, "matrix_inv", 1), name, c, 2, legend=False)
     fig.update_yaxes(type="log", exponentformat="power")
     fig.add_hline(y=1, line={"color": plots.FLOW_COLOUR, "width": 1, "dash": "dot"}, row=1, col=1)
     fig.update_xaxes(title_text="iteration")
@@ -196,10 +200,11 @@ def deep_figure(example: pd.DataFrame, example_name: str, drifts: Mapping[str, f
     """Claim 7: one network's change of ||W_h||^2 since step 0 per layer (equation 6: the same curve for every
     layer, however different the norms), and every run's relative gap drift against the tolerance."""
     fig = _panels([f"{example_name}: ||W_h||² − ||W_h(0)||²", "max |gap drift| / largest ||W||²"])
-    for h in sorted(int(c.rsplit("_", 1)[1]) for c in example.columns if c.startswith("sqnorm_")):
-        change = example[f"sqnorm_{h}"] - example[f"sqnorm_{h}"].iloc[0]
-        start = example[f"sqnorm_{h}"].iloc[0]
-        _series(fig, example, change, f"layer {h} (||W_h(0)||² = {start:.3g})", plots.colour(h), 1)
+    sq = METRICS["sqnorm"]
+    for h in of_metric(example.columns, "sqnorm"):
+        norms = series(example, "sqnorm", h)
+        change, start = norms - norms.iloc[0], norms.iloc[0]
+        _series(fig, example, change, f"{sq.place(h)} ({sq.plain(h)} at step 0 = {start:.3g})", plots.colour(h), 1)
     fig.add_trace(
         go.Bar(x=list(drifts), y=list(drifts.values()), marker={"color": plots.colour(1)}, showlegend=False),
         row=1,
@@ -226,7 +231,7 @@ def tanh_figure(etas: Sequence[float], drifts: Mapping[str, Sequence[float]], fi
 def decay_figure(df: pd.DataFrame, formula: np.ndarray, exact: np.ndarray) -> go.Figure:
     """Claim 9: the gap G_k against G_0 (1 - eta lambda)^(2k) and against the exact recursion, log y."""
     fig = _panels(["gap G_k = ||W₂||² − ||W₁||²"])
-    _series(fig, df, df["gap_1"].abs(), "measured |G_k|", plots.colour(1), 1)
+    _series(fig, df, series(df, "gap", 1).abs(), "measured |G_k|", plots.colour(1), 1)
     _series(fig, df, np.abs(formula), "|G₀| (1 − ηλ)^(2k)", plots.colour(2), 1, dash="dash")
     _series(fig, df, np.abs(exact), "exact recursion (with η² terms)", plots.colour(3), 1, dash="dot")
     fig.update_yaxes(type="log", exponentformat="power")

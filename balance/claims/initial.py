@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from balance.claims import figures, verdicts
-from balance.claims.base import Finding, first, flow_ratio, identity_error, last, max_sqnorm, relative_drift
+from balance.claims.base import Finding, first, flow_ratio, identity_error, last, max_sqnorm, relative_drift, series
 from balance.config import RunConfig
 from balance.config.presets import preset
 from balance.engine.theory import mf_balanced_ratio
@@ -39,7 +39,7 @@ def difference_configs(quick: bool) -> list[RunConfig]:
 
 def _flow_error(df: pd.DataFrame) -> float:
     predicted = flow_ratio(df)
-    return float(np.nanmax(np.abs(predicted / df["ratio_1"].to_numpy() - 1)))
+    return float(np.nanmax(np.abs(predicted / series(df, "ratio", 1).to_numpy() - 1)))
 
 
 def difference_analyse(runs: Sequence[Any]) -> Finding:
@@ -47,18 +47,18 @@ def difference_analyse(runs: Sequence[Any]) -> Finding:
     growth = max_sqnorm(b.tail(1)) / max_sqnorm(b.head(1))
     flow_err = max(_flow_error(a), _flow_error(b))
     numbers = {
-        "a: gap G at start / end": f"{first(a, 'gap_1'):.4g} / {last(a, 'gap_1'):.4g}",
-        "a: ratio at start / end": f"{first(a, 'ratio_1'):.4g} / {last(a, 'ratio_1'):.4g}",
+        "a: gap G at start / end": f"{first(a, 'gap', 1):.4g} / {last(a, 'gap', 1):.4g}",
+        "a: ratio at start / end": f"{first(a, 'ratio', 1):.4g} / {last(a, 'ratio', 1):.4g}",
         "a: max |gap drift| / largest ||W||²": relative_drift(a),
-        "b: gap G at start / end": f"{first(b, 'gap_1'):.4g} / {last(b, 'gap_1'):.4g}",
+        "b: gap G at start / end": f"{first(b, 'gap', 1):.4g} / {last(b, 'gap', 1):.4g}",
         "b: largest squared norm, growth": growth,
-        "b: ratio at start / end": f"{first(b, 'ratio_1'):.4g} / {last(b, 'ratio_1'):.4g}",
+        "b: ratio at start / end": f"{first(b, 'ratio', 1):.4g} / {last(b, 'ratio', 1):.4g}",
         "b: max |gap drift| / largest ||W||²": relative_drift(b),
         "max relative error of sqrt(1 − Φ₀/||W₁||²)": flow_err,
         "drift against Σ η² Δ||g||² (relative)": max(identity_error(a), identity_error(b)),
     }
     verdict = verdicts.difference_not_balance(
-        relative_drift(a), last(a, "ratio_1"), relative_drift(b), growth, first(b, "ratio_1"), last(b, "ratio_1"),
+        relative_drift(a), last(a, "ratio", 1), relative_drift(b), growth, first(b, "ratio", 1), last(b, "ratio", 1),
         flow_err,
     )  # fmt: skip
     names = {"a: unbalanced, squared loss": a, "b: logistic, separable": b}
@@ -93,7 +93,7 @@ def init_analyse(runs: Sequence[Any]) -> Finding:
         m = r.metrics
         rows.append({
             "model": "MF" if r.config.model.name == "mf" else "ReLU MLP", "init": r.config.model.init,
-            "seed": r.config.seed, "ratio": last(m, "ratio_1"), "loss_drop": last(m, "loss") / first(m, "loss"),
+            "seed": r.config.seed, "ratio": last(m, "ratio", 1), "loss_drop": last(m, "loss") / first(m, "loss"),
             "identity": identity_error(m),
         })  # fmt: skip
     table = pd.DataFrame(rows)
@@ -120,33 +120,33 @@ def figure1_configs(quick: bool) -> list[RunConfig]:
     return [preset(name).replace(steps=1000) if quick else preset(name) for name in FIG1]
 
 
-def _ends(df: pd.DataFrame, column: str) -> str:
-    return f"{first(df, column):.4g} / {last(df, column):.3g}"
+def _ends(df: pd.DataFrame, metric: str, index: int | None = None) -> str:
+    return f"{first(df, metric, index):.4g} / {last(df, metric, index):.3g}"
 
 
 def figure1_analyse(runs: Sequence[Any]) -> Finding:
     small, large, small_reg, large_reg = (r.metrics for r in runs)
     cfg = runs[0].config
     s = cfg.data.singular_values or tuple(float(k) for k in range(cfg.data.rank, 0, -1))
-    trace_d = first(small, "gap_1")  # tr(U^T U - V^T V) = ||U||^2 - ||V||^2
+    trace_d = first(small, "gap", 1)  # tr(U^T U - V^T V) = ||U||^2 - ||V||^2
     predicted = mf_balanced_ratio(s, trace_d, cfg.data.rank)
-    invariant_rel = float(small["matrix_inv_1"].max()) / last(small, "sqnorm_2")
-    flow_err = float(np.nanmax(np.abs(flow_ratio(small) / small["ratio_1"].to_numpy() - 1)))
-    below = small.index[small["ratio_1"] <= 1.1]
+    invariant_rel = float(series(small, "matrix_inv", 1).max()) / last(small, "sqnorm", 2)
+    flow_err = float(np.nanmax(np.abs(flow_ratio(small) / series(small, "ratio", 1).to_numpy() - 1)))
+    below = small.index[series(small, "ratio", 1) <= 1.1]
     numbers = {
-        "small init (7): max ||UᵀU − VᵀV||_F": float(small["matrix_inv_1"].max()),
-        "small init (7): final ||U||_F²": last(small, "sqnorm_2"),
-        "small init (7): ratio at step 0": first(small, "ratio_1"),
+        "small init (7): max ||UᵀU − VᵀV||_F": float(series(small, "matrix_inv", 1).max()),
+        "small init (7): final ||U||_F²": last(small, "sqnorm", 2),
+        "small init (7): ratio at step 0": first(small, "ratio", 1),
         "small init (7): first step with ratio ≤ 1.1": int(small.loc[below[0], "step"]) if len(below) else "never",
-        "small init (7): final ratio / predicted": f"{last(small, 'ratio_1'):.7g} / {predicted:.7g}",
-        "large init (7): ||UᵀU − VᵀV||_F start / end": _ends(large, "matrix_inv_1"),
-        "large init (7): final ratio": last(large, "ratio_1"),
-        "small init (9): ||UᵀU − VᵀV||_F start / end": _ends(small_reg, "matrix_inv_1"),
-        "large init (9): ||UᵀU − VᵀV||_F start / end": _ends(large_reg, "matrix_inv_1"),
-        "large init (9): final ratio": last(large_reg, "ratio_1"),
+        "small init (7): final ratio / predicted": f"{last(small, 'ratio', 1):.7g} / {predicted:.7g}",
+        "large init (7): ||UᵀU − VᵀV||_F start / end": _ends(large, "matrix_inv", 1),
+        "large init (7): final ratio": last(large, "ratio", 1),
+        "small init (9): ||UᵀU − VᵀV||_F start / end": _ends(small_reg, "matrix_inv", 1),
+        "large init (9): ||UᵀU − VᵀV||_F start / end": _ends(large_reg, "matrix_inv", 1),
+        "large init (9): final ratio": last(large_reg, "ratio", 1),
     }  # fmt: skip
     verdict = verdicts.figure1_consistent(
-        invariant_rel, first(small, "ratio_1"), flow_err, last(small, "ratio_1"), predicted
+        invariant_rel, first(small, "ratio", 1), flow_err, last(small, "ratio", 1), predicted
     )
     named = dict(
         zip(("small σ, (7)", "large σ, (7)", "small σ, (9)", "large σ, (9)"), (small, large, small_reg, large_reg))

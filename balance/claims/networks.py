@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from balance.claims import figures, verdicts
-from balance.claims.base import Finding, first, identity_error, last, loglog_slope, relative_drift
+from balance.claims.base import Finding, first, identity_error, last, loglog_slope, relative_drift, series
 from balance.config import RunConfig
-from balance.engine.laws import why_no_law
+from balance.engine.laws import of_metric, why_no_law
 
 TEACHER = {"name": "teacher", "samples": 128, "input_dim": 5}
 
@@ -35,23 +35,23 @@ def batchnorm_configs(quick: bool) -> list[RunConfig]:
 
 def _growth(df: Any) -> tuple[float, float]:
     """(relative error of the total growth of ||W_1||^2 against sum eta^2 ||g_1||^2, largest one-step decrease)."""
-    sq = df["sqnorm_1"].to_numpy()
-    predicted = float(np.sum((df["lr"].to_numpy() ** 2 * df["grad_norm_1"].to_numpy() ** 2)[:-1]))
+    sq = series(df, "sqnorm", 1).to_numpy()
+    predicted = float(np.sum((df["lr"].to_numpy() ** 2 * series(df, "grad_norm", 1).to_numpy() ** 2)[:-1]))
     return abs((sq[-1] - sq[0]) / predicted - 1), float(np.max(-np.diff(sq)))
 
 
 def batchnorm_analyse(runs: Sequence[Any]) -> Finding:
     a, b = runs[0].metrics, runs[1].metrics
     (err_a, down_a), (err_b, down_b) = _growth(a), _growth(b)
-    gap_ratio = abs(last(a, "gap_drift_1") / last(b, "gap_drift_1"))
+    gap_ratio = abs(last(a, "gap_drift", 1) / last(b, "gap_drift", 1))
     neuron_ratio = last(a, "neuron_drift_max") / last(b, "neuron_drift_max")
     ea, eb = (r.config.optim.lr for r in runs)
     numbers = {
-        f"η = {ea:g}: ||W₁||² start → end": f"{first(a, 'sqnorm_1'):.8g} → {last(a, 'sqnorm_1'):.8g}",
+        f"η = {ea:g}: ||W₁||² start → end": f"{first(a, 'sqnorm', 1):.8g} → {last(a, 'sqnorm', 1):.8g}",
         "growth against Σ η² ||g₁||², relative error (worst)": max(err_a, err_b),
         "largest one-step decrease of ||W₁||²": max(down_a, down_b),
         f"cross-layer gap drift at t, η = {ea:g} / {eb:g}":
-            f"{last(a, 'gap_drift_1'):.4g} / {last(b, 'gap_drift_1'):.4g}",
+            f"{last(a, 'gap_drift', 1):.4g} / {last(b, 'gap_drift', 1):.4g}",
         "cross-layer gap drift: prediction": f"none ({why_no_law(runs[0].config)})",
         f"(γ, β) per-neuron drift at t, η = {ea:g} / {eb:g}":
             f"{last(a, 'neuron_drift_max'):.3g} / {last(b, 'neuron_drift_max'):.3g}",
@@ -114,12 +114,10 @@ def deep_analyse(runs: Sequence[Any]) -> Finding:
     for label, r in zip(labels, runs):
         m = r.metrics
         judged[label] = (relative_drift(m), identity_error(m), last(m, "loss") / first(m, "loss"))
-        hs = sorted(int(c.rsplit("_", 1)[1]) for c in m.columns if c.startswith("ratio_"))
+        hs = of_metric(m.columns, "ratio")
         numbers[f"{label}: max |gap drift| / largest ||W||²"] = judged[label][0]
         numbers[f"{label}: loss start → end"] = f"{first(m, 'loss'):.3g} → {last(m, 'loss'):.3g}"
-        numbers[f"{label}: first ratio start → end"] = (
-            f"{first(m, f'ratio_{hs[0]}'):.3g} → {last(m, f'ratio_{hs[0]}'):.3g}"
-        )
+        numbers[f"{label}: first ratio start → end"] = f"{first(m, 'ratio', hs[0]):.3g} → {last(m, 'ratio', hs[0]):.3g}"
     numbers["identity error / ||W||² (worst)"] = max(e for _, e, _ in judged.values())
     verdict = verdicts.deep_networks_conserve(judged)
     tolerance = verdicts.TOL["deep"]["gap drift / largest ||W||^2"]
@@ -149,8 +147,8 @@ def tanh_analyse(runs: Sequence[Any]) -> Finding:
     n = len(runs) // 2
     etas = [r.config.optim.lr for r in runs[:n]]
     drifts = {
-        "tanh": [last(r.metrics, "gap_drift_1") for r in runs[:n]],
-        "ReLU": [last(r.metrics, "gap_drift_1") for r in runs[n:]],
+        "tanh": [last(r.metrics, "gap_drift", 1) for r in runs[:n]],
+        "ReLU": [last(r.metrics, "gap_drift", 1) for r in runs[n:]],
     }
     fits = {k: loglog_slope(etas, v) for k, v in drifts.items()}
     ratio = abs(drifts["tanh"][-1] / drifts["ReLU"][-1])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from balance.claims import figures, verdicts
-from balance.claims.base import Finding, first, identity_error, last, loglog_slope
+from balance.claims.base import Finding, first, identity_error, last, loglog_slope, series
 from balance.config import RunConfig
 from balance.engine.theory import momentum_amplification, weight_decay_gap
 
@@ -44,8 +44,8 @@ def rate_configs(quick: bool) -> list[RunConfig]:
 
 def rate_analyse(runs: Sequence[Any]) -> Finding:
     etas = [r.config.optim.lr for r in runs]
-    drifts = [last(r.metrics, "gap_drift_1") for r in runs]
-    preds = [last(r.metrics, "pred_gap_drift_1") for r in runs]
+    drifts = [last(r.metrics, "gap_drift", 1) for r in runs]
+    preds = [last(r.metrics, "pred_gap_drift", 1) for r in runs]
     fit = loglog_slope(etas, drifts)
     rel = max(abs(d - p) / abs(p) for d, p in zip(drifts, preds))
     numbers: dict[str, Any] = {f"drift at t = {RATE_T:g}, η = {e:.3g} (K = {r.config.steps})": d
@@ -88,8 +88,8 @@ def momentum_analyse(runs: Sequence[Any]) -> Finding:
     for r in runs:
         o, k = r.config.optim, r.config.steps
         rows.append({"optimiser": o.name, "eta_eff": MOMENTUM_T / k, "lr": o.lr,
-                     "drift": last(r.metrics, "gap_drift_1"),
-                     "pred": last(r.metrics, "pred_gap_drift_1"), "identity": identity_error(r.metrics)})  # fmt: skip
+                     "drift": last(r.metrics, "gap_drift", 1),
+                     "pred": last(r.metrics, "pred_gap_drift", 1), "identity": identity_error(r.metrics)})  # fmt: skip
     table = pd.DataFrame(rows)
     fits = {n: loglog_slope(d["eta_eff"], d["drift"]) for n, d in table.groupby("optimiser", sort=False)}
     smallest = table["eta_eff"].min()
@@ -122,20 +122,20 @@ def decay_configs(quick: bool) -> list[RunConfig]:
 
 def decay_analyse(runs: Sequence[Any]) -> Finding:
     df, o = runs[0].metrics, runs[0].config.optim
-    g0 = first(df, "gap_1")
+    g0 = first(df, "gap", 1)
     formula = weight_decay_gap(g0, o.lr, o.weight_decay, df["step"].to_numpy())
-    exact = g0 + df["pred_gap_drift_1"].to_numpy()
-    formula_err = float(np.max(np.abs(df["gap_1"].to_numpy() - formula)) / abs(g0))
-    identity = float(np.max(np.abs(df["gap_1"].to_numpy() - exact)) / abs(g0))
+    exact = g0 + series(df, "pred_gap_drift", 1).to_numpy()
+    formula_err = float(np.max(np.abs(series(df, "gap", 1).to_numpy() - formula)) / abs(g0))
+    identity = float(np.max(np.abs(series(df, "gap", 1).to_numpy() - exact)) / abs(g0))
     rate = (1 - o.lr * o.weight_decay) ** 2
     numbers = {
         "G_0": g0,
-        "G_K / G_0 measured": last(df, "gap_1") / g0,
+        "G_K / G_0 measured": last(df, "gap", 1) / g0,
         "(1 − ηλ)^(2K) predicted": (1 - o.lr * o.weight_decay) ** (2 * runs[0].config.steps),
         "max |G_k − G_0 (1 − ηλ)^(2k)| / |G_0|": formula_err,
         "max |G_k − exact recursion| / |G_0|": identity,
     }
-    verdict = verdicts.weight_decay_formula(formula_err, identity, last(df, "gap_1") / g0, rate)
+    verdict = verdicts.weight_decay_formula(formula_err, identity, last(df, "gap", 1) / g0, rate)
     return Finding(numbers, verdict, figures.decay_figure(df, formula, exact), main=0)
 
 
@@ -159,10 +159,10 @@ def large_lr_analyse(runs: Sequence[Any]) -> Finding:
     rows = []
     for r in runs:
         m = r.metrics
-        u, v = np.sqrt(last(m, "sqnorm_2")), np.sqrt(last(m, "sqnorm_1"))
+        u, v = np.sqrt(last(m, "sqnorm", 2)), np.sqrt(last(m, "sqnorm", 1))
         converged = r.status.state == "finished" and last(m, "loss") <= 1e-8 * first(m, "loss")
         eta = r.config.optim.lr
-        rows.append({"eta": eta, "ratio": last(m, "ratio_1"), "converged": converged, "gap": (u - v) ** 2,
+        rows.append({"eta": eta, "ratio": last(m, "ratio", 1), "converged": converged, "gap": (u - v) ** 2,
                      "slack": 2 / eta - 2 * MU - (u - v) ** 2, "state": r.status.state})  # fmt: skip
     table = pd.DataFrame(rows)
     numbers: dict[str, Any] = {

@@ -178,7 +178,7 @@ def momentum_holds(
 
 
 def batchnorm_moves_invariant(
-    growth_err: float, shrinks: float, gap_drift_ratio: float, neuron_drift_ratio: float
+    growth_err: float, shrinks: float, gap_ratio: float, neuron_drift_ratio: float
 ) -> Verdict:
     """``growth_err``: relative error of ||W_1(K)||^2 - ||W_1(0)||^2 against sum eta^2 ||g_1||^2 (worst over step
     sizes); ``shrinks``: the largest one-step decrease of ||W_1||^2 (<= 0 when it only grows); the ratios are the
@@ -186,14 +186,14 @@ def batchnorm_moves_invariant(
     (gamma, beta) per-neuron invariant (4 if the drift vanishes linearly, 1 if it does not vanish)."""
     t = TOL["batchnorm"]
     grows = shrinks <= 0 and at_most(growth_err, t["growth relative error"])
-    gap_breaks = gap_drift_ratio <= t["drift ratio if it does not vanish, at most"]
+    gap_breaks = gap_ratio <= t["drift ratio if it does not vanish, at most"]
     neuron_holds = neuron_drift_ratio >= t["drift ratio if it vanishes, at least"]
     passed = [grows, gap_breaks, neuron_holds]
     outcome = "supported" if all(passed) else "refuted" if not gap_breaks else "partly"
     reason = (
         f"The layer feeding BatchNorm {'only grew' if shrinks <= 0 else 'also shrank'}, by Σ η² ||g||² to "
         f"{fmt(100 * growth_err, 2)}%; quartering the step divided the cross-layer gap's drift by only "
-        f"{fmt(gap_drift_ratio)} (it does not vanish) but the (γ, β) invariant's by {fmt(neuron_drift_ratio)}."
+        f"{fmt(gap_ratio)} (it does not vanish) but the (γ, β) invariant's by {fmt(neuron_drift_ratio)}."
     )
     return Verdict(outcome, reason, _tolerances("batchnorm"))
 

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,35 @@ def read_input(path: str, what: str, limit: int = MAX_INPUT_BYTES) -> str:
 # --- balance run --------------------------------------------------------------------------------------------
 
 
+def metrics_help(width: int = 100) -> str:
+    """What ``balance run`` logs and predicts, read from the registry (``balance.engine.laws``; torch-free, so
+    ``--help`` stays fast): a line per metric (its columns, formula, unit and sign convention) and per optimiser its
+    exact law of the layer gap, or why there is none."""
+    from balance.engine import laws
+
+    def item(name: str, text: str) -> str:
+        return textwrap.fill(text, width, initial_indent=f"  {name:<20} ", subsequent_indent=" " * 23)
+
+    lines = ["metrics (a CSV column each; _h: layer h = 1..L, or the pair of layers h, h+1):"]
+    for name, m in laws.METRICS.items():
+        if m.scope == "neuron":  # the per-unit table, not a column of the rows
+            continue
+        sign = f"; sign: {m.sign}" if m.sign else ""
+        kind = "predicted: " if m.kind == "predicted" else ""
+        lines.append(item(laws.pattern(name), f"{kind}{m.formula} [{m.unit}]{sign}"))
+    predicted = ", ".join(laws.pattern(n) for n, m in laws.METRICS.items() if m.kind == "predicted")
+    lines.append(f"optimisers and the exact law behind {predicted} (NaN where there is none):")
+    for name, o in laws.OPTIMIZERS.items():
+        lines.append(item(name, o.law.recursion if o.law is not None else f"no law: {o.no_law}"))
+    for name, reason in {**{n: a.no_law for n, a in laws.ACTIVATIONS.items() if a.no_law}, **laws.MODEL_NO_LAW}.items():
+        lines.append(item(name, f"no law: {reason}"))
+    return "\n".join(lines)
+
+
+def _run_epilog() -> str:
+    return f"{metrics_help()}\n\n{EXIT_CODES}"
+
+
 def _add_run(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     out = parser.add_argument_group("output")
@@ -281,15 +311,22 @@ def summary(metrics: pd.DataFrame, state: str, steps: int, message: str = "") ->
     """One line: status, steps, final loss and the final gap drift against its prediction.
 
     Of several layer pairs the one with the largest measured drift is shown, with the largest mismatch over all.
+    Columns are named and read by the registry (``balance.engine.laws``).
     """
+    from balance.engine.laws import METRICS, column, of_metric, prediction_of
+
     last = metrics.iloc[-1]
     text = f"{state}: {steps} step{'' if steps == 1 else 's'}, final loss {last['loss']:.6g}"
-    pairs = [c.removeprefix("gap_drift_") for c in metrics.columns if c.startswith("gap_drift_")]
-    if pairs:
-        drift = {h: (last[f"gap_drift_{h}"], last[f"pred_gap_drift_{h}"]) for h in pairs}
-        h = max(pairs, key=lambda h: abs(drift[h][0]))
-        mismatch = max(abs(m - p) for m, p in drift.values())
-        text += f", gap drift {drift[h][0]:.6g} vs predicted {drift[h][1]:.6g} (gap_{h}; max mismatch {mismatch:.2g})"
+    drift, predicted = METRICS["gap_drift"], prediction_of("gap_drift")
+    pairs = of_metric(metrics.columns, "gap_drift")
+    if pairs and predicted is not None:
+        ends = {h: (last[column("gap_drift", h)], last[column(predicted, h)]) for h in pairs}
+        h = max(pairs, key=lambda h: abs(ends[h][0]))
+        mismatch = max(abs(m - p) for m, p in ends.values())
+        text += (
+            f", {drift.title} {ends[h][0]:.6g} vs predicted {ends[h][1]:.6g} "
+            f"({drift.place(h)}; max mismatch {mismatch:.2g})"
+        )
     return f"{text}; {message}" if message else text
 
 
@@ -328,14 +365,14 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     handler: Callable[[argparse.Namespace], int]
-    epilog: str = ""
+    epilog: str | Callable[[], str] = ""  # a function: computed when the parser is built (the registry's metrics)
 
 
 # Subcommands with their own module: each has ``register(subparsers)`` (runs, sweep, claims, lecture).
 EXTENSIONS = ("balance.cli.runs", "balance.cli.sweep", "balance.cli.claims", "balance.cli.lecture")
 
 COMMANDS: list[Command] = [
-    Command("run", "train one config; write its metrics and print a summary", _add_run, _cmd_run, EXIT_CODES),
+    Command("run", "train one config; write its metrics and print a summary", _add_run, _cmd_run, _run_epilog),
     Command("presets", "list the presets, or print one as TOML", _add_presets, _cmd_presets),
     Command("config", "print the resolved config as TOML (a start for --config)", add_config_arguments, _cmd_config),
 ]
@@ -359,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.name,
             help=command.help,
             description=command.help,
-            epilog=command.epilog,
+            epilog=command.epilog() if callable(command.epilog) else command.epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,  # a new setting must never make an existing abbreviation ambiguous
         )

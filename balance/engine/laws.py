@@ -9,8 +9,11 @@ every logged column means.
   is ``balance.engine.models.ACTIVATION_FUNCTIONS``, keyed by the same names.
 - ``SCHEDULES``: the step-size schedules eta_k = eta_0 s(k).
 - ``METRICS``: per metric its scope (scalar / layer / pair / neuron), kind (coordinate / measured / predicted),
-  formula, TeX label, unit and sign convention; the torch side is ``balance.engine.metrics.COMPUTE``.
-- Column names (``gap_drift_2``) are made by ``column`` / ``columns`` and read back by ``parse``, nowhere else.
+  formula, TeX label, plain-text label, unit, sign convention and which metric it predicts; the torch side is
+  ``balance.engine.metrics.COMPUTE``.
+- Column names (``gap_drift_2``) are made by ``column`` / ``columns`` and read back by ``parse`` / ``of_metric``,
+  nowhere else; ``label`` (TeX), ``plain`` (charts), ``describe`` (words) and ``expand`` (captions) are what
+  consumers show, ``prediction_of`` and ``why_no_law`` say whether there is a prediction and why not.
   (The metric half lives in ``balance.engine.columns``; this module re-exports it, so the registry is one import.)
 
 Importing this module imports neither torch nor numpy (tested in a fresh interpreter).
@@ -26,14 +29,20 @@ from balance.engine.columns import (
     KINDS,
     METRICS,
     NEURON_INDEX,
+    NO_PREDICTION,
     SCOPES,
     Layout,
     Metric,
     column,
     columns,
+    describe,
+    expand,
     label,
     of_metric,
     parse,
+    pattern,
+    plain,
+    prediction_of,
 )
 
 __all__ = [
@@ -43,6 +52,7 @@ __all__ = [
     "MODEL_NO_LAW",
     "NEURON_INDEX",
     "NO_LAW",
+    "NO_PREDICTION",
     "OPTIMIZERS",
     "SCHEDULES",
     "SCOPES",
@@ -54,9 +64,14 @@ __all__ = [
     "Schedule",
     "column",
     "columns",
+    "describe",
+    "expand",
     "label",
     "of_metric",
     "parse",
+    "pattern",
+    "plain",
+    "prediction_of",
     "why_no_law",
 ]
 

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from balance.config import ConfigError, RunConfig, loads_toml, parse_value, schema
+from balance.engine.laws import column, of_metric, prediction_of
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ SPEC_KEYS = ("name", "preset", "base", "grid", "list")
 SETTINGS = dict(schema())  # dotted name -> field
 # The axes the Sweeps page knows by name (shown in this order where they vary).
 AXES = ("optim.lr", "model.init_scale", "seed", "optim.name", "model.width", "model.depth", "optim.momentum")
+DRIFT = "gap_drift"  # the summary's finite-step drift, its prediction (the registry's) and the ratio of its pair
+PREDICTED = prediction_of(DRIFT) or ""
 
 
 def parse_seeds(text: str, limit: int = MAX_MEMBERS) -> tuple[int, ...]:
@@ -468,20 +471,25 @@ def summary(store: Any, sweep: str) -> pd.DataFrame:
     keys = list(dict.fromkeys([*AXES, *varied]))
     for r, flat in zip(records, flats):
         last = store.last_row(r.id)
-        pairs = [c.removeprefix("gap_drift_") for c in last if c.startswith("gap_drift_")]
-        h = max(pairs, key=lambda p: abs(last[f"gap_drift_{p}"]) if math.isfinite(last[f"gap_drift_{p}"]) else -1.0)
         row = {"run": r.id, "name": r.name, "state": r.state, "message": r.message}
         row |= {k: flat[k] for k in keys}
-        row |= {
-            "loss": last.get("loss", math.nan),
-            "gap_drift": last.get(f"gap_drift_{h}", math.nan) if pairs else math.nan,
-            "pred_gap_drift": last.get(f"pred_gap_drift_{h}", math.nan) if pairs else math.nan,
-            "ratio": last.get(f"ratio_{h}", math.nan) if pairs else math.nan,
-            "diverged": float(r.state == "diverged"),
-            "steps": r.step,
-        }
+        row |= {"loss": last.get("loss", math.nan), **_final_pair(last), "diverged": float(r.state == "diverged")}
+        row["steps"] = r.step
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _final_pair(last: Mapping[str, Any]) -> dict[str, float]:
+    """The gap drift, its prediction and the ratio of the pair with the largest finite |drift| in a run's last row,
+    under the metrics' names (NaN without pairs); the columns are named and read by the registry."""
+    pairs = of_metric(last, DRIFT)
+
+    def size(h: int) -> float:
+        v = last[column(DRIFT, h)]
+        return abs(v) if math.isfinite(v) else -1.0
+
+    h = max(pairs, key=size) if pairs else None
+    return {m: last.get(column(m, h), math.nan) if h is not None else math.nan for m in (DRIFT, PREDICTED, "ratio")}
 
 
 def _flat(nested: Mapping[str, Any]) -> dict[str, Any]:
@@ -502,10 +510,10 @@ def fit_slopes(df: pd.DataFrame, by: str = "model.init_scale", level: float = 0.
     """
     from scipy import stats
 
-    ok = df[(df["state"] == "finished") & np.isfinite(df["gap_drift"]) & (df["gap_drift"] != 0)]
+    ok = df[(df["state"] == "finished") & np.isfinite(df[DRIFT]) & (df[DRIFT] != 0)]
     rows = []
     for value, group in ok.groupby(by, sort=True):
-        x, y = np.log(group["optim.lr"].to_numpy(float)), np.log(np.abs(group["gap_drift"].to_numpy(float)))
+        x, y = np.log(group["optim.lr"].to_numpy(float)), np.log(np.abs(group[DRIFT].to_numpy(float)))
         n = len(x)
         if n < 3 or np.ptp(x) == 0:
             rows.append(

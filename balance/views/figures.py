@@ -1,6 +1,6 @@
 """Charts: a tidy metrics DataFrame in, a ``plotly.graph_objects.Figure`` out. No Streamlit, no data fetching.
 
-Columns are those of ``balance.engine.trainer.metric_columns``: layer h = 1 is the input side (for mf: 1 = V, 2 = U) and
+Columns are those of ``balance.engine.laws.columns``: layer h = 1 is the input side (for mf: 1 = V, 2 = U) and
 pair h is (h, h+1). Every chart shares one look (``style``): measured series solid (a wide, translucent band),
 theory dashed on top in the same colour, gradient flow dotted grey, one colour per layer or pair from ``PALETTE``,
 and a constant ``uirevision`` so a front end that updates in place keeps the user's zoom. Every time-series chart
@@ -8,8 +8,11 @@ decimates first (``decimate`` keeps each bucket's extremes, so spikes survive) a
 arrays, which serialise about 15x faster than lists. Charts use SVG ``Scatter``, not WebGL: browsers allow about
 8 WebGL contexts a page. Inputs are never mutated.
 
-``FIGURES`` maps names to (function, caption) for the charts that take the metrics DataFrame; ``CAPTIONS`` has a
-one-line caption (with its formula) for every chart, read from ``assets/captions.toml``.
+Column names, labels (plain text on the charts, which draw no TeX; TeX in the captions), signs and whether there is
+a prediction come from the registry (``balance.engine.laws``): no column name is spelt or parsed here.
+``metric_figure`` draws any registered metric. ``FIGURES`` maps names to (function, caption) for the charts that take
+the metrics DataFrame; ``CAPTIONS`` has a one-line caption (with its formula) for every chart, read from
+``assets/captions.toml`` with the registry's TeX labels filled in.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import math
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,18 @@ import plotly.io as pio
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from balance.engine.laws import (
+    METRICS,
+    NEURON_INDEX,
+    NO_PREDICTION,
+    column,
+    describe,
+    expand,
+    of_metric,
+    parse,
+    plain,
+    prediction_of,
+)
 from balance.engine.theory import predicted_ratio
 
 if sys.version_info >= (3, 11):
@@ -116,11 +131,11 @@ def _extreme_rows(values: np.ndarray, buckets: int) -> np.ndarray:
     nb = -(-n // size)
     starts = np.arange(nb) * size
     rows = [np.array([0, n - 1])]
-    for column in values.T:
-        nan = np.isnan(column)
+    for series in values.T:
+        nan = np.isnan(series)
         for fill, pick in ((np.inf, np.argmin), (-np.inf, np.argmax)):
             padded = np.full(nb * size, fill)  # the padding sits at the end, so ties resolve to real rows
-            padded[:n] = np.where(nan, fill, column)
+            padded[:n] = np.where(nan, fill, series)
             rows.append(pick(padded.reshape(nb, size), axis=1) + starts)
     return np.unique(np.minimum(np.concatenate(rows), n - 1))
 
@@ -277,9 +292,16 @@ def colour(h: int) -> str:
 
 
 def _line(
-    x: np.ndarray, y: np.ndarray, name: str, color: str, dash: str = "solid", showlegend: bool = True
+    x: np.ndarray,
+    y: np.ndarray,
+    name: str,
+    color: str,
+    dash: str = "solid",
+    showlegend: bool = True,
+    hover: str | None = None,
 ) -> go.Scatter:
-    """Measured: a wide translucent solid band; theory (dashed / dotted): a thin line drawn over it."""
+    """Measured: a wide translucent solid band; theory (dashed / dotted): a thin line drawn over it. ``hover``: the
+    column drawn, named in the hover text by its registry label."""
     measured = dash == "solid"
     return go.Scatter(
         x=x,
@@ -290,16 +312,20 @@ def _line(
         opacity=0.6 if measured else 1.0,
         legendgroup=name,
         showlegend=showlegend,
+        hovertemplate=None if hover is None else _hover(hover, name),
     )
 
 
 # --- column helpers --------------------------------------------------------------------------------------------
 
 
-def _indices(df: pd.DataFrame, prefix: str) -> list[int]:
-    """The h of every column named ``{prefix}_{h}``, sorted."""
-    pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)$")
-    return sorted(int(m.group(1)) for c in df.columns if (m := pattern.match(str(c))))
+def _indices(df: pd.DataFrame, metric: str) -> list[int]:
+    """The layers or pairs h that ``df`` has a column of ``metric`` for, sorted (the registry reads the names)."""
+    return of_metric(df.columns, metric)
+
+
+def _columns(metric: str, hs: Sequence[int]) -> list[str]:
+    return [column(metric, h) for h in hs]
 
 
 def _present(df: pd.DataFrame, *names: str) -> list[str]:
@@ -347,16 +373,22 @@ def _rows(
     return _prepare(df, columns, x, log_x, max_points)
 
 
-def _layer_label(h: int, names: Sequence[str] | None) -> str:
-    return f"layer {h}" if names is None else names[h - 1]
-
-
 def _pair_label(h: int, names: Sequence[str] | None) -> str:
-    return f"layers {h}-{h + 1}" if names is None else f"{names[h - 1]}-{names[h]}"
+    return METRICS[DRIFT].place(h, names)
+
+
+def _named(kind_of: str, h: int, names: Sequence[str] | None) -> str:
+    """A legend entry: the pair and the metric's kind, 'layers 1-2 measured', 'V-U predicted'."""
+    return f"{_pair_label(h, names)} {METRICS[kind_of].kind}"
+
+
+def _hover(column_name: str, trace: str) -> str:
+    """A hover line naming the trace and its column by the registry's label: 'V-U measured: G₁(k) − G₁(0) = 0.0123'."""
+    return f"{_literal(trace)}: {_literal(plain(column_name))} = %{{y:.4g}}<extra></extra>"
 
 
 def _check_names(df: pd.DataFrame, names: Sequence[str] | None) -> None:
-    layers = _indices(df, "sqnorm") or _indices(df, "grad_norm")
+    layers = _indices(df, "sqnorm") or _indices(df, "grad_norm")  # layer metrics: one column per layer
     if names is not None and layers and len(names) != max(layers):
         raise ValueError(f"layer_names has {len(names)} names, the metrics have {max(layers)} layers")
 
@@ -376,22 +408,35 @@ def loss_figure(
 
     ``layer_names`` is unused: it keeps the signature the same as the other charts of ``FIGURES``.
     """
-    d = _rows(df, _present(df, "loss"), "loss", "loss", ["loss"], None, x, log_x, max_points)
-    if isinstance(d, go.Figure):
-        return d
-    return styled(_line(d[x].to_numpy(), d["loss"].to_numpy(), "loss", colour(1)), "loss", x, "loss", log_x, True)
+    return metric_figure(df, "loss", x=x, log_x=log_x, max_points=max_points)
 
 
-def _per_layer(
-    df: pd.DataFrame, prefix: str, title: str, y_title: str, names: Sequence[str] | None, x: str, log_x: bool, n: int
+def metric_figure(
+    df: pd.DataFrame,
+    metric: str,
+    layer_names: Sequence[str] | None = None,
+    *,
+    title: str = "",
+    x: str = "step",
+    log_x: bool = False,
+    max_points: int = MAX_POINTS,
 ) -> go.Figure:
-    hs = _indices(df, prefix)
-    d = _rows(df, hs, prefix, title, [f"{prefix}_{h}" for h in hs], names, x, log_x, n)
+    """Any registered scalar, layer or pair metric against ``x``: one trace per column (named by its layer or pair,
+    or the metric's title for a scalar), the y axis titled with the registry's label; log y unless the metric is
+    signed. ``title``: the chart's, else the metric's title."""
+    m = METRICS[metric]
+    title = title or m.title or metric.replace("_", " ")
+    hs: list[int | None] = [None] if m.scope == "scalar" else list(_indices(df, metric))
+    names = [column(metric, h) for h in hs]
+    needed = _present(df, *names) if m.scope == "scalar" else hs
+    d = _rows(df, needed, metric.replace("_", " "), title, names, layer_names, x, log_x, max_points)
     if isinstance(d, go.Figure):
         return d
     xs = d[x].to_numpy()
-    traces = [_line(xs, d[f"{prefix}_{h}"].to_numpy(), _layer_label(h, names), colour(h)) for h in hs]
-    return styled(traces, title, x, y_title, log_x, log_y=True)
+    traces = [
+        _line(xs, d[name].to_numpy(), m.place(h, layer_names), colour(h or 1), hover=name) for h, name in zip(hs, names)
+    ]
+    return styled(traces, title, x, m.plain(), log_x, log_y=not m.signed)
 
 
 def norms_figure(
@@ -403,7 +448,7 @@ def norms_figure(
     max_points: int = MAX_POINTS,
 ) -> go.Figure:
     """||W_h||_F^2 per layer, log y; traces 'layer h', or ``layer_names[h-1]`` (mf: ``MF_LAYER_NAMES``)."""
-    return _per_layer(df, "sqnorm", "squared norms", "||W_h||²", layer_names, x, log_x, max_points)
+    return metric_figure(df, "sqnorm", layer_names, title="squared norms", x=x, log_x=log_x, max_points=max_points)
 
 
 def grad_norms_figure(
@@ -415,21 +460,24 @@ def grad_norms_figure(
     max_points: int = MAX_POINTS,
 ) -> go.Figure:
     """||dL/dW_h||_F per layer (the gradient the optimiser used), log y."""
-    return _per_layer(df, "grad_norm", "gradient norms", "||∂L/∂W_h||", layer_names, x, log_x, max_points)
+    return metric_figure(df, "grad_norm", layer_names, title="gradient norms", x=x, log_x=log_x, max_points=max_points)
 
 
 # --- the invariant: gaps and ratios ---------------------------------------------------------------------------
 
 
+DRIFT = "gap_drift"
+PREDICTED = prediction_of(DRIFT) or ""  # the registry's prediction of the gap drift
+BALANCE_METRICS = (DRIFT, PREDICTED, "ratio", "gap", "sqnorm", "bias_sqnorm")
+
+
 def _balance_columns(df: pd.DataFrame) -> list[str]:
-    hs = _indices(df, "gap_drift")
-    names = [f"{p}_{h}" for h in hs for p in ("gap_drift", "pred_gap_drift", "ratio", "gap", "sqnorm", "bias_sqnorm")]
-    return _present(df, *names)
+    return _present(df, *(column(m, h) for h in _indices(df, DRIFT) for m in BALANCE_METRICS if m))
 
 
 def _has_prediction(d: pd.DataFrame, h: int) -> bool:
-    column = f"pred_gap_drift_{h}"
-    return column in d.columns and bool(d[column].notna().any())
+    name = column(PREDICTED, h)
+    return bool(PREDICTED) and name in d.columns and bool(d[name].notna().any())
 
 
 def _gap_traces(d: pd.DataFrame, x: str, names: Sequence[str] | None, no_law: str = "") -> list[go.Scatter]:
@@ -439,11 +487,11 @@ def _gap_traces(d: pd.DataFrame, x: str, names: Sequence[str] | None, no_law: st
     """
     xs = d[x].to_numpy()
     traces = []
-    for h in _indices(d, "gap_drift"):
-        pair, c = _pair_label(h, names), colour(h)
-        traces.append(_line(xs, d[f"gap_drift_{h}"].to_numpy(), f"{pair} measured", c))
+    for h in _indices(d, DRIFT):
+        c, measured, predicted = colour(h), column(DRIFT, h), column(PREDICTED, h)
+        traces.append(_line(xs, d[measured].to_numpy(), _named(DRIFT, h, names), c, hover=measured))
         if _has_prediction(d, h) and not no_law:
-            traces.append(_line(xs, d[f"pred_gap_drift_{h}"].to_numpy(), f"{pair} predicted", c, "dash"))
+            traces.append(_line(xs, d[predicted].to_numpy(), _named(PREDICTED, h, names), c, "dash", hover=predicted))
     if traces and not no_law:
         traces.append(_line(xs[[0, -1]], np.zeros(2), "gradient flow", FLOW_COLOUR, "dot"))
     return traces
@@ -451,13 +499,14 @@ def _gap_traces(d: pd.DataFrame, x: str, names: Sequence[str] | None, no_law: st
 
 def _ratio_prediction(d: pd.DataFrame, h: int) -> tuple[np.ndarray, str] | None:
     """theory.predicted_ratio with G_0 = gap - gap_drift (any row) and the predicted drift, or 0 without one."""
-    if _present(d, f"sqnorm_{h}", f"gap_{h}", f"gap_drift_{h}") != [f"sqnorm_{h}", f"gap_{h}", f"gap_drift_{h}"]:
+    sq_name, gap_name, drift_name, bias_name = (column(m, h) for m in ("sqnorm", "gap", DRIFT, "bias_sqnorm"))
+    if _present(d, sq_name, gap_name, drift_name) != [sq_name, gap_name, drift_name]:
         return None
-    sq = d[f"sqnorm_{h}"].to_numpy()
-    bias = d[f"bias_sqnorm_{h}"].to_numpy() if f"bias_sqnorm_{h}" in d.columns else np.zeros_like(sq)
-    gap0 = float(d[f"gap_{h}"].iloc[0] - d[f"gap_drift_{h}"].iloc[0])
+    sq = d[sq_name].to_numpy()
+    bias = d[bias_name].to_numpy() if bias_name in d.columns else np.zeros_like(sq)
+    gap0 = float(d[gap_name].iloc[0] - d[drift_name].iloc[0])
     if _has_prediction(d, h):
-        drift, label = d[f"pred_gap_drift_{h}"].to_numpy(), "predicted"
+        drift, label = d[column(PREDICTED, h)].to_numpy(), METRICS[PREDICTED].kind
     else:  # adam: no prediction; show what a conserved gap would imply
         drift, label = np.zeros_like(sq), "if gap conserved"
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -475,9 +524,9 @@ def _ratio_traces(
     xs = d[x].to_numpy()
     traces = []
     for h in _indices(d, "ratio"):
-        pair, c = _pair_label(h, names), colour(h)
-        name = f"{pair} measured"
-        traces.append(_line(xs, d[f"ratio_{h}"].to_numpy(), name, c, showlegend=name not in shown))
+        pair, c, ratio = _pair_label(h, names), colour(h), column("ratio", h)
+        name = _named("ratio", h, names)
+        traces.append(_line(xs, d[ratio].to_numpy(), name, c, showlegend=name not in shown, hover=ratio))
         prediction = None if no_law else _ratio_prediction(d, h)
         if prediction is not None:
             name = f"{pair} {prediction[1]}"
@@ -487,8 +536,8 @@ def _ratio_traces(
 
 def _no_prediction_note(fig: go.Figure, d: pd.DataFrame, no_law: str = "") -> None:
     """Say in the (left) panel why no prediction is drawn: ``no_law``, or no predicted column in the metrics."""
-    if no_law or not any(_has_prediction(d, h) for h in _indices(d, "gap_drift")):
-        why = no_law or "no finite-step prediction for this optimiser"
+    if no_law or not any(_has_prediction(d, h) for h in _indices(d, DRIFT)):
+        why = no_law or NO_PREDICTION
         fig.add_annotation(
             text="<br>".join(textwrap.wrap(why, NOTE_CHARS)),
             x=0.02,
@@ -519,13 +568,14 @@ def gaps_figure(
     The drift, not G itself, is drawn (linear y): it is often many orders of magnitude smaller than G_0, so on a
     plot of G it would be invisible.
     """
-    hs, columns = _indices(df, "gap_drift"), _balance_columns(df)
+    hs, columns = _indices(df, DRIFT), _balance_columns(df)
     d = _rows(df, hs, "gap", "gap drift", columns, layer_names, x, log_x, max_points)
     if isinstance(d, go.Figure):
         return d
     fig = figure(_gap_traces(d, x, layer_names, no_law))
     _no_prediction_note(fig, d, no_law)
-    return style(fig, "gap drift: measured vs predicted", x, "G_k − G_0", log_x).update_layout(legend=LEGEND_BELOW)
+    title = f"{METRICS[DRIFT].title}: measured vs predicted"
+    return style(fig, title, x, METRICS[DRIFT].plain(), log_x).update_layout(legend=LEGEND_BELOW)
 
 
 def ratios_figure(
@@ -539,13 +589,13 @@ def ratios_figure(
 ) -> go.Figure:
     """||W_{h+1}|| / ||W_h|| (solid, log y) against theory.predicted_ratio (dashed) and the balanced value 1."""
     hs = _indices(df, "ratio")
-    columns = _balance_columns(df) or _present(df, *(f"ratio_{h}" for h in hs))
+    columns = _balance_columns(df) or _present(df, *_columns("ratio", hs))
     d = _rows(df, hs, "ratio", "layer ratio", columns, layer_names, x, log_x, max_points)
     if isinstance(d, go.Figure):
         return d
     fig = figure(_ratio_traces(d, x, layer_names, set(), no_law))
     fig.add_hline(y=1, line={"color": FLOW_COLOUR, "width": 1, "dash": "dot"})
-    fig = style(fig, "layer ratio: measured vs implied by the gap", x, "ratio", log_x, log_y=True)
+    fig = style(fig, "layer ratio: measured vs implied by the gap", x, METRICS["ratio"].plain(), log_x, log_y=True)
     return fig.update_layout(legend=LEGEND_BELOW)
 
 
@@ -563,7 +613,7 @@ def balance_figure(
     ``no_law``: why the layer-gap law does not apply to this run (``balance.engine.laws.why_no_law``): no prediction, no
     gradient-flow line and no implied ratio are drawn, and the left panel says why in those words.
     """
-    hs, columns = _indices(df, "gap_drift"), _balance_columns(df)
+    hs, columns = _indices(df, DRIFT), _balance_columns(df)
     d = _rows(df, hs, "gap", "balance", columns, layer_names, x, log_x, max_points)
     if isinstance(d, go.Figure):
         return d
@@ -578,7 +628,7 @@ def balance_figure(
     spec["xaxis2"] = {**spec["xaxis"], "domain": [0.55, 1.0], "anchor": "y2"}
     spec["yaxis"] |= {"anchor": "x"}
     spec["yaxis2"] = {**axis("", log=True), "anchor": "x2"}
-    titles = [("gap drift G_k − G_0", 0.225), ("ratio ||W_{h+1}|| / ||W_h||", 0.775)]
+    titles = [(f"{METRICS[m].title} {METRICS[m].plain()}", at) for m, at in ((DRIFT, 0.225), ("ratio", 0.775))]
     spec["annotations"] = [
         {"text": text, "x": at, "y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "center",
          "yanchor": "bottom", "showarrow": False, "font": {"size": 13, "weight": "bold"}}
@@ -603,24 +653,26 @@ def matrix_figure(
 ) -> go.Figure:
     """Linear pairs: ||D_h(t) - D_h(0)||_F, D_h = W_{h+1}^T W_{h+1} - [W_h b_h][W_h b_h]^T (solid), beside
     ||D_h||_F itself (thin, for scale); log y. Gradient flow keeps D_h fixed (Theorem 2.2)."""
+    drift, inv = METRICS["matrix_drift"], METRICS["matrix_inv"]
     hs = _indices(df, "matrix_drift")
     if not hs:
-        return empty_figure("no linear layers", "matrix invariant")
-    columns = _present(df, *(f"{p}_{h}" for h in hs for p in ("matrix_drift", "matrix_inv")))
-    d = _rows(df, hs, "matrix", "matrix invariant", columns, layer_names, x, log_x, max_points)
+        return empty_figure("no linear layers", inv.title)
+    columns = _present(df, *(column(m, h) for h in hs for m in ("matrix_drift", "matrix_inv")))
+    d = _rows(df, hs, "matrix", inv.title, columns, layer_names, x, log_x, max_points)
     if isinstance(d, go.Figure):
         return d
     xs, traces = d[x].to_numpy(), []
     for h in hs:
         pair, c = _pair_label(h, layer_names), colour(h)
-        traces.append(_line(xs, d[f"matrix_drift_{h}"].to_numpy(), f"{pair} drift", c))
-        if f"matrix_inv_{h}" in d.columns:  # thin: in the legend with its pair's drift (one click toggles both)
-            y, name, thin = d[f"matrix_inv_{h}"].to_numpy(), f"{pair} ||D||", {"color": c, "width": 1}
+        moved, size = column("matrix_drift", h), column("matrix_inv", h)
+        traces.append(_line(xs, d[moved].to_numpy(), f"{pair} drift", c, hover=moved))
+        if size in d.columns:  # thin: in the legend with its pair's drift (one click toggles both)
+            y, name, thin = d[size].to_numpy(), f"{pair} ||D||", {"color": c, "width": 1}
             traces.append(
                 go.Scatter(x=xs, y=y, name=name, mode="lines", line=thin, opacity=0.5, legendgroup=f"{pair} drift",
-                           showlegend=False)
+                           showlegend=False, hovertemplate=_hover(size, name))
             )  # fmt: skip
-    return styled(traces, "matrix invariant", x, "Frobenius norm", log_x, log_y=True)
+    return styled(traces, inv.title, x, drift.plain(), log_x, log_y=True)  # the thin ||D_h||: caption and hover
 
 
 OVERLAY_LEGEND_LINE, OVERLAY_LEGEND_LINES = 22, 8  # px a legend line, lines the figure grows for at most
@@ -653,11 +705,33 @@ def overlay_figure(
     refused = log_y and not overlay_log_ok(frames, column, x=x, log_x=log_x)
     # the legend below the plot, a line a run (a run's label is long): the plot keeps the width at 1024 x 768
     height = HEIGHT + OVERLAY_LEGEND_LINE * min(len(traces), OVERLAY_LEGEND_LINES)
-    fig = styled(traces, column, x, column, log_x, log_y and not refused, height=height)
+    fig = styled(traces, describe(column), x, plain(column), log_x, log_y and not refused, height=height)
     fig.layout.legend.update(orientation="h", yanchor="top", y=-0.18, x=0, xanchor="left")
     if refused:
         fig.layout.title.subtitle.text = "linear y: it has values <= 0, which a log axis would hide"
     return fig
+
+
+def overlay_columns(frames: Iterable[pd.DataFrame]) -> list[str]:
+    """The columns the overlay offers: every column of the runs but the x axes, the loss first, then the gap drift,
+    then the rest by name (the registry reads the names)."""
+    names = dict.fromkeys(str(c) for df in frames for c in df.columns if c not in ("step", "t"))
+
+    def order(name: str) -> tuple[bool, bool, str]:
+        try:
+            metric = parse(name)[0]
+        except ValueError:
+            metric = ""
+        return name != "loss", metric != DRIFT, name
+
+    return sorted(names, key=order)
+
+
+def overlay_option(name: str) -> str:
+    """A column as the overlay lists it: its name and, for a registered metric, its plain label (the drift of pair
+    1 as 'G₁(k) − G₁(0)')."""
+    label = plain(name)
+    return name if label == name else f"{name} · {label}"
 
 
 def overlay_log_ok(frames: Mapping[str, pd.DataFrame], column: str, *, x: str = "step", log_x: bool = False) -> bool:
@@ -683,7 +757,8 @@ def _literal(text: object) -> str:
 
 # --- per-neuron balance -----------------------------------------------------------------------------------------
 
-NEURON_COLUMNS = ("layer", "neuron", "in_sqnorm", "out_sqnorm")
+IN, OUT = "in_sqnorm", "out_sqnorm"  # the neuron table's metrics (``balance.engine.laws.METRICS``, scope neuron)
+NEURON_COLUMNS = (*NEURON_INDEX, IN, OUT)
 
 
 def _neuron_frame(table: Table, max_points: int) -> pd.DataFrame | None:
@@ -691,7 +766,7 @@ def _neuron_frame(table: Table, max_points: int) -> pd.DataFrame | None:
     frame = pd.DataFrame({c: np.asarray(table[c]) for c in NEURON_COLUMNS if c in table})
     if list(frame.columns) != list(NEURON_COLUMNS):
         return None
-    frame = frame.astype({"layer": "int64", "neuron": "int64"})  # a store may hand them back as floats
+    frame = frame.astype(dict.fromkeys(NEURON_INDEX, "int64"))  # a store may hand them back as floats
     if len(frame) > max_points:
         frame = frame.iloc[np.linspace(0, len(frame) - 1, max_points).astype(int)]
     return frame
@@ -744,7 +819,7 @@ def neuron_figure(
         step = max(1, -(-len(start) // MAX_LINES))
         for h in np.unique(start["layer"].to_numpy()):
             s, c = start[start["layer"] == h], colour(int(h))
-            x0, y0 = s["in_sqnorm"].to_numpy(float)[::step], s["out_sqnorm"].to_numpy(float)[::step]
+            x0, y0 = s[IN].to_numpy(float)[::step], s[OUT].to_numpy(float)[::step]
             lx, ly = _difference_lines(x0, y0, lo, hi, log_axes)
             line = {"color": c, "width": 0.75, "dash": "dash"}
             name, group = f"hidden {h} in - out constant", {"legendgroup": f"hidden {h}", "showlegend": False}
@@ -754,7 +829,7 @@ def neuron_figure(
             traces.append(_points(s, f"hidden {h} at start", c, faint=True).update(**group))
     for h in np.unique(now["layer"].to_numpy()):
         traces.append(_points(now[now["layer"] == h], f"hidden {h}", colour(int(h))).update(legendgroup=f"hidden {h}"))
-    titles = ("per-neuron balance", "incoming ||w_in||² (+ b²)", "outgoing ||w_out||²")
+    titles = ("per-neuron balance", *(f"{METRICS[m].title} {METRICS[m].plain()}" for m in (IN, OUT)))
     spec = layout(*titles, log_axes, log_axes, hovermode="closest")
     spec["legend"] |= LEGEND_BELOW
     spec["xaxis"]["range"] = spec["yaxis"]["range"] = [np.log10(lo), np.log10(hi)] if log_axes else [lo, hi]
@@ -763,8 +838,8 @@ def neuron_figure(
 
 def _points(frame: pd.DataFrame, name: str, color: str, faint: bool = False) -> go.Scatter:
     return go.Scatter(
-        x=frame["in_sqnorm"].to_numpy(float),
-        y=frame["out_sqnorm"].to_numpy(float),
+        x=frame[IN].to_numpy(float),
+        y=frame[OUT].to_numpy(float),
         customdata=frame["neuron"].to_numpy(),
         name=name,
         mode="markers",
@@ -777,6 +852,40 @@ def _points(frame: pd.DataFrame, name: str, color: str, faint: bool = False) -> 
 # --- registry ---------------------------------------------------------------------------------------------------
 
 Chart = Callable[..., go.Figure]
+
+# The registry's metrics each chart draws: a metric no chart draws gets one of its own (``more_metrics``).
+CHART_METRICS: dict[str, tuple[str, ...]] = {
+    "loss": ("loss",),
+    "norms": ("sqnorm",),
+    "gaps": (DRIFT, PREDICTED),
+    "ratios": ("ratio",),
+    "balance": BALANCE_METRICS,
+    "grad_norms": ("grad_norm",),
+    "matrix": ("matrix_drift", "matrix_inv"),
+    "neurons": (IN, OUT),
+}
+
+
+def more_metrics(names: Sequence[object]) -> list[str]:
+    """The registered metrics among the columns ``names`` that no chart of ``FIGURES`` draws and that ask for a
+    chart of their own (``Metric.chart``), in registry order: a new metric is drawn (``metric_figure``) by itself."""
+    drawn = {m for ms in CHART_METRICS.values() for m in ms}
+    present = {str(n) for n in names}
+    return [
+        name
+        for name, m in METRICS.items()
+        if m.chart and m.kind != "coordinate" and m.scope != "neuron" and name not in drawn
+        and (name in present if m.scope == "scalar" else of_metric(present, name))
+    ]  # fmt: skip
+
+
+def metric_caption(metric: str) -> str:
+    """A caption from the registry alone, for ``metric_figure``: its title, TeX label, unit and formula."""
+    m = METRICS[metric]
+    per = {"layer": " per layer", "pair": " per pair of layers"}.get(m.scope, "")
+    title = (m.title or metric.replace("_", " ")).capitalize()
+    return f"{title} ${m.label()}${per} ({m.unit}), {m.kind}."
+
 
 _CHARTS: dict[str, Chart] = {
     "loss": loss_figure,
@@ -800,9 +909,12 @@ def load_captions(path: Path = CAPTIONS_PATH) -> dict[str, str]:
 
 
 def _captions() -> dict[str, str]:
+    """Each chart's caption with the registry's labels in place of its ``{{metric}}`` references (``expand``)."""
     found = load_captions()
     charts = {**_CHARTS, **_OTHER_CHARTS}
-    return {name: found.get(name) or (fn.__doc__ or name).strip().splitlines()[0] for name, fn in charts.items()}
+    return {
+        name: expand(found.get(name) or (fn.__doc__ or name).strip().splitlines()[0]) for name, fn in charts.items()
+    }
 
 
 CAPTIONS: dict[str, str] = _captions()

@@ -13,13 +13,26 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from balance.engine import laws
+
 X, Y = "optim.lr", "model.init_scale"
 LABELS = {X: "step size η", Y: "init scale σ", "seed": "seed"}
-# column -> (title, colour scale, log10 of |value|, how seeds combine)
+DRIFT = "gap_drift"
+PREDICTED = laws.prediction_of(DRIFT) or ""
+
+
+def _final(metric: str, note: str = "") -> str:
+    """'final gap drift G_h(k) − G_h(0)': a summary column's title, from the registry (the pair: the sweep
+    summary's, the one with the largest drift)."""
+    m = laws.METRICS[metric]
+    return f"final {m.title} {m.plain()}{note}"
+
+
+# summary column -> (title, colour scale, log10 of |value|, how seeds combine)
 METRICS = {
-    "gap_drift": ("final gap drift G_T − G_0 (colour: log10 of its size)", "Viridis", True, "median"),
-    "ratio": ("final ratio ‖W₂‖/‖W₁‖", "RdBu_r", False, "median"),
-    "loss": ("final loss", "Magma", True, "median"),
+    DRIFT: (_final(DRIFT, " (colour: log10 of its size)"), "Viridis", True, "median"),
+    "ratio": (_final("ratio"), "RdBu_r", False, "median"),
+    "loss": (_final("loss"), "Magma", True, "median"),
     "diverged": ("diverged (fraction of seeds)", "Reds", False, "mean"),
 }
 CAPTIONS = {
@@ -33,6 +46,12 @@ CAPTIONS = {
 
 def _tick(v: float) -> str:
     return f"{v:g}"
+
+
+def _short(column: str) -> str:
+    """A summary column in a colour bar or hover text: the metric's title ('gap drift'), else its own name."""
+    m = laws.METRICS.get(column)
+    return m.title if m is not None and m.title else column
 
 
 def cell_table(df: pd.DataFrame, column: str, how: str = "median") -> pd.DataFrame:
@@ -73,7 +92,7 @@ def heatmap_figure(df: pd.DataFrame, column: str) -> go.Figure:
             texttemplate="%{text}",
             customdata=runs,
             hoverinfo="skip",  # the markers below answer hover and click
-            colorbar={"title": {"text": f"log10 |{column}|" if log else column, "side": "right"}},
+            colorbar={"title": {"text": f"log10 |{_short(column)}|" if log else _short(column), "side": "right"}},
             **({"zmin": 0.0, "zmax": 1.0} if column == "diverged" else {}),
         )
     )
@@ -88,7 +107,7 @@ def heatmap_figure(df: pd.DataFrame, column: str) -> go.Figure:
             marker={"symbol": "square", "size": 28, "color": "rgba(0,0,0,0)"},
             customdata=runs.ravel(),
             text=shown.ravel(),
-            hovertemplate="η=%{x}, σ=%{y}<br>" + column + " %{text}<br>run %{customdata}<extra></extra>",
+            hovertemplate="η=%{x}, σ=%{y}<br>" + _short(column) + " %{text}<br>run %{customdata}<extra></extra>",
             showlegend=False,
         )
     )
@@ -108,7 +127,7 @@ def drift_figure(df: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
     """|final gap drift| against step size, log-log, per init scale: members (markers), the predicted drift
     (dashed) and the fitted power law with its slope and confidence interval in the legend."""
     fig = go.Figure()
-    ok = df[(df["state"] == "finished") & np.isfinite(df["gap_drift"]) & (df["gap_drift"] != 0)]
+    ok = df[(df["state"] == "finished") & np.isfinite(df[DRIFT]) & (df[DRIFT] != 0)]
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2"]
     for n, (sigma, group) in enumerate(ok.groupby(Y, sort=True)):
         colour = colours[n % len(colours)]
@@ -120,7 +139,7 @@ def drift_figure(df: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=group[X],
-                y=group["gap_drift"].abs(),
+                y=group[DRIFT].abs(),
                 mode="markers",
                 name=name,
                 legendgroup=name,
@@ -129,7 +148,7 @@ def drift_figure(df: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
                 hovertemplate="η=%{x:.3g}<br>|drift| %{y:.3g}<br>run %{customdata}<extra></extra>",
             )
         )
-        pred = group["pred_gap_drift"].abs()
+        pred = group[PREDICTED].abs()
         if pred.notna().any():  # the exact recursion: open rings that each member's marker should fill
             fig.add_trace(
                 go.Scatter(x=group[X], y=pred, mode="markers", legendgroup=name, showlegend=False,
@@ -145,9 +164,9 @@ def drift_figure(df: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
                            line={"color": colour, "width": 1.5}, showlegend=False, hoverinfo="skip")
             )  # fmt: skip
     fig.update_layout(
-        title={"text": "final |gap drift| against the step size", "font": {"size": 14}},
+        title={"text": f"final |{laws.METRICS[DRIFT].title}| against the step size", "font": {"size": 14}},
         xaxis={"title": LABELS[X], "type": "log"},
-        yaxis={"title": "|G_T − G_0|", "type": "log", "exponentformat": "power"},
+        yaxis={"title": f"|{laws.METRICS[DRIFT].plain()}|", "type": "log", "exponentformat": "power"},
         margin={"l": 60, "r": 10, "t": 40, "b": 50},
         height=420,
         legend={"font": {"size": 11}},

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
 
+from balance.views.figures import overlay_option
+
 pytestmark = pytest.mark.browser
 
 HOSTILE = "![b](http://host/beacon.png)"
@@ -296,7 +298,8 @@ def test_screenshots(server: Server, browser: object, changed: tuple[str, str], 
     page.wait_for_selector('[data-testid="stPlotlyChart"] .js-plotly-plot')
     page.get_by_test_id("stSelectbox").filter(has_text="Metric").click()
     page.keyboard.type("gap_drift_1")  # the list is long and drawn only in part: filter it to the one
-    page.get_by_role("option", name="gap_drift_1", exact=True).click()
+    # an option names the column and its registry label: "gap_drift_1 · G₁(k) − G₁(0)"
+    page.get_by_role("option", name=overlay_option("gap_drift_1"), exact=True).click()
     wait_idle(page)
     page.wait_for_timeout(500)
     assert page.evaluate(OVERLAY_TRACES) == 2
