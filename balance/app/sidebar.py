@@ -17,9 +17,7 @@ import streamlit as st
 from balance.app.common import ACTIVE, literal, number_text, run_status, runner, store
 from balance.config import ConfigError, RunConfig, applicable, choices_of, parse_value, schema
 from balance.config.presets import PRESETS
-from balance.engine.data import DATASETS
-from balance.engine.models import MODELS
-from balance.engine.optim import OPTIMIZERS
+from balance.engine import laws
 from balance.files import FileRefused
 from balance.runs import uploads
 
@@ -27,7 +25,11 @@ SECTIONS = {"model": "Model", "data": "Data", "optim": "Optimiser", "run": "Run"
 OPEN_SECTIONS = frozenset({"model", "optim", "run"})
 
 # Registries whose entries carry a one-line ``help``: shown under the choice and listed in its tooltip.
-REGISTRIES: dict[str, Mapping[str, Any]] = {"model.name": MODELS, "data.name": DATASETS, "optim.name": OPTIMIZERS}
+REGISTRIES: dict[str, Mapping[str, Any]] = {
+    "model.name": laws.MODELS,
+    "data.name": laws.DATASETS,
+    "optim.name": laws.OPTIMIZERS,
+}
 
 # Settings most runs never touch: drawn in one "Advanced" expander instead of their section.
 ADVANCED = frozenset(

@@ -42,6 +42,7 @@ from balance.config.codecs import (
     to_text,
     unflatten,
 )
+from balance.engine import laws
 
 __all__ = ["MAX_MESSAGE", "MAX_TEXT", "ConfigError", "clip", "loads_toml"]  # re-exported for balance.config
 
@@ -70,39 +71,26 @@ def _not_model(*names: str) -> Callable[[Mapping[str, Any]], bool]:
     return lambda flat: flat["model.name"] not in names
 
 
-def _optim(*names: str) -> Callable[[Mapping[str, Any]], bool]:
-    return _is("optim.name", *names)
-
-
-def _not_optim(*names: str) -> Callable[[Mapping[str, Any]], bool]:
-    return lambda flat: flat["optim.name"] not in names
-
-
 def _datasets() -> tuple[str, ...]:
-    from balance.engine.data import DATASETS
-
-    return tuple(DATASETS)
+    return tuple(laws.DATASETS)
 
 
 def _models() -> tuple[str, ...]:
-    from balance.engine.models import MODELS
-
-    return tuple(MODELS)
+    return tuple(laws.MODELS)
 
 
 def _optimizers() -> tuple[str, ...]:
-    from balance.engine.optim import OPTIMIZERS
-
-    return tuple(OPTIMIZERS)
+    return tuple(laws.OPTIMIZERS)
 
 
 def _schedules() -> tuple[str, ...]:
-    from balance.engine.optim import SCHEDULES
-
-    return tuple(SCHEDULES)
+    return tuple(laws.SCHEDULES)
 
 
-ACTIVATIONS = ("relu", "leaky_relu", "linear", "tanh")
+# The choices and which optimiser settings apply come from the torch-free registry: adding an optimiser, an
+# activation, a model family or a dataset there is what makes the config (and so the CLI, the URL, the sidebar)
+# offer it.
+ACTIVATIONS = tuple(laws.ACTIVATIONS)
 INITS = ("gaussian", "uniform", "orthogonal")
 LOSSES = ("auto", "squared", "logistic", "cross_entropy")
 DTYPES = ("float32", "float64")
@@ -272,44 +260,53 @@ class OptimConfig(_Validated):
         "momentum beta (momentum, nesterov; adam: beta1)",
         min=0.0,
         max=0.9999,
-        applies=_optim("momentum", "nesterov", "adam"),
+        applies=laws.reads("optim.momentum"),
     )
-    beta2: float = _spec(0.999, "adam's second-moment decay", min=0.0, max=0.999999, applies=_optim("adam"))
-    eps: float = _spec(1e-8, "adam's epsilon", min=1e-16, max=1.0, log=True, applies=_optim("adam"))
+    beta2: float = _spec(0.999, "adam's second-moment decay", min=0.0, max=0.999999, applies=laws.reads("optim.beta2"))
+    eps: float = _spec(1e-8, "adam's epsilon", min=1e-16, max=1.0, log=True, applies=laws.reads("optim.eps"))
     weight_decay: float = _spec(
-        0.0, "coupled L2 weight decay lambda (gradient + lambda * W)", min=0.0, max=10.0, applies=_not_optim("flow")
+        0.0,
+        "coupled L2 weight decay lambda (gradient + lambda * W)",
+        min=0.0,
+        max=10.0,
+        applies=laws.reads("optim.weight_decay"),
     )
-    schedule: str = _spec("constant", "step-size schedule", choices=_schedules, applies=_not_optim("flow"))
+    schedule: str = _spec("constant", "step-size schedule", choices=_schedules, applies=laws.reads("optim.schedule"))
     decay_power: float = _spec(
         0.25,
         "delta of the theorem schedule eta0 (k+1)^-(1/2+delta)",
         min=0.0,
         max=0.5,
-        applies=lambda v: v["optim.name"] != "flow" and v["optim.schedule"] == "theorem",
+        applies=laws.reads("optim.decay_power"),
     )
     decay_every: int = _spec(
         1000,
         "steps between step-decay drops",
         min=1,
         max=10**8,
-        applies=lambda v: v["optim.name"] != "flow" and v["optim.schedule"] == "step",
+        applies=laws.reads("optim.decay_every"),
     )
     decay_factor: float = _spec(
         0.5,
         "factor of each step-decay drop",
         min=1e-6,
         max=1.0,
-        applies=lambda v: v["optim.name"] != "flow" and v["optim.schedule"] == "step",
+        applies=laws.reads("optim.decay_factor"),
     )
     batch_size: int = _spec(
         0,
         "mini-batch size (0: full batch)",
         min=0,
         max=100_000,
-        applies=lambda v: v["optim.name"] not in ("gd", "flow") and v["data.name"] != "lowrank",
+        applies=lambda v: laws.reads("optim.batch_size")(v) and v["data.name"] != "lowrank",
     )
     rtol: float = _spec(
-        1e-10, "relative tolerance of the gradient-flow solver", min=1e-14, max=1e-2, log=True, applies=_optim("flow")
+        1e-10,
+        "relative tolerance of the gradient-flow solver",
+        min=1e-14,
+        max=1e-2,
+        log=True,
+        applies=laws.reads("optim.rtol"),
     )
 
     def _check(self) -> None:

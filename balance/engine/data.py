@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from balance.config import ConfigError, DataConfig
+from balance.engine import laws
 from balance.files import FileRefused, read_limited
 
 if TYPE_CHECKING:
@@ -72,13 +73,31 @@ class Task:
 
 @dataclass(frozen=True)
 class Dataset:
-    """One registry entry: how to build the data, which losses make sense for it, and one line of help."""
+    """The torch side of a dataset: how to build it. Its help, losses and whether it gives images are
+    ``balance.engine.laws.DATASETS``."""
 
+    name: str
     build: Builder
-    default_loss: str
-    losses: tuple[str, ...]
-    help: str
-    images: bool = False  # can it give [N, 1, s, s] inputs to a CNN?
+
+    @property
+    def info(self) -> laws.DataSet:
+        return laws.DATASETS[self.name]
+
+    @property
+    def help(self) -> str:
+        return self.info.help
+
+    @property
+    def default_loss(self) -> str:
+        return self.info.default_loss
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        return self.info.losses
+
+    @property
+    def images(self) -> bool:
+        return self.info.images
 
 
 def make_task(cfg: DataConfig, dtype: torch.dtype = torch.float64, image_input: bool = False) -> Task:
@@ -383,16 +402,15 @@ def _csv_target(path: Path, column: pd.Series, index: int, loss: str) -> torch.T
 
 
 DATASETS: dict[str, Dataset] = {
-    "lowrank": Dataset(_lowrank, "squared", ("squared",), "low-rank matrix M* = A diag(s) B^T (the paper's (7))"),
-    "teacher": Dataset(
-        _teacher, "squared", ("squared",), "regression on a random 2-layer ReLU teacher, Gaussian inputs", images=True
-    ),
-    "moons": Dataset(_planar(_moons), "logistic", ("logistic", "squared"), "two interleaved half circles, 2-D"),
-    "circles": Dataset(_planar(_circles), "logistic", ("logistic", "squared"), "two concentric circles, 2-D"),
-    "spiral": Dataset(_planar(_spiral), "logistic", ("logistic", "squared"), "two interleaved spiral arms, 2-D"),
-    "xor": Dataset(_planar(_xor), "logistic", ("logistic", "squared"), "label = sign(x1 x2): the four quadrants"),
-    "images": Dataset(
-        _images, "cross_entropy", ("cross_entropy",), "small images of 4 shapes (-, |, square, X)", images=True
-    ),
-    "csv": Dataset(_csv, "squared", LOSSES, "your CSV file: numeric feature columns and a target column"),
+    e.name: e
+    for e in (
+        Dataset("lowrank", _lowrank),
+        Dataset("teacher", _teacher),
+        Dataset("moons", _planar(_moons)),
+        Dataset("circles", _planar(_circles)),
+        Dataset("spiral", _planar(_spiral)),
+        Dataset("xor", _planar(_xor)),
+        Dataset("images", _images),
+        Dataset("csv", _csv),
+    )
 }

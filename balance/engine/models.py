@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from balance.config import ModelConfig, RunConfig
+from balance.engine import laws
 from balance.engine.data import Task
 from balance.engine.laws import ACTIVATIONS
 
@@ -254,17 +255,30 @@ def _cnn(cfg: ModelConfig, task: Task) -> HomogeneousModel:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """The torch side of a model family; its help and the inputs it needs are ``balance.engine.laws.MODELS``."""
+
+    name: str
     build: Callable[[ModelConfig, Task], HomogeneousModel]
-    help: str
-    image_input: bool = False  # asks the data for [N, C, s, s] inputs
     stacks: bool = False  # the forward takes stacked weights [K, ...] itself (else the engine maps it with vmap)
+
+    @property
+    def help(self) -> str:
+        return laws.MODELS[self.name].help
+
+    @property
+    def image_input(self) -> bool:
+        """Asks the data for [N, C, s, s] inputs."""
+        return laws.MODELS[self.name].image_input
 
 
 MODELS: dict[str, ModelEntry] = {
-    "mf": ModelEntry(_mf, "asymmetric matrix factorisation U V^T (the paper's problems (7) and (9))", stacks=True),
-    "linear": ModelEntry(_linear, "deep linear network", stacks=True),
-    "mlp": ModelEntry(_mlp, "fully connected network (relu, leaky_relu, linear or the tanh control)", stacks=True),
-    "cnn": ModelEntry(_cnn, "small convolutional network, conv + activation blocks then a linear head", True),
+    e.name: e
+    for e in (
+        ModelEntry("mf", _mf, stacks=True),
+        ModelEntry("linear", _linear, stacks=True),
+        ModelEntry("mlp", _mlp, stacks=True),
+        ModelEntry("cnn", _cnn),
+    )
 }
 
 
