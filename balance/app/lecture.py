@@ -231,7 +231,8 @@ def student_links(step: lecture.Step, seed: int | None) -> None:
     origin = _origin()
     short = [students.absolute(origin, lecture.short_link(step, i, seed)) for i in range(len(step.links))]
     parts = [f"[{d.label}]({lecture.explore_link(d.config, step.shows(d))})" for d in step.links]
-    typed = f" · or type `{students.shown(short[0])}`" if len(short) == 1 else ""
+    others = [lecture.demo_code(step, i) for i in range(1, len(short))]
+    typed = f" · or type `{students.shown(short[0])}`" + (f" ({', '.join(others)})" if others else "")
     st.caption("Open in Explore: " + " · ".join(parts) + typed)
     with st.popover("QR", icon=":material/qr_code_2:", help="the students' links: a QR code and a short link each"):
         for d, url in zip(step.links, short):

@@ -16,6 +16,7 @@ import atexit
 import dataclasses
 import functools
 import logging
+import re
 import sys
 import threading
 import time
@@ -179,11 +180,11 @@ def short_link(step: Step, index: int, seed: int | None = None, base: str = "lec
 def resolve_demo(code: str, seed: str | None = None) -> tuple[Step, Demo] | None:
     """The step and link a short code names ('3', '6.2'; ``seed`` a whole number or None), reseeded; None for
     anything else (the page then says so)."""
-    number, _, index = code.partition(".")
-    if not number.isdigit() or (index and not index.isdigit()) or not 1 <= int(number) <= len(STEPS):
+    match = re.fullmatch(r"([1-9][0-9]?)(?:\.([1-9][0-9]?))?", code)
+    if match is None or int(match[1]) > len(STEPS):
         return None
-    step = STEPS[int(number) - 1]
-    i = int(index) - 1 if index else 0
+    step = STEPS[int(match[1]) - 1]
+    i = int(match[2]) - 1 if match[2] else 0
     if not 0 <= i < len(step.links):
         return None
     if seed is not None:

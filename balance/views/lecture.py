@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from balance.engine.laws import column
 from balance.views import figures as plots
@@ -98,7 +97,7 @@ def axis(title: str, log: bool = False, **kw: Any) -> dict[str, Any]:
 
 def grid(rows: int, cols: int, titles: Sequence[str], **kw: Any) -> go.Figure:
     """Panels with 20 px titles (the titles are the first annotations, in panel order)."""
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles), **kw)
+    fig = plots.figure(rows=rows, cols=cols, subplot_titles=list(titles), **kw)  # the charts' template
     fig.update_annotations(font={"size": TITLE, "color": INK})
     return fig
 
@@ -256,7 +255,7 @@ def neuron_scatter(first: pd.DataFrame, last: pd.DataFrame, count: int = 6) -> g
     ins, outs = units[["in0", "in1"]].to_numpy(), units[["out0", "out1"]].to_numpy()
     x_lo, y_lo = float(ins[ins > 0].min()) / 1.6, float(outs[outs > 0].min()) / 1.6
     lo, hi = min(x_lo, y_lo), float(max(ins.max(), outs.max())) * 1.6
-    fig = go.Figure()
+    fig = plots.figure()
     fig.add_trace(line(np.array([lo, hi]), np.array([lo, hi]), "in = out", GREY, role="diagonal", dash="dot"))
     for k, u in units.iterrows():
         c, symbol, run = colour(k), SYMBOLS[k % len(SYMBOLS)], f"unit {int(u['neuron'])}"
