@@ -70,7 +70,7 @@ def figures_of(at: AppTest) -> list[dict]:
     return [json.loads(d["figure"]) for d in data if isinstance(d, dict) and "figure" in d]
 
 
-# --- the steps as data --------------------------------------------------------------------------------------------
+# --- the steps as data ---------------------------------------------------------------------------------------------
 
 
 def test_eight_steps_each_with_text_formula_and_demo() -> None:
@@ -131,7 +131,7 @@ def test_reseeded_changes_only_the_seed() -> None:
     assert lecture.reseeded(step, None) is step
 
 
-# --- step 1: the rescaling oracle --------------------------------------------------------------------------------
+# --- step 1: the rescaling oracle ----------------------------------------------------------------------------------
 
 
 def test_rescaling_leaves_a_relu_network_unchanged_and_not_tanh() -> None:
@@ -153,7 +153,7 @@ def test_rescaling_leaves_a_relu_network_unchanged_and_not_tanh() -> None:
     assert list(curves) == ["ReLU", "tanh"] and set(lecture.C_GRID) <= set(curves["ReLU"]["c"])
 
 
-# --- demos: cached, fast to rerun -----------------------------------------------------------------------------------
+# --- demos: cached, fast to rerun ----------------------------------------------------------------------------------
 
 
 def test_every_demo_trains_once_then_comes_from_the_store(store: RunStore) -> None:
@@ -289,7 +289,7 @@ def test_new_seed_retrains_the_demo() -> None:
     assert any("seed=1" in m.value for m in at.caption)  # the Explore links follow the seed
 
 
-# --- the handout -----------------------------------------------------------------------------------------------------
+# --- the handout ---------------------------------------------------------------------------------------------------
 
 
 SCRIPT = re.compile(r"<script\b([^>]*)>(.*?)</script>", re.DOTALL | re.IGNORECASE)
@@ -323,7 +323,7 @@ def test_handout_is_self_contained_and_has_every_step(store: RunStore) -> None:
             assert lecture.explore_link(d.config, s.shows(d), base="")[1:].split("&")[0] in text
 
 
-# --- the command line ------------------------------------------------------------------------------------------------
+# --- the command line ----------------------------------------------------------------------------------------------
 
 
 def test_cli_writes_the_handout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -386,7 +386,7 @@ def test_cli_exports_every_figure_for_slides_and_a_pdf(tmp_path: Path, capsys: p
     assert "wrote" in capsys.readouterr().out
 
 
-# --- each figure shows what its text says (issue 15.3) ---------------------------------------------------------------
+# --- each figure shows what its text says (issue 15.3) -------------------------------------------------------------
 
 
 def step_fig(store: RunStore, key: str) -> tuple[lecture.Step, object]:
@@ -498,7 +498,7 @@ def test_every_figure_is_projector_grade(store: RunStore) -> None:
                 assert t.line.width >= 3, (s.key, t.name)
 
 
-# --- students: short links, QR codes, the seed --------------------------------------------------------------------------
+# --- students: short links, QR codes, the seed ---------------------------------------------------------------------
 
 
 def test_short_links_name_every_demo_and_carry_the_seed() -> None:
@@ -566,7 +566,7 @@ def test_a_reseeded_demo_opens_from_its_link_with_its_seed() -> None:
     assert any("seed=3" in c.value for c in at.caption)
 
 
-# --- the presenter view -------------------------------------------------------------------------------------------------
+# --- the presenter view --------------------------------------------------------------------------------------------
 
 
 def test_presenter_view_has_every_steps_notes() -> None:
@@ -577,7 +577,7 @@ def test_presenter_view_has_every_steps_notes() -> None:
     assert all(len(s.notes.split()) >= 20 for s in lecture.STEPS)
 
 
-# --- the handout's stamp ------------------------------------------------------------------------------------------------
+# --- the handout's stamp -------------------------------------------------------------------------------------------
 
 
 def test_handout_carries_the_reproducibility_stamp_and_how_to_cite(store: RunStore) -> None:
