@@ -44,6 +44,7 @@ def git_commit() -> str | None:
     """The commit of the checkout balance runs from (with ``+dirty`` when it has changes), or None: an installed
     package, no git, or not a repository."""
     try:
+
         def git(*args: str) -> str:
             out = subprocess.run(
                 ["git", *args], cwd=ROOT.parent, capture_output=True, text=True, timeout=5, check=True
