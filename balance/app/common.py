@@ -289,6 +289,7 @@ def navigation() -> Any:
         st.Page(PAGES / "claims.py", title="Claims"),
         st.Page(PAGES / "lecture.py", title="Lecture"),
         st.Page(PAGES / "about.py", title="About"),
+        st.Page(PAGES / "presenter.py", title="Presenter", visibility="hidden"),  # opened from the Lecture page
     ]
     return st.navigation(pages, position="top")
 

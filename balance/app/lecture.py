@@ -1,11 +1,18 @@
-"""The Lecture page: one step at a time, presenter-sized, the step in the URL (``?step=3``).
+"""The Lecture page: one step at a time, for a projector, the step (and a reseeded demo's seed) in the URL
+(``?step=3&seed=2``); and the presenter view (``presenter_page``) with the speaker's notes and a timer.
 
-Previous / Next are buttons with the keyboard's Left / Right arrows as shortcuts. Each step's demo comes from the
-run store, trained ahead by a process-wide ``lecture.Warmer`` (the step on screen first, then the next); the page
-draws what the library returns and computes nothing itself.
+Keys work from any focus (``assets/lecture_keys.js``): Right / PageDown / Space / Enter next, Left / PageUp /
+Backspace previous, Home / End, F full screen; a clicker sends these. Each step fits the window with no scrolling:
+the figure (``assets/lecture_figure.js``) takes the height left, and its modebar saves it for slides as SVG or PNG
+(2x) named after the step. Each step's demo comes from the run store, trained ahead by a process-wide
+``lecture.Warmer`` (the step on screen first, then the next); the page draws what the library returns.
 
-URL flags (for student links): ``step=N``; ``c=2`` sets step 1's rescaling slider; ``<control>_hide=1`` hides one
-of this page's controls: ``c`` (the slider), ``nav`` (Previous / Next), ``seed`` (New seed), ``handout``.
+Students: step 1 shows a QR code of the lecture's address; every "Open in Explore" has a short link
+(``?demo=3``, forwarded to Explore with the demo's settings and only the control the step is about) and its QR code.
+
+URL flags (for student links): ``step=N``; ``seed=S`` the demo's seed; ``c=2`` step 1's rescaling slider;
+``demo=3`` (or ``6.2``) forwards to Explore; ``<control>_hide=1`` hides one of this page's controls: ``c`` (the
+slider), ``nav`` (Previous / Next), ``seed`` (New seed), ``handout``.
 """
 
 from __future__ import annotations
@@ -19,21 +26,37 @@ import streamlit as st
 
 from balance.app import common as ui
 from balance.lecture import steps as lecture
+from balance.lecture import students
 from balance.lecture.handout import handout_html
 
 HIDEABLE = ("c", "nav", "seed", "handout")
-PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+MAX_SEED = 10**9
 
-# Presenter view: no sidebar (the app's navigation is at the top), large type, little chrome, fits 1024 x 768.
+_KEYS = st.components.v2.component(
+    "balance.lecture_keys", js=ui.asset("lecture_keys.js"), isolate_styles=False
+)  # fmt: skip
+_FIGURE = st.components.v2.component(
+    "balance.lecture_figure", js=ui.asset("lecture_figure.js"), isolate_styles=False
+)  # fmt: skip
+
+# Projector layout: no sidebar and no Streamlit menu (the app's navigation stays at the top, and goes in full
+# screen), large type, little chrome, tight gaps: a step fits 1024 x 768.
 CSS = """
 <style>
-[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stExpandSidebarButton"]
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stExpandSidebarButton"],
+[data-testid="stMainMenu"], [data-testid="stToolbarActions"], [data-testid="stAppDeployButton"],
+[data-testid="stStatusWidget"], [data-testid="stDecoration"], .st-key-lecture-keys
     { display: none !important; }
-[data-testid="stMainBlockContainer"] { padding-top: 3.6rem; padding-bottom: 1rem; max-width: 1400px; }
-[data-testid="stMainBlockContainer"] [data-testid="stMarkdownContainer"] p { font-size: 1.3rem; line-height: 1.45; }
-[data-testid="stMainBlockContainer"] h2 { font-size: 1.9rem; padding: 0; }
-[data-testid="stMainBlockContainer"] .katex { font-size: 1.45em; }
-[data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"] p { font-size: 1rem; }
+:root:fullscreen [data-testid="stHeader"] { display: none !important; }
+:root:fullscreen [data-testid="stMainBlockContainer"] { padding-top: 1rem; }
+[data-testid="stMainBlockContainer"] { padding-top: 3.9rem; padding-bottom: 0.6rem; max-width: 1500px; }
+[data-testid="stMainBlockContainer"] > div > [data-testid="stVerticalBlock"] { gap: 0.45rem; }
+[data-testid="stMainBlockContainer"] [data-testid="stMarkdownContainer"] p { font-size: 1.25rem; line-height: 1.4;
+    margin-bottom: 0; }
+[data-testid="stMainBlockContainer"] h2 { font-size: 1.75rem; padding: 0; }
+[data-testid="stMainBlockContainer"] .katex { font-size: 1.35em; }
+[data-testid="stMainBlockContainer"] .katex-display { margin: 0.1em 0; }
+[data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"] p { font-size: 1.05rem; }
 </style>
 """
 
@@ -52,12 +75,12 @@ def _flag(name: str) -> bool:
     return st.query_params.get(f"{name}_hide", "") in ("1", "true")
 
 
-def _url_step() -> int | None:
-    try:
-        n = int(st.query_params.get("step", ""))
-    except ValueError:
+def _url_int(name: str, top: int) -> int | None:
+    text = st.query_params.get(name, "")
+    if not text.isdigit() or len(text) > 10:
         return None
-    return n if 1 <= n <= len(lecture.STEPS) else None
+    n = int(text)
+    return n if 1 <= n <= top else None
 
 
 def _url_c() -> float:
@@ -71,22 +94,33 @@ def _url_c() -> float:
 
 
 def init_session(prefix: str) -> None:
-    """Once per session: the step and the slider from the URL (a bad ``step`` opens step 1, with a note)."""
+    """Once per session: the step, its demo's seed and the slider from the URL (a bad ``step`` opens step 1, with a
+    note); later, an address bar edited within the session."""
     key = f"{prefix}.step"
-    url = _url_step()
+    url = _url_int("step", len(lecture.STEPS))
     if key not in st.session_state:
         st.session_state[key] = url or 1
         if "step" in st.query_params and url is None:
             st.session_state[f"{prefix}.bad_step"] = st.query_params.get("step")
         st.session_state[f"{prefix}.c"] = _url_c()
+        seed = _url_int("seed", MAX_SEED)
+        if seed is not None:
+            st.session_state[f"{prefix}.seed.{st.session_state[key]}"] = seed
     elif url is not None and url != st.session_state[key] and not st.session_state.get(f"{prefix}.moved"):
         st.session_state[key] = url  # the address bar was edited within the session
     st.session_state[f"{prefix}.moved"] = False
 
 
+def seed_of(prefix: str, number: int) -> int:
+    """The seed the page gave step ``number``'s demo (0: the presets' own)."""
+    return st.session_state.get(f"{prefix}.seed.{number}", 0)
+
+
 def sync_url(prefix: str, step: int) -> None:
-    """The URL holds the step and this page's own flags (and nothing of another page's)."""
+    """The URL holds the step, a reseeded demo's seed and this page's own flags (and nothing of another page's)."""
     wanted = {"step": str(step)}
+    if seed_of(prefix, step):
+        wanted["seed"] = str(seed_of(prefix, step))
     for name in HIDEABLE:
         if _flag(name):
             wanted[f"{name}_hide"] = "1"
@@ -97,10 +131,26 @@ def sync_url(prefix: str, step: int) -> None:
         st.query_params.from_dict(wanted)
 
 
-def _go(prefix: str, delta: int) -> None:
-    n = st.session_state[f"{prefix}.step"] + delta
+def _set_step(prefix: str, n: int) -> None:
     st.session_state[f"{prefix}.step"] = min(max(n, 1), len(lecture.STEPS))
     st.session_state[f"{prefix}.moved"] = True
+
+
+def _go(prefix: str, delta: int) -> None:
+    _set_step(prefix, st.session_state[f"{prefix}.step"] + delta)
+
+
+def _keyed(prefix: str) -> None:
+    """A key (or the presenter view) asked for a step: ``go`` is its number."""
+    to = (st.session_state.get(f"{prefix}.keys") or {}).get("go")
+    if isinstance(to, int) and not isinstance(to, bool):
+        _set_step(prefix, to)
+
+
+def keys(prefix: str, step: lecture.Step) -> None:
+    """The page's keys, from any focus (``assets/lecture_keys.js``; hidden, it draws nothing)."""
+    _KEYS(key=f"{prefix}.keys", data={"step": step.number, "total": len(lecture.STEPS)},
+          on_go_change=functools.partial(_keyed, prefix), height=0)  # fmt: skip
 
 
 def _new_seed(prefix: str, number: int) -> None:
@@ -112,11 +162,18 @@ def _new_seed(prefix: str, number: int) -> None:
 def header(prefix: str, step: lecture.Step) -> None:
     """The step's title on the left, Previous / Next on the right (a long title wraps, the buttons stay put)."""
     total = len(lecture.STEPS)
-    left, right = st.columns([0.68, 0.32], vertical_alignment="center")
+    left, right = st.columns([0.7, 0.3], vertical_alignment="center")
     left.markdown(f"## {step.number}. {step.title}")
     if _flag("nav"):
         return
     with right.container(horizontal=True, horizontal_alignment="right", wrap=False):
+        st.link_button(
+            "",
+            "presenter",
+            icon=":material/co_present:",
+            type="tertiary",
+            help="the presenter view, in a new window: this step's notes, the next step, a timer",
+        )
         st.button(
             "Prev",
             key=f"{prefix}.prev",
@@ -124,67 +181,91 @@ def header(prefix: str, step: lecture.Step) -> None:
             disabled=step.number == 1,
             on_click=_go,
             args=(prefix, -1),
-            shortcut="Left",
-            help="previous step (left arrow key)",
+            help="previous step (←, PageUp, Backspace; Home: the first)",
         )
-        st.button(
-            "Next",
-            key=f"{prefix}.next",
-            icon=":material/arrow_forward:",
-            icon_position="right",
-            type="primary",
-            disabled=step.number == total,
-            on_click=_go,
-            args=(prefix, 1),
-            shortcut="Right",
-            help="next step (right arrow key)",
-        )
+        st.button("Next", key=f"{prefix}.next", icon=":material/arrow_forward:", icon_position="right",
+                  type="primary", disabled=step.number == total, on_click=_go, args=(prefix, 1),
+                  help="next step (→, PageDown, Space, Enter; End: the last). F: full screen")  # fmt: skip
+
+
+def figure(prefix: str, step: lecture.Step, fig: object) -> None:
+    """The step's figure, at the height left on the screen (``assets/lecture_figure.js``)."""
+    _FIGURE(key=f"{prefix}.figure", data={"figure": fig.to_json(), "filename": step.figure_name})
 
 
 def demo(prefix: str, step: lecture.Step) -> None:
     """The step's controls and figure: its runs from the warmer (ready unless this is a cold start)."""
-    seed = st.session_state.get(f"{prefix}.seed.{step.number}", 0)
+    seed = seed_of(prefix, step.number)
     seed_arg = None if seed == 0 else seed
     w = warmer()
     w.warm(lecture.warm_order(step.number))
-    c = 1.0
-    if step.figure == "rescale" and not _flag("c"):
-        c = st.select_slider(
-            "rescale layer 1 by c and layer 2 by 1/c",
-            options=lecture.C_GRID,
-            key=f"{prefix}.c",
-            format_func=lambda v: f"c = {v:g}",
-        )
-    elif step.figure == "rescale":
-        c = st.session_state.get(f"{prefix}.c", 1.0)
     start = time.perf_counter()
     with st.spinner("training this demo (once; later it opens at once)…"):
         runs = w.runs(step, seed_arg) if step.runs else []
         shown = lecture.reseeded(step, seed_arg)
-        fig = lecture.demo_figure(shown, ui.store(), runs, c)
+        fig = lecture.demo_figure(shown, ui.store(), runs, st.session_state.get(f"{prefix}.c", 1.0))
     took = time.perf_counter() - start
     if fig is not None:
-        st.plotly_chart(fig, key=f"{prefix}.chart.{step.number}", config=PLOTLY_CONFIG)
-    footer(prefix, shown, list(shown.links), took, seed)
+        figure(prefix, step, fig)
+    footer(prefix, shown, took, seed_arg)
 
 
-def footer(prefix: str, step: lecture.Step, links: list[lecture.Demo], took: float, seed: int) -> None:
+def slider(prefix: str) -> None:
+    """Step 1's rescaling factor c."""
+    if _flag("c"):
+        return
+    st.select_slider("rescale layer 1 by c and layer 2 by 1/c", options=lecture.C_GRID, key=f"{prefix}.c",
+                     format_func=lambda v: f"c = {v:g}", label_visibility="collapsed")  # fmt: skip
+
+
+def _origin() -> str:
+    return students.origin(st.context.url)
+
+
+def qr(url: str, width: int) -> None:
+    st.image(students.qr_png(url, 8), width=width, caption=None)
+
+
+def student_links(step: lecture.Step, seed: int | None) -> None:
+    """'Open in Explore': each link by its label, its short link to type and (in a popover) its QR code."""
+    origin = _origin()
+    short = [students.absolute(origin, lecture.short_link(step, i, seed)) for i in range(len(step.links))]
+    parts = [f"[{d.label}]({lecture.explore_link(d.config, step.shows(d))})" for d in step.links]
+    others = [lecture.demo_code(step, i) for i in range(1, len(short))]
+    typed = f" · or type `{students.shown(short[0])}`" + (f" ({', '.join(others)})" if others else "")
+    st.caption("Open in Explore: " + " · ".join(parts) + typed)
+    with st.popover("QR", icon=":material/qr_code_2:", help="the students' links: a QR code and a short link each"):
+        for d, url in zip(step.links, short):
+            st.markdown(f"**{d.label}**: `{students.shown(url)}`")
+            qr(url, 280 if len(short) == 1 else 180)
+        if students.this_machine_only(short[0]):
+            st.caption("This address is this computer's own. For a class, start the app on the network "
+                       "(make run HOST=0.0.0.0) and open the lecture by that address.")  # fmt: skip
+
+
+def footer(prefix: str, step: lecture.Step, took: float, seed: int | None) -> None:
     with st.container(horizontal=True, vertical_alignment="center"):
-        if links:
-            parts = [f"[{d.label}]({lecture.explore_link(d.config, step.show)})" for d in links]
-            st.caption("Open in Explore: " + " · ".join(parts))
+        if step.number == 1:
+            slider(prefix)
+        if step.links:
+            student_links(step, seed)
         if step.figure != "summary" and not _flag("seed"):
-            st.button(
-                "New seed",
-                key=f"{prefix}.reseed",
-                icon=":material/refresh:",
-                type="tertiary",
-                on_click=_new_seed,
-                args=(prefix, step.number),
-                help="train this demo again from another random start",
-            )
-            what = f"seed {seed}" if seed else "preset seed"
-            st.caption(f"{what} · ready in {took:.1f} s")
+            st.button("New seed", key=f"{prefix}.reseed", icon=":material/refresh:", type="tertiary",
+                      on_click=_new_seed, args=(prefix, step.number),
+                      help=f"train this demo again from another random start (this one took {took:.1f} s)")  # fmt: skip
+            if seed:
+                st.caption(f"seed {seed}")
+
+
+def follow_along(step: lecture.Step) -> None:
+    """Step 1: the lecture's own address as a QR code, for the room."""
+    url = students.absolute(_origin(), "lecture")
+    left, right = st.columns([0.86, 0.14], vertical_alignment="center")
+    with left:
+        st.markdown(step.text)
+        st.caption(f"Students, follow along: scan the code or open **{ui.literal(students.shown(url))}**")
+    with right:
+        qr(url, 112)
 
 
 def summary(prefix: str) -> None:
@@ -192,7 +273,7 @@ def summary(prefix: str) -> None:
     lines = []
     for s in lecture.STEPS:
         if s.links:
-            items = ", ".join(f"[{d.label}]({lecture.explore_link(d.config, s.show)})" for d in s.links)
+            items = ", ".join(f"[{d.label}]({lecture.explore_link(d.config, s.shows(d))})" for d in s.links)
             lines.append(f"{s.number}. **{s.title}**: {items}")
     st.markdown("\n".join(lines))
 
@@ -211,19 +292,83 @@ def handout_button(prefix: str) -> None:
     )
 
 
+def forward(prefix: str) -> bool:
+    """``?demo=3``: open that demo in Explore (its settings, only its step's controls). False if there is none;
+    a bad code leaves a note and shows the lecture."""
+    code = st.query_params.get("demo")
+    if code is None:
+        return False
+    found = lecture.resolve_demo(code, st.query_params.get("seed"))
+    if found is None:
+        codes = ", ".join(lecture.demo_code(s, i) for s in lecture.STEPS for i in range(len(s.links)))
+        st.session_state[f"{prefix}.bad_demo"] = f"demo = {code!r}: no such demo; the lecture's demos are {codes}."
+        del st.query_params["demo"]
+        return False
+    step, d = found
+    st.switch_page(str(ui.PAGES / "explore.py"), query_params=lecture.explore_query(d.config, step.shows(d)))
+    return True
+
+
 def page(prefix: str) -> None:
     st.html(CSS)
+    if forward(prefix):
+        return
     init_session(prefix)
     step = lecture.step_at(st.session_state[f"{prefix}.step"])
+    keys(prefix, step)
     sync_url(prefix, step.number)
     bad = st.session_state.pop(f"{prefix}.bad_step", None)
     if bad is not None:
         st.warning(f"step = {bad!r}: no such step; the lecture has steps 1 to {len(lecture.STEPS)}. Showing step 1.")
+    bad_demo = st.session_state.pop(f"{prefix}.bad_demo", None)
+    if bad_demo is not None:
+        st.warning(bad_demo)
     header(prefix, step)
-    st.markdown(step.text)
-    st.latex(step.formula)
+    if step.number == 1:
+        follow_along(step)
+    else:
+        st.markdown(step.text)
+    for formula in step.formulas:
+        st.latex(formula)
     if step.figure == "summary":
         summary(prefix)
         handout_button(prefix)
         return
     demo(prefix, step)
+
+
+# --- the presenter view ------------------------------------------------------------------------------------------
+
+_PRESENTER = st.components.v2.component(
+    "balance.lecture_presenter",
+    js=ui.asset("presenter.js"),
+    css="""
+.presenter { font-size: 1.6rem; line-height: 1.45; }
+.presenter .bar { display: flex; gap: 1.5rem; align-items: center; font-size: 1.2rem; color: #52606d; }
+.presenter .timer b { font-size: 2.4rem; color: #1f2933; font-variant-numeric: tabular-nums; margin-right: 0.5rem; }
+.presenter .status { flex: 1; }
+.presenter .title { font-size: 2.2rem; margin: 0.4em 0 0.3em; }
+.presenter .notes { font-size: 1.7rem; max-width: 60em; }
+.presenter .next { color: #52606d; font-size: 1.3rem; }
+""",
+    isolate_styles=False,
+)
+
+PRESENTER_CSS = """
+<style>
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stExpandSidebarButton"]
+    { display: none !important; }
+[data-testid="stMainBlockContainer"] { padding-top: 3.6rem; max-width: 1500px; }
+</style>
+"""
+
+
+def presenter_page(prefix: str) -> None:
+    """The presenter view: open it in a second window (the Lecture page's header links to it). It follows the
+    audience window's step live and shows its speaker's notes, the next step and a timer; its keys move the audience
+    window. Same browser only: the two windows talk through the browser, not the server."""
+    st.html(PRESENTER_CSS)
+    steps = [{"number": s.number, "title": s.title, "notes": s.notes} for s in lecture.STEPS]
+    _PRESENTER(key=f"{prefix}.view", data={"steps": steps})
+    st.caption("Keep the Lecture page open in another window of this browser (the projector's); this view follows "
+               "it. Keys here move it too: → / PageDown / Space next, ← / PageUp back, Home / End.")  # fmt: skip

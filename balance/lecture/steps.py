@@ -16,6 +16,7 @@ import atexit
 import dataclasses
 import functools
 import logging
+import re
 import sys
 import threading
 import time
@@ -55,19 +56,23 @@ C_CURVE: tuple[float, ...] = tuple(sorted({*np.geomspace(0.1, 10.0, 61).tolist()
 
 @dataclass(frozen=True)
 class Demo:
-    """One run of a step's demo: a label for the legend and its config."""
+    """One run of a step's demo: a label for the legend and its config; ``show``: the settings a student link to it
+    shows (empty: the step's)."""
 
     label: str
     config: RunConfig
+    show: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Step:
     number: int  # 1-based
     key: str
+    slug: str  # names the step's exported figure: lecture-{number}-{slug}.svg
     title: str
     text: str  # Markdown
-    formula: str  # LaTeX
+    formulas: tuple[str, ...]  # LaTeX, one a line
+    notes: str  # the speaker's notes (the presenter view only)
     figure: str  # name in FIGURE_KINDS
     runs: tuple[Demo, ...]  # trained for the demo
     links: tuple[Demo, ...]  # opened in Explore (the runs, or what to try when the demo trains nothing)
@@ -78,6 +83,15 @@ class Step:
         """The run store's name for this step's runs (their sweep)."""
         return f"lecture {self.number}: {self.key}"
 
+    @property
+    def figure_name(self) -> str:
+        """The file name (no suffix) of the step's figure on a slide: 'lecture-3-layer-gaps'."""
+        return f"lecture-{self.number}-{self.slug}"
+
+    def shows(self, demo: Demo) -> tuple[str, ...]:
+        """The settings a student link to ``demo`` shows."""
+        return demo.show or self.show
+
 
 FIGURE_KINDS = ("rescale", "neurons", "balance", "step-sizes", "figure-1", "breaks", "difference", "summary")
 
@@ -86,7 +100,11 @@ def _demo(raw: Mapping[str, Any]) -> Demo:
     config = preset(raw["preset"])
     if raw.get("set"):
         config = config.replace(**dict(raw["set"]))
-    return Demo(str(raw["label"]), config)
+    return Demo(str(raw["label"]), config, tuple(raw.get("show", ())))
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
 
 
 def load_steps(path: Path = STEPS_PATH) -> tuple[Step, ...]:
@@ -98,8 +116,11 @@ def load_steps(path: Path = STEPS_PATH) -> tuple[Step, ...]:
             raise ValueError(f"{path}: step {i}: figure {s['figure']!r} is not one of {', '.join(FIGURE_KINDS)}")
         runs = tuple(_demo(r) for r in s.get("runs", ()))
         links = tuple(_demo(r) for r in s.get("links", ())) or runs
-        text = " ".join(s["text"].split())
-        steps.append(Step(i, s["key"], s["title"], text, s["formula"], s["figure"], runs, links, tuple(s["show"])))
+        formulas = tuple(s["formulas"])
+        steps.append(
+            Step(i, s["key"], s["slug"], s["title"], _words(s["text"]), formulas, _words(s.get("notes", "")),
+                 s["figure"], runs, links, tuple(s["show"]))
+        )  # fmt: skip
     return tuple(steps)
 
 
@@ -115,8 +136,8 @@ def reseeded(step: Step, seed: int | None) -> Step:
     """``step`` with every run's (and link's) seed set to ``seed``; None: as the presets have it."""
     if seed is None:
         return step
-    runs = tuple(Demo(d.label, d.config.replace(seed=seed)) for d in step.runs)
-    links = tuple(Demo(d.label, d.config.replace(seed=seed)) for d in step.links)
+    runs = tuple(dataclasses.replace(d, config=d.config.replace(seed=seed)) for d in step.runs)
+    links = tuple(dataclasses.replace(d, config=d.config.replace(seed=seed)) for d in step.links)
     return dataclasses.replace(step, runs=runs, links=links)
 
 
@@ -135,6 +156,42 @@ def explore_query(config: RunConfig, show: Sequence[str] = ()) -> dict[str, str]
 def explore_link(config: RunConfig, show: Sequence[str] = (), base: str = "./") -> str:
     """A relative link to the Explore page (the app's default page) set up with ``config``."""
     return base + "?" + urlencode(explore_query(config, show), safe=",.:")
+
+
+def demo_code(step: Step, index: int) -> str:
+    """The short name of link ``index`` (0-based) of ``step``: '3' for a step's only link, '6.2' for its second."""
+    return str(step.number) if len(step.links) == 1 else f"{step.number}.{index + 1}"
+
+
+def short_query(step: Step, index: int, seed: int | None = None) -> dict[str, str]:
+    """The Lecture page's query that forwards to link ``index`` of ``step`` in Explore (``short_link``)."""
+    query = {"demo": demo_code(step, index)}
+    if seed is not None:
+        query["seed"] = str(seed)
+    return query
+
+
+def short_link(step: Step, index: int, seed: int | None = None, base: str = "lecture") -> str:
+    """A link short enough to read off a projector and type: 'lecture?demo=6.2' (``&seed=3`` for a reseeded demo).
+    The Lecture page forwards it to Explore with the demo's full settings (``resolve_demo``)."""
+    return base + "?" + urlencode(short_query(step, index, seed))
+
+
+def resolve_demo(code: str, seed: str | None = None) -> tuple[Step, Demo] | None:
+    """The step and link a short code names ('3', '6.2'; ``seed`` a whole number or None), reseeded; None for
+    anything else (the page then says so)."""
+    match = re.fullmatch(r"([1-9][0-9]?)(?:\.([1-9][0-9]?))?", code)
+    if match is None or int(match[1]) > len(STEPS):
+        return None
+    step = STEPS[int(match[1]) - 1]
+    i = int(match[2]) - 1 if match[2] else 0
+    if not 0 <= i < len(step.links):
+        return None
+    if seed is not None:
+        if not seed.isdigit() or len(seed) > 9:
+            return None
+        step = reseeded(step, int(seed))
+    return step, step.links[i]
 
 
 def _one_thread() -> None:
