@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from balance.config.presets import PRESETS, preset
     from balance.engine.trainer import RunStatus, Trainer
     from balance.runs.loop import RunResult, run
-    from balance.views import figures as plots
 
 _EXPORTS = {
     "PRESETS": "balance.config.presets",

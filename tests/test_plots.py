@@ -20,6 +20,7 @@ import balance
 from balance.engine import laws
 from balance.engine.theory import predicted_ratio
 from balance.views import figures as plots
+from balance.views import gaps, neurons, overlay, style
 
 MF = balance.preset("fig1-small").replace(**{"data.d1": 8, "data.d2": 6, "data.rank": 2, "steps": 30})
 MLP = balance.preset("mlp-relu").replace(**{"model.bias": True, "model.width": 6, "data.samples": 16, "steps": 30})
@@ -50,7 +51,7 @@ def tables() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
 
 
 def names_of(case: str) -> tuple[str, ...] | None:
-    return plots.MF_LAYER_NAMES if case == "mf" else None
+    return style.MF_LAYER_NAMES if case == "mf" else None
 
 
 def trace(fig: go.Figure, name: str) -> go.Scatter:
@@ -77,8 +78,8 @@ def test_charts_use_numpy_and_shared_style(frames, case):
     for name, fig in all_charts(df, case).items():
         assert fig.layout.template.layout.paper_bgcolor == "white", name  # plotly_white's look ...
         assert fig.layout.template.data.to_plotly_json() == {}, name  # ... without its per-trace defaults (costly)
-        assert fig.layout.uirevision == plots.UIREVISION
-        assert fig.layout.height == plots.HEIGHT
+        assert fig.layout.uirevision == style.UIREVISION
+        assert fig.layout.height == style.HEIGHT
         for t in fig.data:
             assert isinstance(t.x, np.ndarray) and isinstance(t.y, np.ndarray), (name, t.name)
         fig.to_json()  # serialisable
@@ -92,7 +93,7 @@ def test_every_axis_states_its_values(frames, case):
     df = frames[case]
     figures = {
         **all_charts(df, case),
-        "neurons": plots.neuron_figure(
+        "neurons": neurons.neuron_figure(
             pd.DataFrame({"layer": [1, 1], "neuron": [0, 1], "in_sqnorm": [0.5, 2.0], "out_sqnorm": [1.0, 3.0]}),
             log_axes=True,
         ),
@@ -115,33 +116,33 @@ def test_a_short_run_has_its_ticks_at_whole_steps(frames):
 
 
 def test_step_marks_on_every_step_axis(frames):
-    fig = plots.mark_steps(plots.balance_figure(frames["mf"]), [(50.0, "η → 0.02")])
+    fig = style.mark_steps(gaps.balance_figure(frames["mf"]), [(50.0, "η → 0.02")])
     assert [(s.x0, s.xref, s.yref) for s in fig.layout.shapes if s.x0 == 50.0] == [
         (50.0, "x", "y domain"),
         (50.0, "x2", "y2 domain"),
     ]
     assert [a.text for a in fig.layout.annotations].count("η → 0.02") == 2
-    logged = plots.mark_steps(plots.loss_figure(frames["mf"], log_x=True), [(0.0, "at 0"), (5.0, "η → 1")])
+    logged = style.mark_steps(plots.loss_figure(frames["mf"], log_x=True), [(0.0, "at 0"), (5.0, "η → 1")])
     assert [a.text for a in logged.layout.annotations] == ["η → 1"]  # a log axis cannot show step 0
 
 
 def test_where_the_law_does_not_apply_no_prediction_is_drawn(frames):
     why = "tanh is not homogeneous: no conservation law to predict"
-    for fig in (plots.balance_figure(frames["mlp"], no_law=why), plots.gaps_figure(frames["mlp"], no_law=why)):
+    for fig in (gaps.balance_figure(frames["mlp"], no_law=why), gaps.gaps_figure(frames["mlp"], no_law=why)):
         names = [t.name for t in fig.data]
         assert not [n for n in names if "predicted" in n or n == "gradient flow"], names
         assert "tanh is not homogeneous" in " ".join(annotations(fig)).replace("<br>", " ")
-    ratios = plots.ratios_figure(frames["mlp"], no_law=why)
+    ratios = gaps.ratios_figure(frames["mlp"], no_law=why)
     assert [t.name for t in ratios.data] == ["layers 1-2 measured", "layers 2-3 measured"]
 
 
 def test_fit_legend_keeps_the_plot_area(frames):
-    fig = plots.neuron_figure(
+    fig = neurons.neuron_figure(
         pd.DataFrame({"layer": list(range(1, 7)), "neuron": [0] * 6, "in_sqnorm": [1.0] * 6, "out_sqnorm": [2.0] * 6})
     )
-    assert fig.layout.height == plots.HEIGHT
-    plots.fit_legend(fig, plots.NARROW)
-    assert fig.layout.height >= plots.HEIGHT + 2 * plots.LEGEND_ROW  # 7 entries: at least two rows at 300 px
+    assert fig.layout.height == style.HEIGHT
+    style.fit_legend(fig, style.NARROW)
+    assert fig.layout.height >= style.HEIGHT + 2 * style.LEGEND_ROW  # 7 entries: at least two rows at 300 px
 
 
 def test_loss_figure(frames):
@@ -178,7 +179,7 @@ def test_layer_names_must_match(frames):
 @pytest.mark.parametrize("case", ["mf", "mlp"])
 def test_gaps_figure(frames, case):
     df = frames[case]
-    fig = plots.gaps_figure(df, layer_names=names_of(case))
+    fig = gaps.gaps_figure(df, layer_names=names_of(case))
     pairs = ["V-U"] if case == "mf" else ["layers 1-2", "layers 2-3"]
     assert [t.name for t in fig.data] == [f"{p} {k}" for p in pairs for k in ("measured", "predicted")] + [
         "gradient flow"
@@ -200,7 +201,7 @@ def test_gaps_figure(frames, case):
 def test_gaps_without_prediction(frames):
     df = frames["adam"]
     assert df["pred_gap_drift_1"].isna().all()
-    fig = plots.gaps_figure(df)
+    fig = gaps.gaps_figure(df)
     assert not [t for t in fig.data if "predicted" in t.name]
     assert "no finite-step prediction for this optimiser" in annotations(fig)
     np.testing.assert_array_equal(trace(fig, "layers 2-3 measured").y, df["gap_drift_2"].to_numpy())
@@ -216,7 +217,7 @@ def expected_ratio(df: pd.DataFrame, h: int, with_drift: bool = True) -> np.ndar
 @pytest.mark.parametrize("case", ["mf", "mlp"])
 def test_ratios_figure(frames, case):
     df = frames[case]
-    fig = plots.ratios_figure(df, layer_names=names_of(case))
+    fig = gaps.ratios_figure(df, layer_names=names_of(case))
     pairs = ["V-U"] if case == "mf" else ["layers 1-2", "layers 2-3"]
     for h, pair in enumerate(pairs, start=1):
         measured, predicted = trace(fig, f"{pair} measured"), trace(fig, f"{pair} predicted")
@@ -230,7 +231,7 @@ def test_ratios_figure(frames, case):
 
 def test_ratios_without_prediction_show_conserved_reading(frames):
     df = frames["adam"]
-    fig = plots.ratios_figure(df)
+    fig = gaps.ratios_figure(df)
     conserved = trace(fig, "layers 1-2 if gap conserved")
     np.testing.assert_allclose(conserved.y, expected_ratio(df, 1, with_drift=False), rtol=1e-12)
     assert conserved.line.dash == "dash"
@@ -239,13 +240,13 @@ def test_ratios_without_prediction_show_conserved_reading(frames):
 @pytest.mark.parametrize("case", RUNS)
 def test_balance_figure_is_two_panels_sharing_the_legend(frames, case):
     df = frames[case]
-    fig = plots.balance_figure(df, layer_names=names_of(case))
-    gaps = plots.gaps_figure(df, layer_names=names_of(case))
-    ratios = plots.ratios_figure(df, layer_names=names_of(case))
-    assert len(fig.data) == len(gaps.data) + len(ratios.data)
+    fig = gaps.balance_figure(df, layer_names=names_of(case))
+    alone = gaps.gaps_figure(df, layer_names=names_of(case))
+    ratios = gaps.ratios_figure(df, layer_names=names_of(case))
+    assert len(fig.data) == len(alone.data) + len(ratios.data)
     left = [t for t in fig.data if t.yaxis in (None, "y")]
     right = [t for t in fig.data if t.yaxis == "y2"]
-    assert [t.name for t in left] == [t.name for t in gaps.data]
+    assert [t.name for t in left] == [t.name for t in alone.data]
     assert [t.name for t in right] == [t.name for t in ratios.data]
     for a, b in zip(right, ratios.data):
         np.testing.assert_array_equal(a.y, b.y)
@@ -257,7 +258,7 @@ def test_balance_figure_is_two_panels_sharing_the_legend(frames, case):
 @pytest.mark.parametrize("case", ["mf", "adam"])
 def test_matrix_figure(frames, case):
     df = frames[case]
-    fig = plots.matrix_figure(df, layer_names=names_of(case))
+    fig = gaps.matrix_figure(df, layer_names=names_of(case))
     hs = [1] if case == "mf" else [1, 2]
     labels = ["V-U"] if case == "mf" else ["layers 1-2", "layers 2-3"]
     assert [t.name for t in fig.data] == [f"{p} {k}" for p in labels for k in ("drift", "||D||")]
@@ -268,23 +269,23 @@ def test_matrix_figure(frames, case):
 
 
 def test_matrix_figure_without_linear_layers(frames):
-    fig = plots.matrix_figure(frames["mlp"])
+    fig = gaps.matrix_figure(frames["mlp"])
     assert not fig.data and annotations(fig) == ["no linear layers"]
 
 
 def test_overlay_figure(frames):
     runs = {"eta = 0.01": frames["mf"], "eta = 0.05": frames["mlp"], "no loss": frames["mlp"].drop(columns="loss")}
-    fig = plots.overlay_figure(runs, "loss")
+    fig = overlay.overlay_figure(runs, "loss")
     assert [t.name for t in fig.data] == ["eta = 0.01", "eta = 0.05"]
     np.testing.assert_array_equal(fig.data[1].y, frames["mlp"]["loss"].to_numpy())
     assert fig.layout.yaxis.type == "log"
     assert fig.data[0].line.color != fig.data[1].line.color
-    linear = plots.overlay_figure(runs, "gap_drift_1", log_y=False, x="t")
+    linear = overlay.overlay_figure(runs, "gap_drift_1", log_y=False, x="t")
     assert linear.layout.yaxis.type == "-"
     np.testing.assert_array_equal(linear.data[0].x, frames["mf"]["t"].to_numpy())
-    missing = plots.overlay_figure(runs, "matrix_drift_2")
+    missing = overlay.overlay_figure(runs, "matrix_drift_2")
     assert not missing.data and "no run has the column 'matrix_drift_2'" in annotations(missing)
-    assert not plots.overlay_figure({}, "loss").data
+    assert not overlay.overlay_figure({}, "loss").data
 
 
 # --- the neuron scatter -----------------------------------------------------------------------------------------
@@ -294,7 +295,7 @@ def test_overlay_figure(frames):
 def test_neuron_figure_with_biases(tables, log_axes):
     initial, final = tables
     kept = {k: v.copy() for k, v in final.items()}
-    fig = plots.neuron_figure(final, initial=pd.DataFrame(initial), log_axes=log_axes)
+    fig = neurons.neuron_figure(final, initial=pd.DataFrame(initial), log_axes=log_axes)
     for k in final:
         np.testing.assert_array_equal(final[k], kept[k])  # never mutated
     layers = sorted(set(final["layer"].tolist()))
@@ -331,14 +332,14 @@ def test_neuron_figure_with_biases(tables, log_axes):
 
 def test_neuron_figure_without_initial_and_edge_cases(tables):
     _, final = tables
-    fig = plots.neuron_figure(pd.DataFrame(final))
+    fig = neurons.neuron_figure(pd.DataFrame(final))
     assert [t.name for t in fig.data] == ["in = out", "hidden 1", "hidden 2"]
     empty = {k: v[:0] for k, v in final.items()}
-    assert annotations(plots.neuron_figure(empty)) == ["no hidden units"]
-    assert annotations(plots.neuron_figure({"layer": final["layer"]})) == ["no neuron table"]
-    floats = plots.neuron_figure(pd.DataFrame(final).astype(float).assign(step=30.0))  # as a store might return it
+    assert annotations(neurons.neuron_figure(empty)) == ["no hidden units"]
+    assert annotations(neurons.neuron_figure({"layer": final["layer"]})) == ["no neuron table"]
+    floats = neurons.neuron_figure(pd.DataFrame(final).astype(float).assign(step=30.0))  # as a store might return it
     assert [t.name for t in floats.data] == ["in = out", "hidden 1", "hidden 2"]
-    thinned = plots.neuron_figure(final, max_points=5)
+    thinned = neurons.neuron_figure(final, max_points=5)
     assert sum(len(t.x) for t in thinned.data[1:]) == 5
 
 
@@ -412,7 +413,7 @@ def check_decimated(df: pd.DataFrame, out: pd.DataFrame, max_points: int, x: str
 def test_decimate_keeps_extremes_ends_and_bound():
     df = spiky_frame(20_000)
     before = df.copy()
-    out = plots.decimate(df, max_points=300)
+    out = style.decimate(df, max_points=300)
     check_decimated(df, out, 300)
     assert len(out) > 300  # uses its budget, not just the extremes
     pd.testing.assert_frame_equal(df, before)
@@ -423,8 +424,8 @@ def test_decimate_keeps_a_single_spike_in_100k_rows():
     df = pd.DataFrame({"step": np.arange(n), "loss": np.linspace(1.0, 0.5, n), "g": np.ones(n)})
     df.loc[77_777, "loss"] = 50.0
     df.loc[12_345, "g"] = -3.0
-    out = plots.decimate(df)
-    assert len(out) <= 2 * plots.MAX_POINTS + 2
+    out = style.decimate(df)
+    assert len(out) <= 2 * style.MAX_POINTS + 2
     assert 77_777 in out.index and 12_345 in out.index
     assert out.loc[77_777, "loss"] == 50.0
 
@@ -434,21 +435,21 @@ def test_decimate_sorts_copies_and_handles_nan():
     df["pred"] = np.nan  # adam: no prediction
     df.loc[df.index[:10], "part"] = 1.0
     before = df.copy()
-    out = plots.decimate(df, max_points=100, x="step")
+    out = style.decimate(df, max_points=100, x="step")
     check_decimated(df, out, 100)
     pd.testing.assert_frame_equal(df, before)
-    small = plots.decimate(df.iloc[:50], max_points=100)
+    small = style.decimate(df.iloc[:50], max_points=100)
     assert len(small) == 50 and small["step"].is_monotonic_increasing
     assert small is not df
     with pytest.raises(ValueError, match="max_points"):
-        plots.decimate(df, max_points=0)
+        style.decimate(df, max_points=0)
 
 
 def test_decimate_many_noisy_columns_stays_within_bound():
     rng = np.random.default_rng(3)
     n = 30_000
     df = pd.DataFrame({"step": np.arange(n), **{f"c{i}": rng.normal(size=n) for i in range(25)}})
-    out = plots.decimate(df, max_points=200)
+    out = style.decimate(df, max_points=200)
     check_decimated(df, out, 200)
 
 
@@ -461,7 +462,7 @@ def test_decimate_many_noisy_columns_stays_within_bound():
 def test_decimate_property(n, max_points, seed):
     rng = np.random.default_rng(seed)
     df = pd.DataFrame({"step": rng.permutation(n), "a": rng.normal(size=n), "b": rng.integers(0, 3, n)})
-    out = plots.decimate(df, max_points=max_points)
+    out = style.decimate(df, max_points=max_points)
     assert len(out) <= 2 * max(max_points, 3) + 2 + 2 * 3  # at worst one bucket: 2 rows a column + the ends
     if len(df) > 2 * max_points + 2 and max_points >= 3:
         assert len(out) <= 2 * max_points + 2
@@ -518,15 +519,16 @@ def test_missing_captions_file_falls_back_to_docstrings(tmp_path):
 
 
 def test_plots_never_import_streamlit():
-    tree = ast.parse(Path(plots.__file__).read_text(encoding="utf-8"))
-    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    assert not [m for m in imported if m.split(".")[0] == "streamlit"]
+    for path in Path(plots.__file__).parent.glob("*.py"):  # every module of balance.views
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if m.split(".")[0] in ("streamlit", "torch")], path.name
 
 
 def test_a_text_axis_is_not_forced_linear():
     """style leaves a non-log axis to plotly's autotype, so categories on x are drawn (a forced "linear" draws
     nothing for text)."""
-    fig = plots.style(plots.figure(go.Scatter(x=["a", "b"], y=[1.0, 2.0])))
+    fig = style.style(style.figure(go.Scatter(x=["a", "b"], y=[1.0, 2.0])))
     assert fig.layout.xaxis.type == "-"
-    assert plots.styled([], log_x=True).layout.xaxis.type == "log"
+    assert style.styled([], log_x=True).layout.xaxis.type == "log"

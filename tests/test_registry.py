@@ -28,6 +28,7 @@ from balance.engine.theory import RECURSIONS, LawStep
 from balance.engine.trainer import Trainer
 from balance.runs.loop import run
 from balance.views import figures as plots
+from balance.views import gaps, overlay, style
 
 ALL = [*FAMILIES, BATCH_NORM, TANH]
 
@@ -261,7 +262,7 @@ def test_a_registered_metric_reaches_the_csv_a_chart_and_the_help(
     np.testing.assert_allclose(csv["toy_grad_sq_2"], csv["grad_norm_2"] ** 2, rtol=1e-12)
     # a chart of its own, named and labelled by the registry (Explore draws it: run_figures)
     assert plots.more_metrics(csv.columns) == ["toy_total", "toy_grad_sq"]
-    fig = plots.metric_figure(csv, "toy_grad_sq", plots.MF_LAYER_NAMES)
+    fig = plots.metric_figure(csv, "toy_grad_sq", style.MF_LAYER_NAMES)
     assert [t.name for t in fig.data] == ["V", "U"] and fig.layout.yaxis.title.text == r"\|g_{h}\|^2"
     np.testing.assert_array_equal(fig.data[1].y, csv["toy_grad_sq_2"].to_numpy())
     assert fig.data[1].hovertemplate.startswith(r"U: \|g_{2}\|^2 = ")
@@ -304,9 +305,9 @@ def test_a_relabelled_metric_relabels_the_charts(restored: None, monkeypatch: py
     monkeypatch.setitem(laws.METRICS, "sqnorm", relabelled)
     fig = plots.norms_figure(frame)
     assert fig.layout.yaxis.title.text == "S_h" and fig.data[1].hovertemplate.startswith("layer 2: S₂ = ")
-    assert plots.overlay_figure({"a": frame}, "sqnorm_2").layout.yaxis.title.text == "S₂"
+    assert overlay.overlay_figure({"a": frame}, "sqnorm_2").layout.yaxis.title.text == "S₂"
     drift = dataclasses.replace(laws.METRICS["gap_drift"], text="Δ{h}", title="moved")
     monkeypatch.setitem(laws.METRICS, "gap_drift", drift)
     frame = frame.assign(gap_1=[2.0, 2.5], gap_drift_1=[0.0, 0.5], pred_gap_drift_1=[0.0, 0.5], ratio_1=[1.7, 1.4])
-    assert plots.gaps_figure(frame).layout.yaxis.title.text == "Δ_h"
-    assert "moved Δ_h" in [a.text for a in plots.balance_figure(frame).layout.annotations]
+    assert gaps.gaps_figure(frame).layout.yaxis.title.text == "Δ_h"
+    assert "moved Δ_h" in [a.text for a in gaps.balance_figure(frame).layout.annotations]

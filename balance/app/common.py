@@ -34,6 +34,8 @@ from balance.engine.laws import of_metric, why_no_law
 from balance.runs.store import ACTIVE as STORE_ACTIVE
 from balance.runs.store import RunStore, StoreError
 from balance.views import figures as plots
+from balance.views import style
+from balance.views.neurons import neuron_figure
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ACTIVE = frozenset(STORE_ACTIVE)  # queued, running, paused: the page polls while a run is in one of these
@@ -77,7 +79,7 @@ def live_chart(fig: go.Figure, key: str, config: dict[str, Any]) -> None:
     zoom lost. Measured in Chromium: about 3x less drawing work per refresh for the Explore page's charts.
     """
     data = {"figure": fig.to_json(), "config": {**config, "responsive": True}}
-    _LIVE_CHART(key=key, data=data, height=int(fig.layout.height or plots.HEIGHT))
+    _LIVE_CHART(key=key, data=data, height=int(fig.layout.height or style.HEIGHT))
 
 
 @st.cache_resource(show_spinner=False)
@@ -201,7 +203,7 @@ def run_figures(
     config: RunConfig,
     neurons: tuple[pd.DataFrame | None, pd.DataFrame | None],
     log_x: bool,
-    max_points: int = plots.MAX_POINTS,
+    max_points: int = style.MAX_POINTS,
     marks: Sequence[tuple[float, str]] = (),
 ) -> list[tuple[str, go.Figure, str]]:
     """(name, figure, caption) in display order; the matrix chart only where there are linear layers, then a chart
@@ -210,7 +212,7 @@ def run_figures(
     Where the layer-gap law does not apply (``why_no_law``) the balance chart draws no prediction and it and its
     caption say why; ``marks`` (step, label) are drawn on every step axis (a step size changed mid-run).
     """
-    names = plots.MF_LAYER_NAMES if config.model.name == "mf" else None
+    names = style.MF_LAYER_NAMES if config.model.name == "mf" else None
     no_law = why_no_law(config)
     out = []
     for name in ("loss", "norms", "balance", "grad_norms"):
@@ -221,7 +223,7 @@ def run_figures(
         out.append((name, fn(df, layer_names=names, log_x=log_x, max_points=max_points, **extra), caption))
     now, initial = neurons
     if now is not None:
-        figure = plots.neuron_figure(now, initial=initial, max_points=max_points)
+        figure = neuron_figure(now, initial=initial, max_points=max_points)
         out.insert(3, ("neurons", figure, plots.CAPTIONS["neurons"]))
     if of_metric(df.columns, "matrix_drift"):
         fn, caption = plots.FIGURES["matrix"]
@@ -230,8 +232,8 @@ def run_figures(
         figure = plots.metric_figure(df, metric, names, log_x=log_x, max_points=max_points)
         out.append((f"metric.{metric}", figure, plots.metric_caption(metric)))
     for name, fig, _ in out:
-        plots.mark_steps(fig, marks)
-        plots.fit_legend(fig, plots.WIDE if name == "balance" else plots.NARROW)
+        style.mark_steps(fig, marks)
+        style.fit_legend(fig, style.WIDE if name == "balance" else style.NARROW)
     return out
 
 

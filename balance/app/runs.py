@@ -28,6 +28,7 @@ from balance.config import ConfigError
 from balance.runs.archive import import_in_worker
 from balance.runs.store import RunStore, StoreError
 from balance.views import figures as plots
+from balance.views import overlay as overlays
 
 RUN_COLUMNS = ["id", "name", "state", "step_size", "init_scale", "model", "dataset", "optimizer", "step", "steps"]
 RUN_COLUMNS += ["origin", "sweep", "updated", "message"]
@@ -324,19 +325,19 @@ def _without(text: str, prefix: str) -> str:
 
 def overlay(prefix: str, frames: dict[str, pd.DataFrame]) -> None:
     """One metric of the selected runs in one chart, e.g. one config at four step sizes."""
-    columns = plots.overlay_columns(frames.values())
+    columns = overlays.overlay_columns(frames.values())
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
-    column = c1.selectbox("Metric", columns, key=f"{prefix}.metric", format_func=plots.overlay_option)
+    column = c1.selectbox("Metric", columns, key=f"{prefix}.metric", format_func=overlays.overlay_option)
     x = c2.segmented_control("x axis", ["step", "t"], default="step", key=f"{prefix}.x", required=True) or "step"
     log_x = c3.toggle("log x", key=f"{prefix}.log_x")
     wanted = st.session_state.setdefault(f"{prefix}.log_y_wanted", True)  # on by default, where it can be
-    if plots.overlay_log_ok(frames, column, x=x, log_x=log_x):
+    if overlays.overlay_log_ok(frames, column, x=x, log_x=log_x):
         log_y = c4.toggle("log y", value=wanted, key=f"{prefix}.log_y")
         st.session_state[f"{prefix}.log_y_wanted"] = log_y  # kept while a signed metric is shown
     else:
         why = f"{column} has values ≤ 0 (it is signed): a log axis would hide them, so it is drawn linear"
         log_y = c4.toggle("log y", value=False, key=f"{prefix}.log_y_signed", disabled=True, help=why)
-    fig = plots.overlay_figure(frames, column, log_y=log_y, x=x, log_x=log_x)
+    fig = overlays.overlay_figure(frames, column, log_y=log_y, x=x, log_x=log_x)
     st.plotly_chart(fig, key=f"{prefix}.overlay", config=chart_config(f"overlay-{column}"))
     st.caption(plain(plots.CAPTIONS["overlay"]))
     html = functools.partial(fig.to_html, include_plotlyjs=True, full_html=True)

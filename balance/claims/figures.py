@@ -15,14 +15,14 @@ from plotly.subplots import make_subplots
 
 from balance.claims.base import Fit, series
 from balance.engine.laws import METRICS, of_metric
-from balance.views import figures as plots
+from balance.views import style
 
 POINTS = 400  # buckets per series: every claim figure holds several runs
 
 
-def _panels(titles: Sequence[str], height: int = plots.HEIGHT + 60) -> go.Figure:
+def _panels(titles: Sequence[str], height: int = style.HEIGHT + 60) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=list(titles), horizontal_spacing=0.08)
-    plots.style(fig, "", "", "", height=height)
+    style.style(fig, "", "", "", height=height)
     # the legend under the plots, clear of the x-axis titles
     fig.update_layout(
         legend={"orientation": "h", "y": -0.3, "yanchor": "top", "x": 0, "font": {"size": 11}}, margin={"b": 110}
@@ -44,7 +44,7 @@ def _series(
 ) -> None:
     """One time series: ``y`` a column of ``df`` or an array aligned with its rows; decimated before drawing."""
     frame = pd.DataFrame({"x": df[x].to_numpy(), "y": df[y].to_numpy() if isinstance(y, str) else np.asarray(y)})
-    d = plots.decimate(frame, POINTS, x="x")
+    d = style.decimate(frame, POINTS, x="x")
     measured = dash == "solid"
     fig.add_trace(
         go.Scatter(
@@ -105,7 +105,7 @@ def difference_figure(runs: Mapping[str, pd.DataFrame], flow: Mapping[str, np.nd
     sq, ratio = METRICS["sqnorm"], METRICS["ratio"]
     fig = _panels([f"squared norms {sq.plain()}", "difference G = ||W₂||² − ||W₁||²", f"ratio {ratio.plain(1)}"])
     for i, (name, df) in enumerate(runs.items()):
-        c = plots.colour(i + 1)
+        c = style.colour(i + 1)
         _series(fig, df, series(df, "sqnorm", 1), f"{name}: {sq.plain(1)}", c, 1, dash="solid")
         _series(fig, df, series(df, "sqnorm", 2), f"{name}: {sq.plain(2)}", c, 1, dash="dash")
         _series(fig, df, series(df, "gap", 1), f"{name}: G", c, 2, legend=False)
@@ -113,7 +113,7 @@ def difference_figure(runs: Mapping[str, pd.DataFrame], flow: Mapping[str, np.nd
         _series(fig, df, flow[name], f"{name}: sqrt(1 − Φ₀/||W₁||²)", c, 3, dash="dot")
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=3)
-    fig.add_hline(y=1, line={"color": plots.FLOW_COLOUR, "width": 1, "dash": "dot"}, row=1, col=3)
+    fig.add_hline(y=1, line={"color": style.FLOW_COLOUR, "width": 1, "dash": "dot"}, row=1, col=3)
     fig.update_xaxes(title_text="step")
     return fig
 
@@ -123,12 +123,12 @@ def init_figure(summary: pd.DataFrame) -> go.Figure:
     fig = _panels(["final ratio ||W₂|| / ||W₁||", "final loss / initial loss"])
     for i, init in enumerate(("gaussian", "uniform")):
         d = summary[summary["init"] == init]
-        c, symbol = plots.colour(i + 1), ("circle", "square")[i]
+        c, symbol = style.colour(i + 1), ("circle", "square")[i]
         _points(fig, d["model"], d["ratio"], init, c, 1, dash="none", symbol=symbol)
         _points(fig, d["model"], d["loss_drop"], init, c, 2, dash="none", symbol=symbol)
     fig.data[1].showlegend = fig.data[3].showlegend = False
     fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_xaxes(type="category")  # plots.style sets linear axes
+    fig.update_xaxes(type="category")  # style.style sets linear axes
     fig.update_layout(scattermode="group")
     return fig
 
@@ -139,12 +139,12 @@ def rate_figure(
     """Claim 3: |drift at time t| against eta, log-log: measured, the exact prediction, the fitted slope."""
     fig = _panels([f"|G(t) − G(0)| at t = {t:g}", "per step: |G(t) − G(0)| / K"])
     steps = [t / e for e in etas]
-    _points(fig, etas, np.abs(drifts), "measured", plots.colour(1), 1, dash="none")
-    _points(fig, etas, np.abs(preds), "Σ η² (||g₂||² − ||g₁||²)", plots.colour(2), 1, dash="dash", symbol="circle-open")
-    _fit_line(fig, etas, drifts, fit, f"fit: slope {fit.slope:.3f}", plots.FLOW_COLOUR, 1)
+    _points(fig, etas, np.abs(drifts), "measured", style.colour(1), 1, dash="none")
+    _points(fig, etas, np.abs(preds), "Σ η² (||g₂||² − ||g₁||²)", style.colour(2), 1, dash="dash", symbol="circle-open")
+    _fit_line(fig, etas, drifts, fit, f"fit: slope {fit.slope:.3f}", style.FLOW_COLOUR, 1)
     per_step = np.abs(drifts) / np.asarray(steps)
-    _points(fig, etas, per_step, "measured per step", plots.colour(3), 2, dash="none")
-    _fit_line(fig, etas, per_step, Fit(fit.slope + 1, fit.low + 1, fit.high + 1), "fit per step", plots.FLOW_COLOUR, 2)
+    _points(fig, etas, per_step, "measured per step", style.colour(3), 2, dash="none")
+    _fit_line(fig, etas, per_step, Fit(fit.slope + 1, fit.low + 1, fit.high + 1), "fit per step", style.FLOW_COLOUR, 2)
     fig.update_xaxes(type="log", title_text="step size η", exponentformat="power")
     fig.update_yaxes(type="log", exponentformat="power")
     return fig
@@ -152,9 +152,9 @@ def rate_figure(
 
 def optimiser_figure(table: pd.DataFrame) -> go.Figure:
     """Claim 4: |drift at fixed time| against the effective step size, one line per optimiser; predictions dashed."""
-    fig = _panels(["|G(t) − G(0)| against the effective step size"], height=plots.HEIGHT + 100)
+    fig = _panels(["|G(t) − G(0)| against the effective step size"], height=style.HEIGHT + 100)
     for i, (name, d) in enumerate(table.groupby("optimiser", sort=False)):
-        c = plots.colour(i + 1)
+        c = style.colour(i + 1)
         _points(fig, d["eta_eff"], d["drift"].abs(), name, c, 1)
         if d["pred"].notna().all():
             _points(fig, d["eta_eff"], d["pred"].abs(), f"{name} predicted", c, 1, dash="dash", symbol="circle-open")
@@ -167,7 +167,7 @@ def batchnorm_figure(runs: Mapping[str, pd.DataFrame]) -> go.Figure:
     """Claim 5: ||W_1||^2 against ||W_1(0)||^2 + sum eta^2 ||g_1||^2; cross-layer gap drift and BN's neuron drift."""
     fig = _panels(["||W₁||² (feeds BatchNorm)", "|drift| over time t"])
     for i, (name, df) in enumerate(runs.items()):
-        c = plots.colour(i + 1)
+        c = style.colour(i + 1)
         eta = df["lr"].to_numpy()
         growth = np.concatenate([[0.0], np.cumsum((eta**2 * series(df, "grad_norm", 1).to_numpy() ** 2)[:-1])])
         _series(fig, df, series(df, "sqnorm", 1), f"{name}: measured", c, 1, x="t")
@@ -185,13 +185,13 @@ def figure1_figure(runs: Mapping[str, pd.DataFrame], flow: Mapping[str, np.ndarr
     """Claim 6: ||U|| / ||V|| (with the invariant's implied ratio, objective (7)) and ||U^T U - V^T V||_F."""
     fig = _panels(["ratio ||U||_F / ||V||_F", "||UᵀU − VᵀV||_F (what Theorem 3.1 controls)"])
     for i, (name, df) in enumerate(runs.items()):
-        c = plots.colour(i + 1)
+        c = style.colour(i + 1)
         _series(fig, df, series(df, "ratio", 1), name, c, 1)
         if name in flow:
             _series(fig, df, flow[name], f"{name}: implied by the invariant", c, 1, dash="dash")
         _series(fig, df, series(df, "matrix_inv", 1), name, c, 2, legend=False)
     fig.update_yaxes(type="log", exponentformat="power")
-    fig.add_hline(y=1, line={"color": plots.FLOW_COLOUR, "width": 1, "dash": "dot"}, row=1, col=1)
+    fig.add_hline(y=1, line={"color": style.FLOW_COLOUR, "width": 1, "dash": "dot"}, row=1, col=1)
     fig.update_xaxes(title_text="iteration")
     return fig
 
@@ -204,17 +204,17 @@ def deep_figure(example: pd.DataFrame, example_name: str, drifts: Mapping[str, f
     for h in of_metric(example.columns, "sqnorm"):
         norms = series(example, "sqnorm", h)
         change, start = norms - norms.iloc[0], norms.iloc[0]
-        _series(fig, example, change, f"{sq.place(h)} ({sq.plain(h)} at step 0 = {start:.3g})", plots.colour(h), 1)
+        _series(fig, example, change, f"{sq.place(h)} ({sq.plain(h)} at step 0 = {start:.3g})", style.colour(h), 1)
     fig.add_trace(
-        go.Bar(x=list(drifts), y=list(drifts.values()), marker={"color": plots.colour(1)}, showlegend=False),
+        go.Bar(x=list(drifts), y=list(drifts.values()), marker={"color": style.colour(1)}, showlegend=False),
         row=1,
         col=2,
     )
     fig.add_hline(y=tolerance, line={"color": "firebrick", "width": 1, "dash": "dash"}, row=1, col=2)
-    fig.update_xaxes(type="category", row=1, col=2)  # plots.style sets linear axes
+    fig.update_xaxes(type="category", row=1, col=2)  # style.style sets linear axes
     fig.update_yaxes(type="log", exponentformat="power", row=1, col=2)
     fig.update_xaxes(title_text="step", row=1, col=1)
-    fig.update_layout(height=plots.HEIGHT + 120, legend={"y": -0.42}, margin={"b": 150})  # room for the bar names
+    fig.update_layout(height=style.HEIGHT + 120, legend={"y": -0.42}, margin={"b": 150})  # room for the bar names
     return fig
 
 
@@ -222,7 +222,7 @@ def tanh_figure(etas: Sequence[float], drifts: Mapping[str, Sequence[float]], fi
     """Claim 8: |drift at fixed time| against eta for tanh and its ReLU twin, log-log, with fitted slopes."""
     fig = _panels(["|G(t) − G(0)| at fixed t, first pair"])
     for i, (name, d) in enumerate(drifts.items()):
-        _points(fig, etas, np.abs(d), f"{name} (slope {fits[name].slope:.2f})", plots.colour(i + 1), 1)
+        _points(fig, etas, np.abs(d), f"{name} (slope {fits[name].slope:.2f})", style.colour(i + 1), 1)
     fig.update_xaxes(type="log", title_text="step size η", exponentformat="power")
     fig.update_yaxes(type="log", exponentformat="power")
     return fig
@@ -231,9 +231,9 @@ def tanh_figure(etas: Sequence[float], drifts: Mapping[str, Sequence[float]], fi
 def decay_figure(df: pd.DataFrame, formula: np.ndarray, exact: np.ndarray) -> go.Figure:
     """Claim 9: the gap G_k against G_0 (1 - eta lambda)^(2k) and against the exact recursion, log y."""
     fig = _panels(["gap G_k = ||W₂||² − ||W₁||²"])
-    _series(fig, df, series(df, "gap", 1).abs(), "measured |G_k|", plots.colour(1), 1)
-    _series(fig, df, np.abs(formula), "|G₀| (1 − ηλ)^(2k)", plots.colour(2), 1, dash="dash")
-    _series(fig, df, np.abs(exact), "exact recursion (with η² terms)", plots.colour(3), 1, dash="dot")
+    _series(fig, df, series(df, "gap", 1).abs(), "measured |G_k|", style.colour(1), 1)
+    _series(fig, df, np.abs(formula), "|G₀| (1 − ηλ)^(2k)", style.colour(2), 1, dash="dash")
+    _series(fig, df, np.abs(exact), "exact recursion (with η² terms)", style.colour(3), 1, dash="dot")
     fig.update_yaxes(type="log", exponentformat="power")
     fig.update_xaxes(title_text="step k")
     return fig
@@ -243,17 +243,17 @@ def large_lr_figure(table: pd.DataFrame, mu: float) -> go.Figure:
     """Claim 10: final ratio against eta; (||u|| - ||v||)^2 against the stability bound 2/eta - 2 mu."""
     fig = _panels(["final ratio ||U|| / ||V||", "(||u|| − ||v||)² at the limit"])
     ok, bad = table[table["converged"]], table[~table["converged"]]
-    _points(fig, ok["eta"], ok["ratio"], "converged", plots.colour(1), 1)
+    _points(fig, ok["eta"], ok["ratio"], "converged", style.colour(1), 1)
     _points(fig, bad["eta"], bad["ratio"].clip(upper=10), "not converged", "firebrick", 1, dash="none", symbol="x")
-    _points(fig, ok["eta"], ok["gap"], "(||u|| − ||v||)²", plots.colour(1), 2, dash="none")
+    _points(fig, ok["eta"], ok["gap"], "(||u|| − ||v||)²", style.colour(1), 2, dash="none")
     etas = np.linspace(table["eta"].min(), table["eta"].max(), 100)
     bound = 2 / etas - 2 * mu
     fig.add_trace(
         go.Scatter(x=etas, y=np.where(bound > 0, bound, np.nan), name="2/η − 2μ (stability bound)", mode="lines",
-                   line={"color": plots.colour(2), "dash": "dash"}),
+                   line={"color": style.colour(2), "dash": "dash"}),
         row=1, col=2,
     )  # fmt: skip
     fig.update_yaxes(type="log", exponentformat="power", row=1, col=2)
-    fig.add_hline(y=1, line={"color": plots.FLOW_COLOUR, "width": 1, "dash": "dot"}, row=1, col=1)
+    fig.add_hline(y=1, line={"color": style.FLOW_COLOUR, "width": 1, "dash": "dot"}, row=1, col=1)
     fig.update_xaxes(title_text="step size η")
     return fig

@@ -182,6 +182,9 @@ def estimate(config: RunConfig) -> Estimate:
         transient = 2 * batch * widest * b  # two activation gradients alive at once in the backward pass
         if o.batch_size:  # the full training loss of a logged row: one forward pass over every sample, no graph
             transient = max(transient, 2 * shape.samples * widest * b)
+        if config.model.name == "cnn":  # im2col: the forward's columns, the backward's and the weight gradient's
+            unfolded = max(L.fan_in * L.positions for L in shape.layers[:-1])
+            transient = max(transient, 3 * batch * unfolded * b)
     largest = max(L.n_out * L.fan_in for L in shape.layers)
     init = largest * 8 * (3 if config.model.init == "orthogonal" else 1)
     matrices = sum(n * n for n, _ in shape.linear) * 8  # each linear layer's initial matrix invariant, float64

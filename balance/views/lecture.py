@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from balance.engine.laws import column
-from balance.views import figures as plots
+from balance.views import style
 
 HEIGHT = 400  # the default; the page's chart takes the height left on the screen
 TICK, TITLE = 18, 20  # px: tick labels; titles, axis titles, legends, notes
@@ -97,7 +97,7 @@ def axis(title: str, log: bool = False, **kw: Any) -> dict[str, Any]:
 
 def grid(rows: int, cols: int, titles: Sequence[str], **kw: Any) -> go.Figure:
     """Panels with 20 px titles (the titles are the first annotations, in panel order)."""
-    fig = plots.figure(rows=rows, cols=cols, subplot_titles=list(titles), **kw)  # the charts' template
+    fig = style.figure(rows=rows, cols=cols, subplot_titles=list(titles), **kw)  # the charts' template
     fig.update_annotations(font={"size": TITLE, "color": INK})
     return fig
 
@@ -137,7 +137,7 @@ def note(fig: go.Figure, text: str, xref: str = "x domain", yref: str = "y domai
 def _rows(df: pd.DataFrame, columns: Sequence[str], x: str = "step", log_x: bool = False) -> pd.DataFrame:
     """The rows to draw (decimated, extremes kept); on a log x axis without step 0."""
     d = df[[x, *[c for c in columns if c in df.columns and c != x]]]
-    return plots.decimate(d[d[x] > 0] if log_x else d, 600, x=x)
+    return style.decimate(d[d[x] > 0] if log_x else d, 600, x=x)
 
 
 def fmt(v: float) -> str:
@@ -255,7 +255,7 @@ def neuron_scatter(first: pd.DataFrame, last: pd.DataFrame, count: int = 6) -> g
     ins, outs = units[["in0", "in1"]].to_numpy(), units[["out0", "out1"]].to_numpy()
     x_lo, y_lo = float(ins[ins > 0].min()) / 1.6, float(outs[outs > 0].min()) / 1.6
     lo, hi = min(x_lo, y_lo), float(max(ins.max(), outs.max())) * 1.6
-    fig = plots.figure()
+    fig = style.figure()
     fig.add_trace(line(np.array([lo, hi]), np.array([lo, hi]), "in = out", GREY, role="diagonal", dash="dot"))
     for k, u in units.iterrows():
         c, symbol, run = colour(k), SYMBOLS[k % len(SYMBOLS)], f"unit {int(u['neuron'])}"
