@@ -6,6 +6,7 @@ and a torch import); the leak test and the process-kill test start their own.
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ import balance
 import balance.runs.limits
 import balance.runs.worker
 from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.engine.engine import Engine
 from balance.engine.trainer import Trainer, should_log
 from balance.runs.executor import WORKER_NICENESS, Runner, RunStatusView
 from balance.runs.limits import GIB, Estimate, LimitError, Limits
@@ -284,14 +286,14 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_run_that_raises_fails_and_the_runner_stays_up(tmp_path, monkeypatch):
-    step = Trainer.step
+    step = Engine.step
 
-    def faulty(self: Trainer) -> list:
-        if self.config.seed == 7 and self.step_index == 5:
+    def faulty(self: Engine) -> dict:
+        if self.configs[0].seed == 7 and self.step_index == 5:
             raise FloatingPointError("boom")
         return step(self)
 
-    monkeypatch.setattr(Trainer, "step", faulty)  # the thread backend runs this very class
+    monkeypatch.setattr(Engine, "step", faulty)  # the thread backend runs this very class
     with RunStore(tmp_path) as s:
         runner = Runner(s, max_workers=1, backend="thread")
         try:
@@ -322,6 +324,7 @@ def test_a_full_disk_fails_the_run_not_the_runner(tmp_path):
 
 
 def _resources() -> dict[str, int]:
+    gc.collect()  # what earlier tests left in reference cycles (an SQLite file they closed) is not ours
     children = set()
     for task in os.listdir("/proc/self/task"):
         with open(f"/proc/self/task/{task}/children") as f:
