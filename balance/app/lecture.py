@@ -1,8 +1,9 @@
 """The Lecture page: one step at a time, presenter-sized, the step in the URL (``?step=3``).
 
 Previous / Next are buttons with the keyboard's Left / Right arrows as shortcuts. Each step's demo comes from the
-run store, trained ahead by a process-wide ``lecture.Warmer`` (the step on screen first, then the next); the page
-draws what the library returns and computes nothing itself.
+run store, trained ahead in the dashboard's executor at the lecture's warm-up priority (``lecture.warm``: the step
+on screen first, then the next); the page never waits for a run: a demo not trained yet shows a note and appears
+when its runs have ended. The page draws what the library returns and computes nothing itself.
 
 URL flags (for student links): ``step=N``; ``c=2`` sets step 1's rescaling slider; ``<control>_hide=1`` hides one
 of this page's controls: ``c`` (the slider), ``nav`` (Previous / Next), ``seed`` (New seed), ``handout``.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 
 import streamlit as st
@@ -38,14 +38,14 @@ CSS = """
 """
 
 
-@st.cache_resource(show_spinner=False)
-def _warmer(home: str) -> lecture.Warmer:
-    return lecture.Warmer(ui.store())
+WAIT_S = 1.0  # a demo still training is looked for again this often
 
 
-def warmer() -> lecture.Warmer:
-    """The process-wide warmer (one per BALANCE_HOME): demos trained once serve every session."""
-    return _warmer(os.environ.get("BALANCE_HOME", ""))
+def warm(prefix: str, number: int) -> None:
+    """Once per session: every step's runs to the executor (warm-up priority), the step on screen first."""
+    if not st.session_state.get(f"{prefix}.warmed"):
+        st.session_state[f"{prefix}.warmed"] = True
+        lecture.warm(lecture.warm_order(number), ui.store(), ui.runner())
 
 
 def _flag(name: str) -> bool:
@@ -142,11 +142,11 @@ def header(prefix: str, step: lecture.Step) -> None:
 
 
 def demo(prefix: str, step: lecture.Step) -> None:
-    """The step's controls and figure: its runs from the warmer (ready unless this is a cold start)."""
+    """The step's controls and figure: its runs from the store (trained ahead; still training on a cold start: a
+    note, and the figure once they have ended)."""
     seed = st.session_state.get(f"{prefix}.seed.{step.number}", 0)
     seed_arg = None if seed == 0 else seed
-    w = warmer()
-    w.warm(lecture.warm_order(step.number))
+    warm(prefix, step.number)
     c = 1.0
     if step.figure == "rescale" and not _flag("c"):
         c = st.select_slider(
@@ -158,17 +158,27 @@ def demo(prefix: str, step: lecture.Step) -> None:
     elif step.figure == "rescale":
         c = st.session_state.get(f"{prefix}.c", 1.0)
     start = time.perf_counter()
-    with st.spinner("training this demo (once; later it opens at once)…"):
-        runs = w.runs(step, seed_arg) if step.runs else []
-        shown = lecture.reseeded(step, seed_arg)
+    runs = lecture.demo_runs(step, ui.store(), ui.runner(), seed_arg)
+    shown = lecture.reseeded(step, seed_arg)
+    if runs is None:
+        waiting(step, seed_arg)
+    else:
         fig = lecture.demo_figure(shown, ui.store(), runs, c)
-    took = time.perf_counter() - start
-    if fig is not None:
-        st.plotly_chart(fig, key=f"{prefix}.chart.{step.number}", config=PLOTLY_CONFIG)
+        if fig is not None:
+            st.plotly_chart(fig, key=f"{prefix}.chart.{step.number}", config=PLOTLY_CONFIG)
+    took = None if runs is None else time.perf_counter() - start
     footer(prefix, shown, list(shown.links), took, seed)
 
 
-def footer(prefix: str, step: lecture.Step, links: list[lecture.Demo], took: float, seed: int) -> None:
+@st.fragment(run_every=WAIT_S)
+def waiting(step: lecture.Step, seed: int | None) -> None:
+    """While the step's runs train in the executor: a note, and the whole page again once they have ended."""
+    if lecture.demo_runs(step, ui.store(), ui.runner(), seed) is not None:
+        st.rerun()
+    st.info("Training this demo in the background (once; later it opens at once)…", icon=":material/hourglass_top:")
+
+
+def footer(prefix: str, step: lecture.Step, links: list[lecture.Demo], took: float | None, seed: int) -> None:
     with st.container(horizontal=True, vertical_alignment="center"):
         if links:
             parts = [f"[{d.label}]({lecture.explore_link(d.config, step.show)})" for d in links]
@@ -184,7 +194,7 @@ def footer(prefix: str, step: lecture.Step, links: list[lecture.Demo], took: flo
                 help="train this demo again from another random start",
             )
             what = f"seed {seed}" if seed else "preset seed"
-            st.caption(f"{what} · ready in {took:.1f} s")
+            st.caption(f"{what} · " + ("training" if took is None else f"ready in {took:.1f} s"))
 
 
 def summary(prefix: str) -> None:

@@ -60,6 +60,22 @@ def versions(config: RunConfig, changes: Sequence[Change]) -> list[tuple[int, Ru
     return out
 
 
+def differences(before: RunConfig, after: RunConfig) -> dict[str, Any]:
+    """The dotted settings whose values differ, with their values in ``after``."""
+    old, new = _flat(before.to_dict()), _flat(after.to_dict())
+    return {k: v for k, v in new.items() if old.get(k) != v}
+
+
+def _flat(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def history(config: RunConfig, changes: Sequence[Change]) -> str:
     """The versions in words, e.g. ``optim.lr 0.01 → 0.05 at step 300 → 0.02 at step 900``; "" if none changed.
 

@@ -498,6 +498,28 @@ class RunStore:
                 drop = _thin([r[0] for r in conn.execute(query, (run_id,))], limit)
                 conn.executemany("DELETE FROM neurons WHERE run_id = ? AND step = ?", [(run_id, k) for k in drop])
 
+    def save_result(self, run_id: str, result: Any) -> None:
+        """Record a run trained in memory (``balance.runs.loop.RunResult``: metrics, status, live changes, neuron
+        snapshots) as ``run_id``, created queued by this store: all or nothing, one transaction."""
+        columns = [str(c) for c in result.metrics.columns]
+        with self.transaction():
+            if columns:
+                self.claim_run(run_id, columns)
+                self.append_rows(run_id, result.metrics.to_numpy(dtype="float64"))
+            for change in result.changes:
+                self.record_event(run_id, change.step, change.event, change.value)
+            for step, table in result.neurons:
+                self.save_neurons(run_id, step, table)
+            status = result.status
+            self.set_status(run_id, status.state, status.step, status.message)
+
+    def record(self, result: Any, name: str = "", sweep: str = "") -> str:
+        """A new run holding ``result`` (a ``RunResult`` with its config), all or nothing; returns its id."""
+        with self.transaction():
+            run_id = self.create_run(result.config, [], name=name, sweep=sweep)
+            self.save_result(run_id, result)
+        return run_id
+
     def delete_run(self, run_id: str) -> None:
         with self._write("deleting a run") as conn:
             if conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
