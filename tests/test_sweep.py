@@ -194,10 +194,10 @@ def test_a_failing_chunk_fails_its_members_only(store: RunStore, monkeypatch: py
 
     real = balance.runs.loop.train
 
-    def flaky(configs: list[RunConfig]) -> list:
+    def flaky(configs: list[RunConfig], snapshots: int) -> list:
         if any(c.model.init_scale == 0.5 for c in configs):
             raise RuntimeError("out of memory")
-        return real(configs)
+        return real(configs, snapshots=snapshots)
 
     monkeypatch.setattr(balance.runs.loop, "train", flaky)
     result = run_sweep(SweepSpec.from_toml(SPEC), store, workers=1, chunk=2)

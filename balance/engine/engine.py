@@ -193,14 +193,15 @@ class Engine:
         counts = [g.count for g in self.model.neurons]
         layer = np.concatenate([np.full(n, g.layer + 1) for n, g in zip(counts, self.model.neurons)])
         neuron = np.concatenate([np.arange(n) for n in counts])
-        scoped = {name: COMPUTE[name](snap) for name, m in laws.METRICS.items() if m.scope == "neuron"}
-        out = {}
-        for i, member in enumerate(self.members):
-            table = {"layer": layer, "neuron": neuron}
-            for name, arrays in scoped.items():
-                table[name] = np.concatenate([np.asarray(a[i], dtype=float) for a in arrays])
-            out[int(member)] = table
-        return out
+        scoped = {  # [K, sum n_h] each: every hidden layer's units side by side
+            name: np.concatenate([np.asarray(a, dtype=float) for a in COMPUTE[name](snap)], axis=1)
+            for name, m in laws.METRICS.items()
+            if m.scope == "neuron"
+        }
+        return {
+            int(member): {"layer": layer, "neuron": neuron, **{name: v[i] for name, v in scoped.items()}}
+            for i, member in enumerate(self.members)
+        }
 
     # --- stepping -------------------------------------------------------------------------------------------------
 

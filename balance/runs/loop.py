@@ -114,9 +114,12 @@ class Limit:
 class Sink:
     """Where a run's rows, snapshots, changes and ends go. Members are config indices of the engine.
 
-    ``tick`` is called after every step and every command: a sink that saves in batches saves when it is due (or at
-    once with ``force``) and returns the members it can no longer take (a deleted run): the loop stops them.
+    ``tick`` is called once ``next_save`` (monotonic seconds) has passed, after a command, and while paused: a sink
+    that saves in batches saves when it is due (or at once with ``force``) and returns the members it can no longer
+    take (a deleted run): the loop stops them.
     """
+
+    next_save: float = math.inf
 
     def begin(self, engine: Engine) -> None:
         pass
@@ -244,7 +247,8 @@ class _Drive:
     def send(self, rows: dict[int, list[np.ndarray]]) -> None:
         for member, new in rows.items():
             self.sink.rows(member, new)
-            self.logged = max(self.logged, int(new[-1][0]))
+        if rows:  # every member logs the same steps
+            self.logged = max(self.logged, int(next(iter(rows.values()))[-1][0]))
 
     def take_row(self, force: bool = False) -> None:
         """Rows of the current state (a pause, a stop, a live change), unless they were just sent."""
@@ -347,12 +351,13 @@ def drive(
     start = time.monotonic()
     deadline, next_snapshot, next_poll = start + limit.seconds, start + SNAPSHOT_SECONDS, start
     run.tick(start, force=True)  # the run's first rows reach the sink at once: a page's first chart
-    while engine.running:
+    going = engine.running
+    while going:
         now = time.monotonic()
         if now >= deadline:
             run.apply(Stop(None, "stopped", limit.message))
             break
-        if run.waiting() or now >= next_poll:
+        if now >= next_poll or (run.paused and not run.budget):
             wait = min(1.0, deadline - now, sink.due(now)) if run.waiting() else 0.0
             for command in control.poll(engine.step_index, max(0.0, wait)):
                 run.apply(command)
@@ -360,15 +365,21 @@ def drive(
                     break
             now = time.monotonic()
             next_poll = now + control.every
-            if run.waiting() or not engine.running:
+            going = engine.running
+            if run.waiting() or not going:
                 run.tick(now)
                 continue
         try:
-            run.send(engine.step())
+            rows = engine.step()
         except Exception as exc:  # a failing step fails its members, not the process that drives them
             log.exception("balance: a step failed")
             run.fail(f"failed at step {engine.step_index}: {type(exc).__name__}: {exc}")
-        run.report_ended()
+            rows = {}
+        if rows:
+            run.send(rows)
+        going = engine.running
+        if not going or len(engine.members) != run.stack:
+            run.report_ended()
         if on_step is not None:
             on_step(engine.step_index)
         if (stride and engine.step_index % stride == 0) or now >= next_snapshot:
@@ -378,7 +389,9 @@ def drive(
             run.budget -= 1
             if run.budget == 0:
                 run.pause_here()
-        run.tick(now)
+        if now >= sink.next_save:
+            run.tick(now)
+            going = engine.running
     run.report_ended()
     return list(engine.status)
 
