@@ -27,7 +27,7 @@ import pytest
 
 import balance
 import balance.runs.limits
-import balance.runs.worker
+import balance.runs.sink
 from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
 from balance.engine.engine import Engine
 from balance.engine.trainer import Trainer, should_log
@@ -573,7 +573,7 @@ def test_a_run_keeps_training_and_every_row_while_another_process_holds_the_stor
 
 
 def test_rows_held_past_the_cap_are_thinned_and_said_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(balance.runs.worker, "PENDING_BYTES", 40_000)  # about 300 MLP rows (the thread backend sees it)
+    monkeypatch.setattr(balance.runs.sink, "PENDING_BYTES", 40_000)  # about 300 MLP rows (the thread backend sees it)
     config = MLP.replace(steps=10**8)
     with RunStore(tmp_path) as store:
         runner = Runner(store, max_workers=1, backend="thread")

@@ -13,7 +13,7 @@ within a priority, first come first served. At most ``max_workers`` jobs train a
   inside a worker that is still starting, and a stop of a run that waits takes effect at once.
 - A worker writes its job's rows, statuses and neuron snapshots to the store itself, one transaction every
   ``FLUSH_SECONDS`` (WAL: readers never wait); if the store is locked by another process it keeps the rows and
-  retries (``balance.runs.worker``). The statuses the parent decides (a run stopped while queued, a run whose worker
+  retries (``balance.runs.sink``). The statuses the parent decides (a run stopped while queued, a run whose worker
   died) are written by a writer thread of its own, which retries the same way; nothing here waits for the store while
   holding the runner's lock, so status views never go stale behind a slow write.
 - The parent talks to a worker over two pipes: commands down, status messages up. One monitor thread in the parent

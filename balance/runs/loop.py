@@ -2,7 +2,7 @@
 
 Every run trains here. ``run(config)`` (``balance.run``, ``balance run``) and ``train(configs)`` (a sweep chunk in this
 process or a Ray task) keep the rows in memory (``MemorySink``); a worker process of ``balance.runs.executor`` writes
-them to the store as it goes (``balance.runs.worker.StoreSink``, bounded and retried while the store is locked);
+them to the store as it goes (``balance.runs.sink.StoreSink``, bounded and retried while the store is locked);
 ``replay(record)`` trains a stored run again from its config versions. What the loop does, the same for all:
 
 - steps the engine until every member has ended: finished, diverged (the engine drops it, the others go on),
@@ -350,7 +350,8 @@ def drive(
     run.snapshot()
     start = time.monotonic()
     deadline, next_snapshot, next_poll = start + limit.seconds, start + SNAPSHOT_SECONDS, start
-    run.tick(start, force=True)  # the run's first rows reach the sink at once: a page's first chart
+    run.tick(start, force=True)  # the run is claimed at once, and its first step's rows follow at once:
+    first = True  # a page's first chart
     going = engine.running
     while going:
         now = time.monotonic()
@@ -389,9 +390,9 @@ def drive(
             run.budget -= 1
             if run.budget == 0:
                 run.pause_here()
-        if now >= sink.next_save:
-            run.tick(now)
-            going = engine.running
+        if now >= sink.next_save or first:
+            run.tick(now, force=first)
+            going, first = engine.running, False
     run.report_ended()
     return list(engine.status)
 
