@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
     from balance.config.presets import PRESETS, preset
-    from balance.engine.trainer import RunStatus, Trainer
-    from balance.runs.loop import RunResult, run
+    from balance.engine.status import RunStatus
+    from balance.engine.trainer import Trainer
+    from balance.runs.loop import RunResult, replay, run
+    from balance.runs.record import RunRecord
+    from balance.views import figures as plots
 
 _EXPORTS = {
     "PRESETS": "balance.config.presets",
@@ -22,11 +25,13 @@ _EXPORTS = {
     "ModelConfig": "balance.config",
     "OptimConfig": "balance.config",
     "RunConfig": "balance.config",
+    "RunRecord": "balance.runs.record",
     "RunResult": "balance.runs.loop",
-    "RunStatus": "balance.engine.trainer",
+    "RunStatus": "balance.engine.status",
     "Trainer": "balance.engine.trainer",
     "plots": "balance",
     "preset": "balance.config.presets",
+    "replay": "balance.runs.loop",
     "run": "balance.runs.loop",
 }
 __all__ = [
@@ -36,11 +41,13 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
+    "RunRecord",
     "RunResult",
     "RunStatus",
     "Trainer",
     "plots",
     "preset",
+    "replay",
     "run",
 ]
 __version__ = "0.1.0"

@@ -10,7 +10,10 @@ can collapse under oversubscription. Repeats alternate; medians are reported.
 Two ratios (background throughput over the row's, >= 0.9x is the target): by wall time, and by CPU time (the
 worker's from /proc, the foreground's ``process_time``), which a shared machine's other load does not distort.
 
-    python benchmarks/bench_runner.py [--repeats 5] [--threads 0,1]
+Then Start -> first row on a warm executor: ``Runner.start`` of a page's run until the store holds its first row, as
+a page polling the store would find it (``--starts`` times, each stopped after; median and max).
+
+    python benchmarks/bench_runner.py [--repeats 5] [--threads 0,1] [--starts 20]
 """
 
 from __future__ import annotations
@@ -85,9 +88,24 @@ def background(runner: Runner, store: RunStore, config: RunConfig, worker: int) 
     return seconds, cpu_seconds(worker) - cpu
 
 
+def first_rows(runner: Runner, store: RunStore, config: RunConfig, starts: int) -> list[float]:
+    """Seconds from ``start`` to the store holding the run's first row, for ``starts`` runs one after another."""
+    out = []
+    for _ in range(starts):
+        began = time.perf_counter()
+        run_id = runner.start(config)
+        while not len(store.metrics(run_id)):
+            time.sleep(0.0005)
+        out.append(time.perf_counter() - began)
+        runner.stop(run_id)
+        runner.wait(run_id)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--starts", type=int, default=20, help="starts timed to their first row")
     parser.add_argument(
         "--threads", default="0,1", help="torch threads of the foreground runs, comma-separated (0: torch's default)"
     )
@@ -123,6 +141,11 @@ def main() -> None:
                     row = (name, config.steps, label, f"{wall:.3f}", speed, f"{wall / bg_wall:.2f}x", f"{cpu:.3f}")
                     row += (f"{cpu / bg_cpu:.2f}x",)
                     print("{:<15} {:>5} {:>15} {:>7} {:>7} {:>7} {:>7} {:>7}".format(*row))
+            forever = CASES["mf 100x100 r5"].replace(steps=10**8)
+            times = first_rows(runner, store, forever, args.starts)
+            print(f"Start -> first row in the store, warm executor ({args.starts} starts, mf 100x100 r5): median "
+                  f"{statistics.median(times) * 1e3:.1f} ms, max {max(times) * 1e3:.1f} ms")  # fmt: skip
+            print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         finally:
             runner.shutdown()
 

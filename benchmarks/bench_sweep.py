@@ -3,16 +3,17 @@
 Cases (float64, metrics every 10 steps, every metric column the single trainer logs):
 
 - MF: 64 configurations, d1 = d2 = 50, rank 5, 2,000 steps (step sizes, init scales and seeds all differ):
-  ``batched.train_batched`` (one engine of K = 64) against 64 ``balance.run`` calls one after the other (engines of
-  K = 1, in the same subspace coordinates) (target: 20x);
+  ``batching.train_batched`` (one engine of K = 64) against 64 single runs one after the other (engines of K = 1,
+  in the same subspace coordinates) (target: 20x);
 - MLP: depth 3, width 64, teacher data with 256 samples, 8 configurations, 500 steps (target: 2x), with its FLOP
   floor (the matmul FLOPs of forward and backward at the measured peak);
 - saturation: MF per-model step time as K grows (1, 8, 64, 256; one batch each), and the share of the measured
   float64 matmul peak (1024^3, one thread) that each case reaches.
 
-Runs alternate and the median of ``--repeats`` is reported. Times are CPU seconds of this process (wall seconds
-in brackets): on a shared machine wall times of identical runs varied 2x while CPU times held. Both sides run with
-``batched.tune_allocator()`` (glibc keeps freed memory: no page faults for large stacked tensors).
+Both sides run through the one loop (``balance.runs.loop``) with a sweep's neuron snapshots (``sweep.SNAPSHOTS``
+per member). Runs alternate and the median of ``--repeats`` is reported. Times are CPU seconds of this process
+(wall seconds in brackets): on a shared machine wall times of identical runs varied 2x while CPU times held. Both
+sides run with ``batching.tune_allocator()`` (glibc keeps freed memory: no page faults for large stacked tensors).
 
     python benchmarks/bench_sweep.py [--repeats 3] [--json benchmarks/results/sweep.json]
 """
@@ -32,7 +33,8 @@ import torch
 
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from balance.runs.batching import train_batched, tune_allocator
-from balance.runs.loop import run
+from balance.runs.loop import train
+from balance.runs.sweep import SNAPSHOTS
 
 MF = RunConfig(
     data=DataConfig(name="lowrank", d1=50, d2=50, rank=5),
@@ -76,17 +78,21 @@ def seconds(f) -> float:
 
 def sequential(configs: list[RunConfig]) -> None:
     for c in configs:
-        run(c)
+        train([c], snapshots=SNAPSHOTS)
+
+
+def batched(configs: list[RunConfig]) -> None:
+    train_batched(configs, snapshots=SNAPSHOTS)
 
 
 def compare(configs: list[RunConfig], repeats: int) -> tuple[float, float, float, float]:
     """Median CPU and wall seconds of (sequential single runs, one batched run), alternating."""
     seq, bat, seq_wall, bat_wall = [], [], [], []
-    train_batched(configs[:2])  # warm-up: first calls of each kernel
+    batched(configs[:2])  # warm-up: first calls of each kernel
     for _ in range(repeats):
         seq.append(seconds(lambda: sequential(configs)))
         seq_wall.append(WALL[-1])
-        bat.append(seconds(lambda: train_batched(configs)))
+        bat.append(seconds(lambda: batched(configs)))
         bat_wall.append(WALL[-1])
     return tuple(statistics.median(v) for v in (seq, bat, seq_wall, bat_wall))  # type: ignore[return-value]
 
@@ -167,11 +173,11 @@ def main() -> None:
         out["mlp"]["two_threads"] = {"sequential_s": seq2, "batched_s": bat2, "speedup": seq2 / bat2}
 
     print("\nMF saturation (500 steps; per model-step; speed-up against one single run per model):")
-    single = statistics.median(seconds(lambda: run(members(MF, 1, 500)[0])) for _ in range(args.repeats)) / 500
+    single = statistics.median(seconds(lambda: sequential(members(MF, 1, 500))) for _ in range(args.repeats)) / 500
     out["saturation"] = {}
     for k in (1, 8, 64, 256):
         configs = members(MF, k, 500)
-        t = statistics.median(seconds(lambda c=configs: train_batched(c)) for _ in range(args.repeats)) / (500 * k)
+        t = statistics.median(seconds(lambda c=configs: batched(c)) for _ in range(args.repeats)) / (500 * k)
         rate = single_f / t / 1e9
         print(f"  K = {k:3d}: {t * 1e6:7.2f} us per model-step, speed-up {single / t:5.1f}x, "
               f"dense-equivalent {rate:.2f} GFLOP/s = {rate / peak:.1%} of peak")  # fmt: skip

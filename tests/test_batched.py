@@ -1,8 +1,11 @@
-"""The batched trainer against its oracle: K single ``Trainer`` runs of the same configs, float64, to 1e-10.
+"""Sweep batching (``balance.runs.batching``): what batches and why not, and the paths a stack of K > 1 members takes
+that a single run (K = 1, the same engine) does not, each against the single runs of its configs, float64, 1e-10.
 
-Every metric column is compared (losses, norms, gradient norms, gaps, measured and predicted drift, ratios, neuron
-drift, matrix invariant), for every family that batches, every optimiser that batches, and members that differ in
-step size, schedule, momentum, weight decay, init scale and distribution, run seed and data seed.
+Since one engine trains both (issue 13.1), a batch and a single run share every update, law and metric; what still
+differs is data: members that differ in everything a member may choose (per-member hyperparameter arrays, each
+member's own data when data seeds differ, schedules), a stack whose members disagree on the regulariser (the
+invariant's term is zeroed per member), a member that drops out of the stack (divergence), and float32 members.
+Every metric column is compared.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def assert_same(batched: pd.DataFrame, single: pd.DataFrame) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=column)
 
 
-@pytest.mark.parametrize("optimizer", ["gd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])  # MF: the subspace coordinates, then the full ones
 @pytest.mark.parametrize("family", BATCHING, ids=[f.id for f in BATCHING])
 def test_identical_to_single_runs(family: Family, optimizer: str) -> None:
     configs = members(family, optimizer)
@@ -71,7 +74,7 @@ def test_mf_regulariser_and_log_every_identical_to_single_runs() -> None:
         assert_same(result.metrics, run(config).metrics)
 
 
-@pytest.mark.parametrize("optimizer", ["gd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
 def test_mf_regulariser_prediction_identical_to_single_runs(optimizer: str) -> None:
     """The regulariser's first-order term in the prediction (theory: E = Delta<theta, g>), for every optimiser, in
     the subspace coordinates (gd, momentum, nesterov) and the full ones (adam), with weight decay."""
@@ -134,18 +137,6 @@ def test_shapes_must_agree() -> None:
         BatchedTrainer([a, a.replace(**{"model.width": 5})])
     with pytest.raises(ValueError, match="at least one"):
         BatchedTrainer([])
-
-
-def test_long_mf_runs_agree_to_round_off_of_each_column() -> None:
-    """Near convergence a gradient or loss is round-off itself; there every column agrees to 1e-10 of its scale."""
-    base = make_config(FAMILIES[0], steps=1500, data={"d1": 20, "d2": 15, "rank": 3}, model={"init_scale": 0.1})
-    configs = [base.replace(**{"optim.lr": lr, "seed": i, "log_every": 10}) for i, lr in enumerate((0.02, 0.05, 0.1))]
-    for config, result in zip(configs, train_batched(configs)):
-        single = run(config).metrics
-        assert result.metrics["loss"].iloc[-1] < 1e-12 * single["loss"].iloc[0]  # converged: the hard case
-        for column in single.columns:
-            scale = max(single[column].abs().max(), 1e-300)
-            np.testing.assert_allclose(result.metrics[column], single[column], rtol=0, atol=1e-10 * scale)
 
 
 @pytest.mark.parametrize("optimizer", ["gd", "momentum"])

@@ -70,6 +70,33 @@ def test_the_runner_path_gives_the_same_numbers(store: RunStore) -> None:
     assert cache.find_cached(store, configs) == [r.run_id for r in background]
 
 
+def test_missing_runs_start_on_the_executor_without_waiting_one_job_per_shape(store: RunStore) -> None:
+    """``submit`` (the lecture page, the claims): found or started, never waited for; configs of one shape train as
+    one job (one engine, stacked), each still its own run with its single run's numbers."""
+    configs = [TINY, TINY.replace(seed=1), TINY.replace(**{"optim.lr": 0.04}), TINY.replace(**{"data.d1": 7})]
+    runner = Runner(store, max_workers=1)
+    try:
+        ids = cache.submit(configs, "test", store, runner, priority="claims")
+        assert all(store.get_run(i).state in ("queued", "running") for i in ids)  # returned before they trained
+        jobs = [runner._runs[i].job for i in ids]
+        assert jobs[0] is jobs[1] is jobs[2] and jobs[3] is not jobs[0]
+        assert cache.submit(configs, "test", store, runner) == ids  # in flight: asked again, started once
+        for config, run_id in zip(configs, ids):
+            assert runner.wait(run_id, 60).state == "finished"
+            np.testing.assert_allclose(store.metrics(run_id).to_numpy(), run(config).metrics.to_numpy(), rtol=1e-10)
+        assert cache.submit(configs, "test", store, runner) == ids and len(store.list_runs()) == 4
+    finally:
+        runner.shutdown()
+    assert cache.submit(configs, "test", store) == ids  # no executor: what the store has
+
+
+def test_a_run_whose_step_size_changed_is_not_a_cached_result(store: RunStore) -> None:
+    (a,) = cache.cached_runs([TINY], "test", store)
+    store.record_event(a.run_id, 10, "lr", 0.01)  # e.g. changed on the Explore page while it trained
+    assert len(store.get_run(a.run_id).versions) == 2
+    assert cache.find_cached(store, [TINY]) == [None]
+
+
 def _record(store: RunStore, config: RunConfig, state: str) -> str:
     """A run of ``config`` as another process would leave it mid-way: created, claimed, in ``state``."""
     metrics = run(config).metrics
@@ -84,7 +111,7 @@ def _record(store: RunStore, config: RunConfig, state: str) -> str:
 def test_a_run_training_elsewhere_is_waited_for(
     store: RunStore, monkeypatch: pytest.MonkeyPatch, ends: str, reused: bool
 ) -> None:
-    """Two pages (or the lecture's warmer and a page) asking for one config train it once."""
+    """Two pages (or the lecture's warm-up and a page) asking for one config train it once."""
     import threading
 
     monkeypatch.setattr(cache, "POLL_SECONDS", 0.01)

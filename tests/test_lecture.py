@@ -19,7 +19,6 @@ from latex2mathml.converter import convert
 from streamlit.testing.v1 import AppTest
 
 from balance.app import common as ui
-from balance.app import lecture as ui_lecture
 from balance.app import sidebar
 from balance.cli import main
 from balance.config import RunConfig
@@ -43,8 +42,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BALANCE_HOME", str(path))
         yield path
-        ui_lecture.warmer().stop(TIMEOUT)
-        ui_lecture._warmer.clear()
+        ui.runner().shutdown()  # the pages' executor (its workers trained what a page asked for)
+        ui._runner.clear()
         ui._store.clear()
 
 
@@ -173,16 +172,19 @@ def test_every_demo_trains_once_then_comes_from_the_store(store: RunStore) -> No
     assert time.perf_counter() - start < 10  # found, not trained: well under a second a step on an idle machine
 
 
-def test_neuron_snapshots_are_replayed_once_and_stored(store: RunStore) -> None:
+def test_neuron_snapshots_come_with_the_run(store: RunStore) -> None:
+    """Every run keeps neuron snapshots (the loop takes them), however it trained: nothing is replayed for them."""
     step = next(s for s in lecture.STEPS if s.figure == "neurons")
     (_, run), *_ = lecture.step_runs(step, store)
+    steps = store.neuron_steps(run.run_id)
     first, last = lecture.neuron_tables(store, run)
+    assert store.neuron_steps(run.run_id) == steps  # reading them trains and stores nothing
+    assert steps[0] == 0 and steps[-1] == run.config.steps and len(steps) > 2
     assert int(first["step"].iloc[0]) == 0 and int(last["step"].iloc[0]) == run.config.steps
     assert len(first) == len(last) == run.config.model.width
     drift = (first["in_sqnorm"] - first["out_sqnorm"]) - (last["in_sqnorm"] - last["out_sqnorm"])
     grew = last["in_sqnorm"].to_numpy() / first["in_sqnorm"].to_numpy()
     assert np.abs(drift).max() < 1e-3 and grew.max() > 3  # units move a lot, their difference hardly
-    assert store.neuron_steps(run.run_id) == [0, run.config.steps]
 
 
 @pytest.mark.parametrize("step", [s for s in lecture.STEPS if s.runs], ids=lambda s: s.key)
@@ -200,20 +202,36 @@ def test_a_rerun_with_a_new_seed_takes_under_ten_seconds(store: RunStore, step: 
     assert all(r.config.seed == 11 for _, r in runs)
 
 
-def test_warmer_trains_ahead_and_then_answers_at_once(tmp_path: Path) -> None:
+def test_warm_up_trains_ahead_in_the_executor_and_the_page_never_waits(tmp_path: Path) -> None:
+    """Before: a ``Warmer`` thread trained the demos inside the Streamlit server. Now ``warm`` and ``demo_runs``
+    only start runs on the executor (worker processes, warm-up priority) and return at once; nothing trains here."""
+    import threading
+
+    from balance.runs.executor import Runner
+
     with RunStore(tmp_path) as s:
-        w = lecture.Warmer(s)
-        w.warm(lecture.warm_order(4))
-        assert w.wait(TIMEOUT)
-        assert w.idle()
-        start = time.perf_counter()
-        for step in lecture.STEPS:
-            w.runs(step)
-        assert time.perf_counter() - start < 10
-        assert set(w.seconds) >= {(n, None) for n in range(1, N + 1)}
-        w.stop()
-        w.warm([1, 2])  # stopped: takes no more work
-        assert w.idle()
+        runner = Runner(s, max_workers=2)
+        try:
+            threads = threading.active_count()
+            start = time.perf_counter()
+            lecture.warm(lecture.warm_order(4), s, runner)
+            step = lecture.step_at(4)
+            assert lecture.demo_runs(step, s, runner) is None  # not trained yet: the page shows a note
+            assert time.perf_counter() - start < 5  # submitting, not training (a demo trains for seconds)
+            assert threading.active_count() == threads  # no training thread here
+            queued = s.list_runs()
+            assert set(queued["sweep"]) == {x.label for x in lecture.STEPS if x.runs}
+            assert len(queued) == sum(len(x.runs) for x in lecture.STEPS)  # once each, whatever is asked again
+            lecture.warm(lecture.warm_order(5), s, runner)
+            assert len(s.list_runs()) == len(queued)
+            for run_id in queued["id"]:
+                assert runner.wait(run_id, TIMEOUT).state in ("finished", "diverged")
+            for x in lecture.STEPS:
+                runs = lecture.demo_runs(x, s, runner)
+                assert runs is not None and len(runs) == len(x.runs)
+            assert len(s.list_runs()) == len(queued)
+        finally:
+            runner.shutdown()
     assert lecture.warm_order(4) == [4, 5, 3, 1, 2, 6, 7, 8]
     assert lecture.warm_order(8) == [8, 7, 1, 2, 3, 4, 5, 6]
 

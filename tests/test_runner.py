@@ -6,6 +6,7 @@ and a torch import); the leak test and the process-kill test start their own.
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 import os
@@ -26,8 +27,9 @@ import pytest
 
 import balance
 import balance.runs.limits
-import balance.runs.worker
+import balance.runs.sink
 from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.engine.engine import Engine
 from balance.engine.trainer import Trainer, should_log
 from balance.runs.executor import WORKER_NICENESS, Runner, RunStatusView
 from balance.runs.limits import GIB, Estimate, LimitError, Limits
@@ -220,6 +222,67 @@ def test_another_runner_sees_runs_it_does_not_drive(runner, store):
         other.shutdown()
 
 
+# --- jobs and priorities --------------------------------------------------------------------------------------
+
+
+def test_a_job_of_several_configs_trains_on_one_engine_and_one_run_of_it_can_stop(runner, store):
+    """A sweep chunk is a job like any run: K configs, one worker, each its own run, each equal to its foreground
+    run; stopping one leaves the others to finish."""
+    configs = [MF.replace(seed=s, **{"optim.lr": lr}) for s, lr in [(0, 0.05), (1, 0.02), (2, 0.08)]]
+    ids = runner.submit(configs, ["a", "b", "c"], sweep="job", priority="sweep")
+    views = [runner.wait(i, WAIT) for i in ids]
+    assert [v.state for v in views] == ["finished"] * 3
+    workers = {store._read("SELECT owner FROM runs WHERE id = ?", (i,))[0][0] for i in ids}
+    assert len(workers) == 1  # one process trained all three
+    for config, run_id in zip(configs, ids):
+        np.testing.assert_allclose(store.metrics(run_id).to_numpy(), balance.run(config).metrics.to_numpy(), rtol=1e-10)
+        assert len(store.neuron_steps(run_id)) > 100
+    forever = [FOREVER.replace(seed=s) for s in range(3)]
+    ids = runner.submit(forever, sweep="job2", priority="sweep")
+    _until(lambda: all(len(store.metrics(i)) > 20 for i in ids))
+    assert runner.stop(ids[1])
+    view = runner.status(ids[1])
+    assert view.state == "stopped" and view.message == f"stopped at step {view.step}"
+    k = runner.status(ids[0]).step
+    _until(lambda: runner.status(ids[0]).step > k + 100)  # the others go on
+    assert runner.status(ids[2]).state == "running"
+    for i in (ids[0], ids[2]):
+        runner.stop(i)
+    assert [runner.wait(i, WAIT).state for i in ids] == ["stopped"] * 3
+    assert store.metrics(ids[1])["step"].iloc[-1] == store.get_run(ids[1]).step
+
+
+def test_jobs_start_by_priority_then_in_order(tmp_path):
+    """A page's run first, then the lecture's warm-up, the claims and sweeps, whatever order they came in."""
+    with RunStore(tmp_path) as store:
+        runner = Runner(store, max_workers=1)
+        try:
+            busy = runner.start(FOREVER)
+            _running(runner, busy)
+            sweep = runner.submit([MF, MF.replace(seed=1)], priority="sweep")
+            claims = runner.start(MF, priority="claims")
+            lecture = runner.start(MF, priority="lecture")
+            page = runner.start(MF, session="s")
+            page2 = runner.start(MF, priority="page")
+            order = [page, page2, lecture, claims, *sweep]
+            assert [runner.status(i).queue_position for i in order] == [1, 2, 3, 4, 5, 6]
+            assert runner.status(sweep[0]).message == "queued: 4 runs ahead; the worker is busy"
+            with pytest.raises(ValueError, match="priority 'urgent'"):
+                runner.start(MF, priority="urgent")
+            runner.stop(busy)
+            for run_id in order:
+                assert runner.wait(run_id, WAIT).state == "finished"
+            firsts = [_first_write(store, i) for i in order]
+            assert firsts == sorted(firsts)  # each wrote its first rows after the one before it had ended
+        finally:
+            runner.shutdown()
+
+
+def _first_write(store: RunStore, run_id: str) -> int:
+    """The order in which runs wrote their first rows (the rowid of their first metrics batch)."""
+    return store._read("SELECT MIN(rowid) FROM metrics WHERE run_id = ?", (run_id,))[0][0]
+
+
 # --- faults ---------------------------------------------------------------------------------------------------
 
 
@@ -284,14 +347,14 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_run_that_raises_fails_and_the_runner_stays_up(tmp_path, monkeypatch):
-    step = Trainer.step
+    step = Engine.step
 
-    def faulty(self: Trainer) -> list:
-        if self.config.seed == 7 and self.step_index == 5:
+    def faulty(self: Engine) -> dict:
+        if self.configs[0].seed == 7 and self.step_index == 5:
             raise FloatingPointError("boom")
         return step(self)
 
-    monkeypatch.setattr(Trainer, "step", faulty)  # the thread backend runs this very class
+    monkeypatch.setattr(Engine, "step", faulty)  # the thread backend runs this very class
     with RunStore(tmp_path) as s:
         runner = Runner(s, max_workers=1, backend="thread")
         try:
@@ -322,6 +385,7 @@ def test_a_full_disk_fails_the_run_not_the_runner(tmp_path):
 
 
 def _resources() -> dict[str, int]:
+    gc.collect()  # what earlier tests left in reference cycles (an SQLite file they closed) is not ours
     children = set()
     for task in os.listdir("/proc/self/task"):
         with open(f"/proc/self/task/{task}/children") as f:
@@ -509,7 +573,7 @@ def test_a_run_keeps_training_and_every_row_while_another_process_holds_the_stor
 
 
 def test_rows_held_past_the_cap_are_thinned_and_said_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(balance.runs.worker, "PENDING_BYTES", 40_000)  # about 300 MLP rows (the thread backend sees it)
+    monkeypatch.setattr(balance.runs.sink, "PENDING_BYTES", 40_000)  # about 300 MLP rows (the thread backend sees it)
     config = MLP.replace(steps=10**8)
     with RunStore(tmp_path) as store:
         runner = Runner(store, max_workers=1, backend="thread")

@@ -190,16 +190,16 @@ def test_summary_holds_each_members_final_values(store: RunStore) -> None:
 
 
 def test_a_failing_chunk_fails_its_members_only(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import balance.runs.batching
+    import balance.runs.loop
 
-    real = balance.runs.batching.train_batched
+    real = balance.runs.loop.train
 
-    def flaky(configs: list[RunConfig], on_step: object = None) -> list:
+    def flaky(configs: list[RunConfig], snapshots: int) -> list:
         if any(c.model.init_scale == 0.5 for c in configs):
             raise RuntimeError("out of memory")
-        return real(configs)
+        return real(configs, snapshots=snapshots)
 
-    monkeypatch.setattr(balance.runs.batching, "train_batched", flaky)
+    monkeypatch.setattr(balance.runs.loop, "train", flaky)
     result = run_sweep(SweepSpec.from_toml(SPEC), store, workers=1, chunk=2)
     scales = [c.model.init_scale for c in SweepSpec.from_toml(SPEC).configs()]
     assert result.states == ["failed" if s == 0.5 else "finished" for s in scales]
@@ -219,7 +219,7 @@ def test_an_interrupted_sweep_leaves_no_member_queued(store: RunStore) -> None:
     assert states.count("finished") == 2 and states.count("stopped") == 6
 
 
-def test_members_that_cannot_batch_train_in_a_process_pool(store: RunStore) -> None:
+def test_members_that_cannot_batch_train_in_worker_processes(store: RunStore) -> None:
     cnn = make_config(FAMILIES[-2], steps=6)
     sgd = make_config(FAMILIES[3], steps=6).replace(**{"optim.name": "sgd", "optim.batch_size": 4})
     spec = SweepSpec(cnn, (), ((("seed", 1),), (("seed", 2),)), "pool")
@@ -231,10 +231,10 @@ def test_members_that_cannot_batch_train_in_a_process_pool(store: RunStore) -> N
         assert_like_single(store, run_id)
 
 
-def test_pool_workers_do_not_run_the_parents_main_script(
+def test_workers_do_not_run_the_parents_main_script(
     store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Under Streamlit (and after an AppTest) ``__main__`` is a page script; a spawned pool worker must not run it."""
+    """Under Streamlit (and after an AppTest) ``__main__`` is a page script; a spawned worker must not run it."""
     import sys
     import types
 

@@ -2,8 +2,8 @@
 
 The experiments are ``balance.claims``; their runs come from the run store when it has them (same config, same
 code version). Missing runs train only when asked (one button: a page view never starts ~80 trainings by
-itself), all at once in the dashboard's runner, with one progress bar per claim. This module only lays out what
-the library returns: numbers, verdicts, figures. ``?claim=N`` in the URL opens claim N.
+itself), all at once in the dashboard's executor at the claims' priority, with one progress bar per claim. This
+module only lays out what the library returns: numbers, verdicts, figures. ``?claim=N`` in the URL opens claim N.
 
 ``BALANCE_CLAIMS_BUDGET=quick`` in the server's environment runs the reduced budget of ``balance claims --quick``
 (the tests use it).
@@ -23,7 +23,6 @@ from balance import claims
 from balance.app import common as ui
 from balance.claims.report import value_text
 from balance.config import RunConfig
-from balance.runs import reuse as cache
 
 OUTCOME_BOX = {"supported": st.success, "refuted": st.error, "partly": st.warning}
 # Streamlit's own badges and icons: emoji need a font the browser may not have
@@ -42,7 +41,7 @@ def quick() -> bool:
 def _analysed(number: int, run_ids: tuple[str, ...], home: str) -> claims.Evaluated:
     """A claim's runs (all stored, named by id) analysed once per process; ids pin config and code version."""
     claim = claims.by_number([number])[0]
-    runs = [cache.load(ui.store(), run_id) for run_id in run_ids]
+    runs = [ui.store().load(run_id) for run_id in run_ids]
     return claims.Evaluated(claim, runs, claim.analyse(runs))
 
 
@@ -61,7 +60,7 @@ def train(prefix: str, ids: dict[int, list[str | None]]) -> dict[int, list[str |
     """Start every missing run on the runner at once (so all claims share the workers), then wait for each claim
     in order under its own progress bar. Returns the run ids, all present."""
     store, budget, runner = ui.store(), quick(), ui.runner()
-    stored = {n: [run_id is not None for run_id in v] for n, v in ids.items()}
+    stored = {n: [claims.ready([run_id], store) for run_id in v] for n, v in ids.items()}
     ids = claims.start(claims.CLAIMS, store, runner, quick=budget)
     missing = sum(not ok for v in stored.values() for ok in v)
     began = time.monotonic()
@@ -75,7 +74,7 @@ def train(prefix: str, ids: dict[int, list[str | None]]) -> dict[int, list[str |
                 bar.progress(done / n, text=f"{text}: {done}/{n} runs")
 
             if not all(stored[claim.number]):
-                claims.wait(ids[claim.number], runner, progress)  # type: ignore[arg-type]
+                claims.wait(ids[claim.number], store, runner, progress)  # type: ignore[arg-type]
         took = time.monotonic() - began
         box.update(label=f"Trained {missing} runs in {took:.0f} s", state="complete", expanded=False)
     return ids
@@ -91,7 +90,7 @@ def page(prefix: str) -> None:
     )
     ids = claims.start(claims.CLAIMS, ui.store(), None, quick=quick())  # what the store has; starts nothing
     total = sum(len(v) for v in ids.values())
-    missing = sum(run_id is None for v in ids.values() for run_id in v)
+    missing = sum(not claims.ready([run_id], ui.store()) for v in ids.values() for run_id in v)
     if missing:
         offer = st.empty()  # cleared once the runs are trained
         with offer.container():
@@ -108,7 +107,7 @@ def page(prefix: str) -> None:
     home = os.environ.get("BALANCE_HOME", "")
     results: dict[int, claims.Evaluated | Exception] = {}
     for number, run_ids in ids.items():
-        if None not in run_ids:
+        if claims.ready(run_ids, ui.store()):
             try:
                 results[number] = _analysed(number, tuple(run_ids), home)  # type: ignore[arg-type]
             except Exception as exc:  # one claim's broken run must not take the page down

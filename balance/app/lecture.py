@@ -4,8 +4,9 @@
 Keys work from any focus (``assets/lecture_keys.js``): Right / PageDown / Space / Enter next, Left / PageUp /
 Backspace previous, Home / End, F full screen; a clicker sends these. Each step fits the window with no scrolling:
 the figure (``assets/lecture_figure.js``) takes the height left, and its modebar saves it for slides as SVG or PNG
-(2x) named after the step. Each step's demo comes from the run store, trained ahead by a process-wide
-``lecture.Warmer`` (the step on screen first, then the next); the page draws what the library returns.
+(2x) named after the step. Each step's demo comes from the run store, trained ahead in the dashboard's executor at
+the lecture's warm-up priority (``lecture.warm``: the step on screen first, then the next); the page never waits
+for a run: a demo not trained yet shows a note and appears when its runs have ended.
 
 Students: step 1 shows a QR code of the lecture's address; every "Open in Explore" has a short link
 (``?demo=3``, forwarded to Explore with the demo's settings and only the control the step is about) and its QR code.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 
 import streamlit as st
@@ -61,14 +61,14 @@ CSS = """
 """
 
 
-@st.cache_resource(show_spinner=False)
-def _warmer(home: str) -> lecture.Warmer:
-    return lecture.Warmer(ui.store())
+WAIT_S = 1.0  # a demo still training is looked for again this often
 
 
-def warmer() -> lecture.Warmer:
-    """The process-wide warmer (one per BALANCE_HOME): demos trained once serve every session."""
-    return _warmer(os.environ.get("BALANCE_HOME", ""))
+def warm(prefix: str, number: int) -> None:
+    """Once per session: every step's runs to the executor (warm-up priority), the step on screen first."""
+    if not st.session_state.get(f"{prefix}.warmed"):
+        st.session_state[f"{prefix}.warmed"] = True
+        lecture.warm(lecture.warm_order(number), ui.store(), ui.runner())
 
 
 def _flag(name: str) -> bool:
@@ -194,20 +194,30 @@ def figure(prefix: str, step: lecture.Step, fig: object) -> None:
 
 
 def demo(prefix: str, step: lecture.Step) -> None:
-    """The step's controls and figure: its runs from the warmer (ready unless this is a cold start)."""
+    """The step's controls and figure: its runs from the store (trained ahead in the executor; on a cold start a
+    note while they train, and the figure once they have ended). The page never trains and never waits."""
     seed = seed_of(prefix, step.number)
     seed_arg = None if seed == 0 else seed
-    w = warmer()
-    w.warm(lecture.warm_order(step.number))
+    warm(prefix, step.number)
     start = time.perf_counter()
-    with st.spinner("training this demo (once; later it opens at once)…"):
-        runs = w.runs(step, seed_arg) if step.runs else []
-        shown = lecture.reseeded(step, seed_arg)
+    runs = lecture.demo_runs(step, ui.store(), ui.runner(), seed_arg)
+    shown = lecture.reseeded(step, seed_arg)
+    if runs is None:
+        waiting(step, seed_arg)
+    else:
         fig = lecture.demo_figure(shown, ui.store(), runs, st.session_state.get(f"{prefix}.c", 1.0))
-    took = time.perf_counter() - start
-    if fig is not None:
-        figure(prefix, step, fig)
+        if fig is not None:
+            figure(prefix, step, fig)
+    took = None if runs is None else time.perf_counter() - start
     footer(prefix, shown, took, seed_arg)
+
+
+@st.fragment(run_every=WAIT_S)
+def waiting(step: lecture.Step, seed: int | None) -> None:
+    """While the step's runs train in the executor: a note, and the whole page again once they have ended."""
+    if lecture.demo_runs(step, ui.store(), ui.runner(), seed) is not None:
+        st.rerun()
+    st.info("Training this demo in the background (once; later it opens at once)…", icon=":material/hourglass_top:")
 
 
 def slider(prefix: str) -> None:
@@ -243,7 +253,7 @@ def student_links(step: lecture.Step, seed: int | None) -> None:
                        "(make run HOST=0.0.0.0) and open the lecture by that address.")  # fmt: skip
 
 
-def footer(prefix: str, step: lecture.Step, took: float, seed: int | None) -> None:
+def footer(prefix: str, step: lecture.Step, took: float | None, seed: int | None) -> None:
     with st.container(horizontal=True, vertical_alignment="center"):
         if step.number == 1:
             slider(prefix)
@@ -252,9 +262,9 @@ def footer(prefix: str, step: lecture.Step, took: float, seed: int | None) -> No
         if step.figure != "summary" and not _flag("seed"):
             st.button("New seed", key=f"{prefix}.reseed", icon=":material/refresh:", type="tertiary",
                       on_click=_new_seed, args=(prefix, step.number),
-                      help=f"train this demo again from another random start (this one took {took:.1f} s)")  # fmt: skip
-            if seed:
-                st.caption(f"seed {seed}")
+                      help="train this demo again from another random start")  # fmt: skip
+            what = f"seed {seed}" if seed else "preset seed"
+            st.caption(f"{what} · " + ("training" if took is None else f"ready in {took:.1f} s"))
 
 
 def follow_along(step: lecture.Step) -> None:

@@ -1,7 +1,8 @@
 """The reviewers' claims, each a live experiment with a verdict computed from its runs.
 
 ``CLAIMS`` lists them in order 1..10. ``start(claims, store, runner)`` finds each claim's runs in the store
-(``balance.runs.reuse``: same config, same code version) and starts the missing ones on the runner, all at once;
+(``balance.runs.reuse``: same config, same code version) and starts the missing ones on the executor, all at once
+(each claim's configs of one shape as one job, at the claims' priority);
 ``collect(claim, ids, ...)`` waits for one claim's runs and returns them with the ``Finding``: the numbers, the
 ``Verdict`` and the figure. ``evaluate`` does both for one claim. The page (``balance.app.claims``) and the command
 line (``balance claims``) both use them.
@@ -14,7 +15,10 @@ from typing import Any, NamedTuple
 
 from balance.claims import initial, networks, report, steps
 from balance.claims.base import OUTCOMES, Claim, Finding, Verdict
-from balance.runs.reuse import CachedRun, cache_key, cached_runs, find_cached, load
+from balance.engine.status import ENDED
+from balance.runs.record import RunRecord
+from balance.runs.reuse import cached_runs, load, submit
+from balance.runs.reuse import wait as wait_for
 from balance.runs.store import RunStore
 
 __all__ = [
@@ -28,8 +32,10 @@ __all__ = [
     "collect",
     "evaluate",
     "label",
+    "ready",
     "report",
     "start",
+    "wait",
 ]
 
 R1, R2, R3, R4 = "Reviewer 1", "Reviewer 2", "Reviewer 3", "Reviewer 4"
@@ -156,34 +162,23 @@ def label(claim: Claim) -> str:
 
 class Evaluated(NamedTuple):
     claim: Claim
-    runs: list[CachedRun]
+    runs: list[RunRecord]
     finding: Finding
 
 
 def start(
     chosen: Sequence[Claim], store: RunStore, runner: Any = None, quick: bool = False
 ) -> dict[int, list[str | None]]:
-    """Each claim's run ids, in its configs' order: a reusable stored run, a run this runner is already training
-    for the same config and code version, or (with a runner) a run started now, so that every claim's missing runs
-    share the workers from the start. Without a runner a missing run is None (``collect`` trains it here)."""
-    in_flight: dict[str, str] = {}
-    if runner is not None:
-        active = set(runner.active())
-        runs = store.list_runs()
-        in_flight = {n.rpartition("#")[2]: i for i, n in zip(runs["id"], runs["name"]) if i in active and "#" in n}
-    out: dict[int, list[str | None]] = {}
-    for claim in chosen:
-        configs = claim.configs(quick)
-        ids: list[str | None] = []
-        for config, found in zip(configs, find_cached(store, configs)):
-            key = cache_key(config)
-            if found is None and key in in_flight:
-                found = in_flight[key]
-            elif found is None and runner is not None:
-                found = in_flight[key] = runner.start(config, name=f"{label(claim)} #{key}", sweep=label(claim))
-            ids.append(found)
-        out[claim.number] = ids
-    return out
+    """Each claim's run ids, in its configs' order, without waiting (``balance.runs.reuse.submit``): a reusable
+    stored run, a run of the same config and code version training now, or (with a runner) a run started now at the
+    claims' priority, so that every claim's missing runs share the workers from the start. Without a runner a
+    missing run is None (``collect`` trains it here). ``ready`` says whether a claim's runs have all ended."""
+    return {c.number: submit(c.configs(quick), label(c), store, runner, priority="claims") for c in chosen}
+
+
+def ready(ids: Sequence[str | None], store: RunStore) -> bool:
+    """Every run is there and has ended (an analysis reads them whole)."""
+    return all(run_id is not None and store.get_run(run_id).state in ENDED for run_id in ids)
 
 
 def collect(
@@ -198,16 +193,18 @@ def collect(
     if None in ids:
         runs = cached_runs(claim.configs(quick), label(claim), store, on_done=on_done)
     else:
-        wait(ids, runner, on_done)  # type: ignore[arg-type]
+        wait(ids, store, runner, on_done)  # type: ignore[arg-type]
         runs = [load(store, run_id) for run_id in ids]  # type: ignore[arg-type]
     return Evaluated(claim, runs, claim.analyse(runs))
 
 
-def wait(ids: Sequence[str], runner: Any = None, on_done: Callable[[int, int], None] | None = None) -> None:
-    """Block until each run has ended (in order), reporting ``on_done(done, total)`` after each."""
+def wait(
+    ids: Sequence[str], store: RunStore, runner: Any = None, on_done: Callable[[int, int], None] | None = None
+) -> None:
+    """Block until each run has ended (in order; in this runner or any process), reporting ``on_done(done, total)``
+    after each."""
     for done, run_id in enumerate(ids, 1):
-        if runner is not None:
-            runner.wait(run_id)
+        wait_for(store, run_id, runner)
         if on_done is not None:
             on_done(done, len(ids))
 

@@ -227,7 +227,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.no_store:
             from balance.cli.runs import record_run
 
-            record_run(config, result.metrics, result.status)
+            record_run(result)
         if args.out is not None:
             write_metrics(result.metrics, args.out)
     print(summary(result.metrics, result.status.state, result.status.step, result.status.message))

@@ -12,10 +12,11 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from balance.config import RunConfig
+from balance.runs.record import differences
 from balance.runs.store import RunStore, StoreError
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -50,21 +51,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runs.set_defaults(handler=_cmd_runs)
 
 
-def record_run(config: RunConfig, metrics: pd.DataFrame, status: object, home: str | Path | None = None) -> str:
-    """Record a finished foreground run (config, metrics, final status) in the store; returns its id.
+def record_run(result: Any, home: str | Path | None = None) -> str:
+    """Record a foreground run (``balance.runs.loop.RunResult``: config, metrics, neuron snapshots, final status)
+    in the store, all or nothing (``RunStore.record``); returns its id.
 
-    ``status`` has ``state``, ``step`` and ``message`` (a ``RunStatus``). Never fails the command that trained the
-    run: if the store cannot take it, one warning line goes to stderr and the id is "".
+    Never fails the command that trained the run: if the store cannot take it, one warning line goes to stderr and
+    the id is "".
     """
-    columns = list(metrics.columns)
     try:
         store = RunStore(home)
         try:
-            with store.transaction():  # all or nothing: a crash leaves no half-recorded run
-                run_id = store.create_run(config, columns, name="balance run")
-                store.claim_run(run_id, columns)
-                store.append_rows(run_id, metrics.to_numpy(dtype="float64"))
-                store.set_status(run_id, status.state, status.step, status.message)  # type: ignore[attr-defined]
+            run_id = store.record(result, name="balance run")
         finally:
             store.close()
     except StoreError as exc:
@@ -159,7 +156,15 @@ def _show(store: RunStore, args: argparse.Namespace) -> int:
     events = store.events(record.id)
     for e in events.itertuples():
         print(f"event    step {e.step}: {e.kind} = {e.text or f'{e.value:g}'}")
-    print("\n# config\n" + record.config.to_toml(), end="")
+    versions = record.versions
+    if len(versions) == 1:
+        print("\n# config\n" + record.config.to_toml(), end="")
+        return EXIT_OK
+    print(f"\n# config: version 1 of {len(versions)}, from step 0 (changed while it trained; below)")
+    print(record.config.to_toml(), end="")
+    for n, (step, config) in enumerate(versions[1:], start=2):
+        changed = ", ".join(f"{k} = {v!r}" for k, v in differences(versions[n - 2][1], config).items())
+        print(f"# version {n}, from step {step}: {changed}")
     return EXIT_OK
 
 

@@ -10,9 +10,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from balance.engine.engine import Engine, RunStatus
+    from balance.engine.engine import Engine
+    from balance.engine.status import RunStatus
 
-_EXPORTS = {"Engine": "balance.engine.engine", "RunStatus": "balance.engine.engine"}
+_EXPORTS = {"Engine": "balance.engine.engine", "RunStatus": "balance.engine.status"}
 __all__ = ["Engine", "RunStatus"]
 
 

@@ -10,15 +10,14 @@ Row k describes the state theta_k *before* step k: its loss, norms, gradients g_
 ``balance.engine.metrics.COMPUTE``. A run of N steps gives rows 0 .. N (thinned, see ``should_log``). A member whose
 loss explodes is dropped from the stack (its rows so far and its status are kept); the others go on.
 
-No I/O, threads or clocks: a driver steps it, stops it (``stop``) and changes a member's step size between steps
-(``set_lr``).
+No I/O, threads or clocks: a driver (``balance.runs.loop``) steps it, stops it or one member (``stop``) and changes
+a member's step size between steps (``set_lr``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from balance.engine.models import MODELS, HomogeneousModel, build_model
 from balance.engine.networks import Networks
 from balance.engine.optim import HYPER, RULES, Flow, Members, Optimizer, inner
 from balance.engine.sharpness import step_advice
+from balance.engine.status import RunStatus
 from balance.engine.theory import GapLaw, pair_matrix
 
 __all__ = ["DENSE_STEPS", "DIVERGENCE_FACTOR", "DTYPES", "PER_MEMBER", "Engine", "RunStatus", "engine_key",
@@ -51,13 +51,6 @@ def should_log(k: int, last: int, log_every: int = 1) -> bool:
         return True
     stride = log_every if k < DENSE_STEPS else log_every * 2 * 10 ** (int(math.log10(k)) - 3)
     return k % stride == 0
-
-
-@dataclass
-class RunStatus:
-    state: str  # running | finished | diverged | stopped | failed
-    step: int
-    message: str = ""
 
 
 class Engine:
@@ -192,16 +185,23 @@ class Engine:
     def neuron_table(self, member: int = 0) -> dict[str, np.ndarray]:
         """Per hidden unit of config ``member``: layer (1-based), index, and every neuron-scope metric (incoming and
         outgoing squared norms), for the balance scatter."""
-        i, snap = self.position(member), Snapshot(self)
+        return self.neuron_tables()[member]
+
+    def neuron_tables(self) -> dict[int, dict[str, np.ndarray]]:
+        """``neuron_table`` of every running member, {config index: table}, from one snapshot of the stack."""
+        snap = Snapshot(self)
         counts = [g.count for g in self.model.neurons]
-        table = {
-            "layer": np.concatenate([np.full(n, g.layer + 1) for n, g in zip(counts, self.model.neurons)]),
-            "neuron": np.concatenate([np.arange(n) for n in counts]),
+        layer = np.concatenate([np.full(n, g.layer + 1) for n, g in zip(counts, self.model.neurons)])
+        neuron = np.concatenate([np.arange(n) for n in counts])
+        scoped = {  # [K, sum n_h] each: every hidden layer's units side by side
+            name: np.concatenate([np.asarray(a, dtype=float) for a in COMPUTE[name](snap)], axis=1)
+            for name, m in laws.METRICS.items()
+            if m.scope == "neuron"
         }
-        for name, m in laws.METRICS.items():
-            if m.scope == "neuron":
-                table[name] = np.concatenate([np.asarray(a[i], dtype=float) for a in COMPUTE[name](snap)])
-        return table
+        return {
+            int(member): {"layer": layer, "neuron": neuron, **{name: v[i] for name, v in scoped.items()}}
+            for i, member in enumerate(self.members)
+        }
 
     # --- stepping -------------------------------------------------------------------------------------------------
 
@@ -269,16 +269,20 @@ class Engine:
         self.step_index, self.t = k + 1, self.t + lr
         self._evaluate()
 
-    def stop(self, message: str) -> dict[int, list[np.ndarray]]:
-        """Stop every running member here (e.g. at a wall-time limit): log its current state, status 'stopped'."""
+    def stop(self, message: str, member: int | None = None, state: str = "stopped") -> dict[int, list[np.ndarray]]:
+        """Stop every running member here (e.g. at a wall-time limit), or only config ``member``: log its current
+        state, status ``state`` ('stopped', or 'interrupted'). A member stopped alone leaves the stack; the others go
+        on exactly as they would have."""
         if not self.running:
             return {}
         rows = self.rows()
         out = {}
-        for i, member in enumerate(self.members):
-            if self.status[member].state == "running":
-                out[int(member)] = [rows[i]]
-                self.status[member] = RunStatus("stopped", self.step_index, message)
+        for i, m in enumerate(self.members):
+            if self.status[m].state == "running" and member in (None, m):
+                out[int(m)] = [rows[i]]
+                self.status[m] = RunStatus(state, self.step_index, message)
+        if member is not None and out and self.running:
+            self._keep(self.members != member)
         return out
 
     def _keep(self, keep: np.ndarray) -> None:

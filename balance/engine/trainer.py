@@ -1,7 +1,7 @@
 """One run, step by step: a facade over ``balance.engine.Engine`` with one member (K = 1).
 
 Row k describes the state theta_k *before* step k; a run of N steps gives rows 0 .. N (thinned, see
-``should_log``). No threads, no I/O, no clock: ``api.run`` and the runner drive it.
+``should_log``). No threads, no I/O, no clock: the tests step it by hand; runs are driven by ``balance.runs.loop``.
 """
 
 from __future__ import annotations

@@ -6,21 +6,20 @@ runs (presets with changes), and the settings a student link into Explore shows.
 demo's figure with ``balance.views.lecture``. No Streamlit here: the page (``balance.app.lecture``), the handout
 (``balance.lecture.handout``) and the CLI share it.
 
-No waiting: ``Warmer`` trains the demos in a background thread, the step on screen and the next one first, so a
-step's runs are in the store before it opens; a demo's runs train in a few seconds when they are not.
+No waiting and no training in the page's process: ``warm`` starts every step's runs on the executor at the
+lecture's warm-up priority (the step on screen first), so a step's runs are in the store before it opens;
+``demo_runs`` gives a step's runs if they have ended and otherwise starts them and returns None (the page shows a
+placeholder and looks again). ``step_runs`` waits for them (the handout, tests; without an executor it trains them
+in this process, through the same loop).
 """
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import functools
 import logging
 import re
 import sys
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +34,11 @@ import torch
 from balance.config import RunConfig
 from balance.config.presets import preset
 from balance.engine.data import make_task
+from balance.engine.engine import DTYPES
 from balance.engine.models import MODELS, build_model
-from balance.engine.trainer import DTYPES, Trainer
-from balance.runs.reuse import CachedRun, cached_runs
+from balance.engine.status import ENDED
+from balance.runs.record import RunRecord
+from balance.runs.reuse import cached_runs, submit
 from balance.runs.store import RunStore
 from balance.views import lecture as figures
 
@@ -194,16 +195,11 @@ def resolve_demo(code: str, seed: str | None = None) -> tuple[Step, Demo] | None
     return step, step.links[i]
 
 
-def _one_thread() -> None:
-    """One intra-op thread for the calling thread. The demos' tensors are tiny: more threads only add
-    synchronisation. Called in every thread that trains, unconditionally: OpenMP's thread count is per thread and
-    ``torch.get_num_threads()`` reports the process-wide value, so a thread started after the main thread set 1
-    reads 1 yet runs with the default (measured: 600 steps of mlp-relu, 2 s in the main thread, 38-68 s in a new
-    thread on a busy 2-core machine, 2 s there after this call)."""
-    torch.set_num_threads(1)
-
-
 # --- demos ---------------------------------------------------------------------------------------------------------
+
+
+def _configs(step: Step, seed: int | None) -> list[RunConfig]:
+    return [d.config for d in reseeded(step, seed).runs]
 
 
 def step_runs(
@@ -211,34 +207,42 @@ def step_runs(
     store: RunStore,
     seed: int | None = None,
     on_done: Callable[[int, int], None] | None = None,
-) -> list[tuple[str, CachedRun]]:
-    """The step's runs as (label, run), from the store or trained now (in this process) and recorded there.
+    runner: Any = None,
+) -> list[tuple[str, RunRecord]]:
+    """The step's runs as (label, run), from the store or trained now and recorded there, waiting for them: on the
+    executor (``runner``, at the warm-up priority) or, without one, in this process (the command line's handout).
 
     ``seed`` replaces every run's seed (the page's "new seed"); None keeps the presets' seeds.
     """
     if not step.runs:
         return []
-    _one_thread()
-    configs = [d.config for d in reseeded(step, seed).runs]
-    runs = cached_runs(configs, step.label, store, on_done=on_done)
+    runs = cached_runs(_configs(step, seed), step.label, store, runner, on_done, priority="lecture")
     return [(d.label, r) for d, r in zip(step.runs, runs)]
 
 
-def neuron_tables(store: RunStore, run: CachedRun) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The run's per-neuron tables at its first and last step.
+def demo_runs(step: Step, store: RunStore, runner: Any, seed: int | None = None) -> list[tuple[str, RunRecord]] | None:
+    """The step's runs as (label, run) if they have all ended; else None, with the missing ones started on
+    ``runner`` at the warm-up priority (never waits, never trains here: for the page)."""
+    if not step.runs:
+        return []
+    ids = submit(_configs(step, seed), step.label, store, runner, priority="lecture")
+    records = [store.get_run(run_id) if run_id is not None else None for run_id in ids]
+    if not all(r is not None and r.state in ENDED for r in records):
+        return None
+    return [(d.label, store.load(run_id)) for d, run_id in zip(step.runs, ids)]  # type: ignore[arg-type]
 
-    A run trained by the runner has them in the store; one trained in-process (``balance.runs.reuse``) stores metrics
-    only, so the run is replayed here once (same config, same seed: the same numbers) and both tables are saved.
-    """
-    first, last = store.neurons(run.run_id, step=0), store.neurons(run.run_id)
-    if len(first) and len(last) and int(last["step"].iloc[0]) == run.status.step:
-        return first, last
-    _one_thread()
-    trainer = Trainer(run.config)
-    store.save_neurons(run.run_id, 0, trainer.neuron_table())
-    while trainer.status.state == "running":
-        trainer.step()
-    store.save_neurons(run.run_id, trainer.step_index, trainer.neuron_table())
+
+def warm(numbers: Sequence[int], store: RunStore, runner: Any, seed: int | None = None) -> None:
+    """Start the runs of steps ``numbers`` (``numbers[0]`` first) on ``runner`` at the warm-up priority, unless
+    they are stored or training; returns at once."""
+    for n in numbers:
+        step = step_at(n)
+        if step.runs:
+            submit(_configs(step, seed), step.label, store, runner, priority="lecture")
+
+
+def neuron_tables(store: RunStore, run: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run's per-neuron tables at its first and last step (every run keeps its snapshots: the loop takes them)."""
     return store.neurons(run.run_id, step=0), store.neurons(run.run_id)
 
 
@@ -282,7 +286,7 @@ def rescale_curves(config: RunConfig) -> dict[str, dict[str, np.ndarray]]:
 
 
 def demo_figure(
-    step: Step, store: RunStore, runs: Sequence[tuple[str, CachedRun]], c: float = 1.0, slider: bool = False
+    step: Step, store: RunStore, runs: Sequence[tuple[str, RunRecord]], c: float = 1.0, slider: bool = False
 ) -> go.Figure | None:
     """The step's figure from its runs (``step_runs``); ``c`` is the rescaling slider of step 1. None for the
     summary, which has links instead."""
@@ -311,91 +315,6 @@ def step_figure(
 ) -> go.Figure | None:
     """Train (or look up) the step's runs, then draw its figure; ``slider``: step 1's c as a Plotly slider."""
     return demo_figure(reseeded(step, seed), store, step_runs(step, store, seed), c, slider)
-
-
-# --- no waiting -----------------------------------------------------------------------------------------------------
-
-
-class Warmer:
-    """Trains the lecture's demos ahead, in one background thread, into ``store``.
-
-    ``warm(numbers)`` queues steps (first in line first); ``runs(step, seed)`` returns a step's runs, waiting for
-    the thread if it is training that step right now rather than training the same runs twice.
-    """
-
-    def __init__(self, store: RunStore) -> None:
-        self.store = store
-        self._stopped = False
-        self._lock = threading.Lock()
-        self._busy: dict[tuple[int, int | None], threading.Lock] = {}
-        self._queue: deque[tuple[int, int | None]] = deque()
-        self._thread: threading.Thread | None = None
-        self.seconds: dict[tuple[int, int | None], float] = {}  # time each step's runs took (0 when found)
-        # a daemon thread killed inside torch at interpreter exit aborts the process ("terminate called ..."):
-        # stop taking work and let the step in hand finish first
-        atexit.register(self.stop)
-
-    def _key_lock(self, key: tuple[int, int | None]) -> threading.Lock:
-        with self._lock:
-            return self._busy.setdefault(key, threading.Lock())
-
-    def runs(self, step: Step, seed: int | None = None) -> list[tuple[str, CachedRun]]:
-        key = (step.number, seed)
-        with self._key_lock(key):
-            start = time.perf_counter()
-            out = step_runs(step, self.store, seed)
-            if step.figure == "neurons" and out:
-                neuron_tables(self.store, out[0][1])  # the replay for the snapshots, ahead too
-            self.seconds.setdefault(key, time.perf_counter() - start)
-            return out
-
-    def warm(self, numbers: Sequence[int], seed: int | None = None) -> None:
-        """Queue steps to train ahead, ``numbers[0]`` first; starts the thread if it is idle."""
-        with self._lock:
-            if self._stopped:
-                return
-            for n in reversed(numbers):
-                key = (n, seed)
-                if key in self._queue:
-                    self._queue.remove(key)
-                self._queue.appendleft(key)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="balance-lecture-warmer", daemon=True)
-                self._thread.start()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Drop the queue and wait (up to ``timeout`` s) for the step being trained; later ``warm`` calls do nothing."""
-        with self._lock:
-            self._stopped = True
-            self._queue.clear()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the queue is done (or ``timeout`` seconds); True if it is."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.idle():
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    def idle(self) -> bool:
-        with self._lock:
-            return not self._queue and (self._thread is None or not self._thread.is_alive())
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._thread = None
-                    return
-                number, seed = self._queue.popleft()
-            try:
-                self.runs(step_at(number), seed)
-            except Exception:  # a background warm-up must never take the page down; the step trains on open
-                log.exception("warming lecture step %d failed", number)
 
 
 def warm_order(current: int) -> list[int]:

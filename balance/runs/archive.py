@@ -6,6 +6,7 @@ Members (nothing else is accepted; nothing is unpickled or evaluated)::
                       "created", "updated", "columns", "config"}; config is RunConfig.to_dict()
     metrics.parquet  one column per metric column (step int64, the rest float64), one row per logged step
     events.json      [{"step", "time", "kind", "value", "text"}, ...]                      (optional)
+                     kind "lr": the step size from that step on, a config version (``balance.runs.record``)
     neurons.parquet  step, then the per-neuron columns; one block of rows per snapshot     (optional)
 
 Reading never lets the file decide how much memory or time it takes:
@@ -49,8 +50,10 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from balance.config import ConfigError, RunConfig
+from balance.engine.status import ACTIVE, STATES
 from balance.files import FileRefused, check_regular, write_atomic
-from balance.runs.store import ACTIVE, NEURON_BYTES, NEURON_SNAPSHOTS, STATES, StoreError, kept_steps
+from balance.runs.record import changes_from_events, versions
+from balance.runs.store import NEURON_BYTES, NEURON_SNAPSHOTS, StoreError, kept_steps
 
 if TYPE_CHECKING:
     from balance.runs.store import RunStore
@@ -151,6 +154,7 @@ def read_archive(store: RunStore, path: Path, name: str | None = None) -> str:
             raw, columns = _manifest(members["run.json"].read(), refuse)
             rows = _metrics(members["metrics.parquet"], columns, refuse)
             events = _events(members["events.json"].read() if "events.json" in members else None, refuse)
+            _check_versions(raw, events, refuse)
             neurons = _neurons(members.get("neurons.parquet"), refuse)
     except MemoryError:
         raise refuse("reading it needs more memory than an import may use") from None
@@ -336,6 +340,15 @@ def _events(data: bytes | None, refuse: _Refuse) -> list[tuple]:
         value = None if e["value"] is None else float(e["value"])
         out.append((e["step"], float(e["time"]), e["kind"], value, e["text"]))
     return out
+
+
+def _check_versions(raw: dict[str, Any], events: list[tuple], refuse: _Refuse) -> None:
+    """Each live change (an ``lr`` event: the step size from that step on) must make a valid config version."""
+    changes = changes_from_events([(step, kind, value) for step, _, kind, value, _ in events])
+    try:
+        versions(RunConfig.from_dict(raw["config"]), changes)
+    except ConfigError as exc:
+        raise refuse(f"events.json: a change of settings makes an invalid config: {str(exc)[:300]}") from None
 
 
 def _neurons(f: IO[bytes] | None, refuse: _Refuse) -> list[tuple]:

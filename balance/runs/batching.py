@@ -11,17 +11,14 @@ compute-bound steps gain little from it).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-
-import numpy as np
 
 from balance.config import RunConfig
 from balance.engine.engine import PER_MEMBER, Engine, engine_key
-from balance.runs.loop import RunResult, frame
+from balance.runs.loop import NEURON_SNAPSHOTS, RunResult, train
 
-__all__ = ["BATCHED_OPTIMIZERS", "PER_MEMBER", "BatchedTrainer", "batch_key", "train_batched", "tune_allocator",
-           "why_not_batched"]  # fmt: skip
+__all__ = ["BATCHED_OPTIMIZERS", "PER_MEMBER", "BatchedTrainer", "batch_key", "check_batch", "train_batched",
+           "tune_allocator", "why_not_batched"]  # fmt: skip
 
 BATCHED_OPTIMIZERS = ("gd", "momentum", "nesterov", "adam")
 
@@ -45,16 +42,21 @@ def batch_key(config: RunConfig) -> str | None:
     return engine_key(config)
 
 
+def check_batch(configs: Sequence[RunConfig]) -> None:
+    """ValueError saying why ``configs`` cannot train as one batch (none, or not one ``batch_key``)."""
+    if not configs:
+        raise ValueError("a batch needs at least one config")
+    keys = {batch_key(c) for c in configs}
+    if None in keys or len(keys) != 1:
+        why = next((why_not_batched(c) for c in configs if why_not_batched(c)), "the configs differ in shape")
+        raise ValueError(f"these configs cannot train as one batch: {why}")
+
+
 class BatchedTrainer(Engine):
     """Trains ``configs`` (equal ``batch_key``) together; ``step()`` returns {member index: rows logged}."""
 
     def __init__(self, configs: Sequence[RunConfig]) -> None:
-        if not configs:
-            raise ValueError("a batch needs at least one config")
-        keys = {batch_key(c) for c in configs}
-        if None in keys or len(keys) != 1:
-            why = next((why_not_batched(c) for c in configs if why_not_batched(c)), "the configs differ in shape")
-            raise ValueError(f"these configs cannot train as one batch: {why}")
+        check_batch(configs)
         super().__init__(configs)
 
 
@@ -71,22 +73,11 @@ def tune_allocator() -> bool:
         return False
 
 
-def train_batched(configs: Sequence[RunConfig], on_step: Callable[[int], None] | None = None) -> list[RunResult]:
-    """Train ``configs`` (one ``batch_key``) together to the end; one ``RunResult`` per config, in order.
-
-    ``on_step(k)`` is called after every batched step. The wall-time limit (the smallest ``max_seconds``) stops
-    every member still running, as ``api.run`` stops one run.
-    """
-    engine = BatchedTrainer(configs)
-    rows: list[list[np.ndarray]] = [[] for _ in configs]
-    limit = min(c.max_seconds for c in configs)
-    deadline = time.monotonic() + limit
-    while engine.running:
-        for member, new in engine.step().items():
-            rows[member].extend(new)
-        if on_step is not None:
-            on_step(engine.step_index)
-        if engine.running and engine.step_index % 64 == 0 and time.monotonic() > deadline:
-            for member, new in engine.stop(f"stopped at the wall-time limit of {limit:g} s").items():
-                rows[member].extend(new)
-    return [RunResult(frame(engine.columns, np.stack(rs)), s) for rs, s in zip(rows, engine.status)]  # type: ignore[arg-type]
+def train_batched(
+    configs: Sequence[RunConfig], on_step: Callable[[int], None] | None = None, snapshots: int = NEURON_SNAPSHOTS
+) -> list[RunResult]:
+    """Train ``configs`` (one ``batch_key``) together to the end, in this process, through the one loop
+    (``balance.runs.loop.train``); one ``RunResult`` per config, in order. ``on_step(k)`` is called after every batched
+    step. The wall-time limit (the smallest ``max_seconds``) stops every member still running."""
+    check_batch(configs)
+    return train(configs, on_step, snapshots)

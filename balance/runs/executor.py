@@ -1,35 +1,41 @@
-"""Background runs: a pool of worker processes trains runs and writes them to the store; callers never wait.
+"""Background runs: one executor of worker processes trains every job and writes it to the store; callers never wait.
 
-- Each run trains in a worker *process* (``multiprocessing`` spawn context, ``torch.set_num_threads(1)``; see
-  ``balance.runs.worker``), not a thread of the caller: measured on 2 cores
-  (``benchmarks/bench_backends.py``), a training
-  thread in the dashboard's process loses most of its speed to the GIL while the page renders, and slows the page
-  down; a process keeps both near their solo speed. Workers are reused from run to run; a run goes to a worker only
-  once the worker has said it is ready (imported torch, taken a warm-up step), so a run never waits inside a worker
-  that is still starting, and a stop of a run that waits takes effect at once.
-- A worker writes its run's rows, status and neuron snapshots to the store itself, one transaction every
+A job is K >= 1 configs trained on one engine by the one loop (``balance.runs.loop``): a page's run is a job of one;
+a sweep's chunk, K configs of one shape. Every run in the background goes through here, with a priority
+(``PRIORITIES``): a page's run first, then the lecture's demos (warm-up), the claims' experiments, and sweeps last;
+within a priority, first come first served. At most ``max_workers`` jobs train at once.
+
+- Each job trains in a worker *process* (``multiprocessing`` spawn context, ``torch.set_num_threads(1)``; see
+  ``balance.runs.worker``), not a thread of the caller: measured on 2 cores (``benchmarks/bench_backends.py``), a
+  training thread in the dashboard's process loses most of its speed to the GIL while the page renders, and slows
+  the page down; a process keeps both near their solo speed. Workers are reused from job to job; a job goes to a
+  worker only once the worker has said it is ready (imported torch, taken a warm-up step), so a job never waits
+  inside a worker that is still starting, and a stop of a run that waits takes effect at once.
+- A worker writes its job's rows, statuses and neuron snapshots to the store itself, one transaction every
   ``FLUSH_SECONDS`` (WAL: readers never wait); if the store is locked by another process it keeps the rows and
-  retries (``balance.runs.worker``). The statuses the parent decides (a run stopped while queued, a run whose worker
-  died)
-  are written by a writer thread of its own, which retries the same way; nothing here waits for the store while
+  retries (``balance.runs.sink``). The statuses the parent decides (a run stopped while queued, a run whose worker
+  died) are written by a writer thread of its own, which retries the same way; nothing here waits for the store while
   holding the runner's lock, so status views never go stale behind a slow write.
 - The parent talks to a worker over two pipes: commands down, status messages up. One monitor thread in the parent
-  waits on those pipes and on the workers' process sentinels: it keeps the status views, starts queued runs on free
+  waits on those pipes and on the workers' process sentinels: it keeps the status views, starts queued jobs on free
   workers, marks a run ``interrupted`` if its worker dies, and pauses the runs of sessions no page has shown lately.
 
-Limits (``balance.runs.limits``): ``start`` refuses a run whose estimated memory or time exceeds the per-run limits, and
-a browser session's runs beyond its share (``LimitError``). Queued runs start in order, skipping those of a session
-that already has its share of runs training. Pages call ``touch(session)`` while they show a session's runs; runs
-of a session no page has touched for ``limits.idle_seconds`` are paused (and resume when one does), and stopped
-after ``limits.idle_stop_seconds``. Session "" (the command line, claims, the lecture) is exempt from both.
+Limits (``balance.runs.limits``): ``start`` refuses a run whose estimated memory or time exceeds the per-run limits,
+and a browser session's runs beyond its share (``LimitError``). Queued jobs start in order, skipping those of a
+session that already has its share of runs training. Pages call ``touch(session)`` while they show a session's runs;
+runs of a session no page has touched for ``limits.idle_seconds`` are paused (and resume when one does), and
+stopped after ``limits.idle_stop_seconds``. Session "" (the command line, claims, the lecture) is exempt from both.
 
-States: queued, running, paused, finished, diverged, stopped, failed (with the error), interrupted.
+States: ``balance.engine.status.STATES`` (queued, running, paused, finished, diverged, stopped, failed with the
+error, interrupted). Pause, step and resume act on a run's whole job; stop and the step size on the run alone.
 """
 
 from __future__ import annotations
 
 import atexit
+import bisect
 import contextlib
+import itertools
 import logging
 import math
 import multiprocessing
@@ -39,24 +45,28 @@ import sys
 import threading
 import time
 import types
-from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 from balance.config import RunConfig
+from balance.engine.status import ACTIVE, ENDED
 from balance.runs.limits import LimitError, Limits, check, duration
-from balance.runs.store import ACTIVE, RunStore, StoreError
-from balance.runs.worker import FLUSH_SECONDS, MAX_BACKOFF, WORKER_NICENESS, RunStatusView, worker_main
+from balance.runs.store import RunStore, StoreError
+from balance.runs.worker import FLUSH_SECONDS, MAX_BACKOFF, WORKER_NICENESS, JobSpec, RunStatusView, worker_main
 
-__all__ = ["FLUSH_SECONDS", "TERMINAL", "WORKER_NICENESS", "LimitError", "RunStatusView", "Runner", "neutral_main"]
+__all__ = ["FLUSH_SECONDS", "PRIORITIES", "TERMINAL", "WORKER_NICENESS", "LimitError", "RunStatusView", "Runner",
+           "neutral_main"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 FINISHED_KEPT = 1000  # status views of ended runs kept in memory (older ones are read from the store)
-TERMINAL = ("finished", "diverged", "stopped", "failed", "interrupted")
+TERMINAL = ENDED
 START_FAILURES = 3  # workers that die before they are ready, in a row, before queued runs are failed
+PRIORITIES = ("page", "lecture", "claims", "sweep")  # who is served first: a page's run, then the lecture's warm-up
+NEURON_SNAPSHOTS = 200  # per run (as balance.runs.loop; not imported here: the loop imports torch)
 
 
 def default_workers() -> int:
@@ -67,14 +77,28 @@ def default_workers() -> int:
 
 
 @dataclass
+class _Job:
+    """K >= 1 runs trained on one engine; queued until a worker takes it."""
+
+    key: str
+    ids: list[str]  # its runs not stopped before it started
+    priority: int  # index into PRIORITIES: lower is served first
+    seq: int  # order of arrival
+    session: str = ""
+    snapshots: int = NEURON_SNAPSHOTS
+    worker: _Worker | None = None
+    paused: bool = False  # paused while queued: starts paused
+    steps: int = 0  # step(n) while queued: n steps once it starts
+
+
+@dataclass
 class _Run:
     view: RunStatusView
     config: RunConfig | None
+    job: _Job | None = None  # None once it has ended
     session: str = ""
-    worker: _Worker | None = None
+    worker: _Worker | None = None  # while its job trains on a worker and it has not ended there
     lr: float | None = None  # set while queued: applied when it starts
-    paused: bool = False  # paused while queued: starts paused
-    steps: int = 0  # step(n) while queued: n steps once it starts
     idle: bool = False  # paused because no page showed its session: resumes when one does
 
 
@@ -117,8 +141,8 @@ class _Worker:
             self.proc = threading.Thread(target=worker_main, args=args, name="balance-worker", daemon=True)
             self.proc.start()
             self.sentinel = None
-        self.run_id: str | None = None
-        self.ready = False  # imported, warmed up, store open: runs go only to ready workers
+        self.job: _Job | None = None
+        self.ready = False  # imported, warmed up, store open: jobs go only to ready workers
         self.lock = threading.Lock()
 
     def send(self, message: tuple) -> bool:
@@ -226,7 +250,8 @@ class Runner:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._runs: OrderedDict[str, _Run] = OrderedDict()
-        self._queue: deque[str] = deque()
+        self._queue: list[_Job] = []  # by (priority, arrival)
+        self._seq = itertools.count()
         self._workers: list[_Worker] = []
         self._seen: dict[str, float] = {}  # session -> when a page last showed its runs (monotonic)
         self._starting: Counter[str] = Counter()  # session -> starts between the limit check and the queue
@@ -242,35 +267,59 @@ class Runner:
 
     # --- commands ----------------------------------------------------------------------------------------
 
-    def start(self, config: RunConfig, name: str = "", sweep: str = "", session: str = "") -> str:
+    def start(
+        self, config: RunConfig, name: str = "", sweep: str = "", session: str = "", priority: str = "page"
+    ) -> str:
         """Create the run in the store (queued) and start it as soon as a worker is free; returns its id.
 
         Raises ``LimitError`` if the run would exceed the per-run limits or, for a ``session`` other than "",
         that session's share of runs; ``StoreError`` if the store refuses the new run.
         """
-        check(config, self.limits)
+        return self.submit([config], [name], sweep, session, priority)[0]
+
+    def submit(
+        self, configs: Sequence[RunConfig], names: Sequence[str] | None = None, sweep: str = "", session: str = "",
+        priority: str = "page", ids: Sequence[str] | None = None, snapshots: int = NEURON_SNAPSHOTS,
+    ) -> list[str]:  # fmt: skip
+        """One job: ``configs`` (one ``engine_key`` when more than one) trained together on one engine, each its own
+        run of the store; returns their ids. ``priority`` is one of ``PRIORITIES``. ``ids``: runs the caller has
+        created already (queued, e.g. a sweep's members in the spec's order) instead of new ones. ``snapshots``:
+        neuron snapshots per run. Raises as ``start``."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority {priority!r}: use one of {', '.join(PRIORITIES)}")
+        if not configs or (ids is not None and len(ids) != len(configs)):
+            raise ValueError("a job needs at least one config (and one id per config, if ids are given)")
+        for config in configs:
+            check(config, self.limits)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this runner has been shut down")
             if session:
-                self._check_session(session)
+                self._check_session(session, len(configs))
                 self._seen[session] = time.monotonic()  # starting a run counts as showing it
-            self._starting[session] += 1
+            self._starting[session] += len(configs)
         try:
-            run_id = self.store.create_run(config, [], name=name, sweep=sweep)  # not under the lock: may wait
+            if ids is None:
+                with self.store.transaction():  # not under the lock: may wait
+                    names = names or [""] * len(configs)
+                    ids = [self.store.create_run(c, [], name=n, sweep=sweep) for c, n in zip(configs, names)]
         finally:
             with self._lock:
-                self._starting[session] -= 1
+                self._starting[session] -= len(configs)
                 if not self._starting[session]:
                     del self._starting[session]
+        ids = list(ids)
         with self._lock:
             if self._closed:
-                self._writer_save(RunStatusView(run_id, "interrupted", 0, "the runner shut down before it started"))
+                for run_id in ids:
+                    self._writer_save(RunStatusView(run_id, "interrupted", 0, "the runner shut down before it started"))
                 raise RuntimeError("this runner has been shut down")
-            self._runs[run_id] = _Run(RunStatusView(run_id, "queued", 0, lr=config.optim.lr), config, session)
-            self._queue.append(run_id)
+            job = _Job(ids[0], ids, PRIORITIES.index(priority), next(self._seq), session, snapshots)
+            for run_id, config in zip(ids, configs):
+                self._runs[run_id] = _Run(RunStatusView(run_id, "queued", 0, lr=config.optim.lr), config, job, session)
+            bisect.insort(self._queue, job, key=lambda j: (j.priority, j.seq))
             self._dispatch()
-        return run_id
+        return ids
 
     def touch(self, session: str) -> None:
         """A page shows ``session``'s runs now (call it on every tick): they keep going, or resume if they were
@@ -352,14 +401,19 @@ class Runner:
         return False
 
     def _send(self, run_id: str, run: _Run, kind: str, value: Any = None) -> bool:
-        """Send a command to the run's worker, or apply it to the queued run. Caller holds the lock."""
+        """Send a command to the run's worker, or apply it to the queued run (and its job). Caller holds the lock."""
         if run.worker is not None:
             return run.worker.send((kind, run_id, value))
+        job = run.job
+        if job is None or job.worker is not None:  # ended, or its job's worker is about to report its end
+            return False
         if kind == "stop":  # still queued: it never starts
-            self._queue.remove(run_id)
+            job.ids.remove(run_id)
+            if not job.ids:
+                self._queue.remove(job)
             message = "stopped before it started" + (f": {value}" if value else "")
             run.view = replace(run.view, state="stopped", message=message)
-            run.config = None
+            run.config, run.job = None, None
             self._writer_save(run.view)
             self._changed.notify_all()
             self._dispatch()  # a run of the same session may now be eligible
@@ -367,11 +421,11 @@ class Runner:
             run.lr = value
             run.view = replace(run.view, lr=value)
         elif kind == "pause":
-            run.paused = True
+            job.paused = True
         elif kind == "resume":
-            run.paused, run.steps = False, 0
+            job.paused, job.steps = False, 0
         elif kind == "step":
-            run.paused, run.steps = True, run.steps + value
+            job.paused, job.steps = True, job.steps + value
         return True
 
     def _writer_save(self, view: RunStatusView) -> None:
@@ -396,12 +450,13 @@ class Runner:
 
     def _queued_view(self, run_id: str, run: _Run) -> RunStatusView:
         """The view of a queued run, with its place in the queue and why it waits. Caller holds the lock."""
-        try:
-            position = self._queue.index(run_id) + 1
-        except ValueError:  # pragma: no cover (a queued run is in the queue)
+        if run.job is None or run.job not in self._queue:  # pragma: no cover (a queued run's job is in the queue)
             return run.view
-        ahead = f"{position - 1} run{'s' * (position != 2)} ahead" if position > 1 else "next in line"
-        busy = sum(w.run_id is not None for w in self._workers)
+        ahead = self._queue[: self._queue.index(run.job)]
+        position = sum(len(job.ids) for job in ahead) + run.job.ids.index(run_id) + 1
+        before = position - 1
+        waits = f"{before} run{'s' * (before != 1)} ahead" if before else "next in line"
+        busy = sum(w.job is not None for w in self._workers)
         now = time.monotonic()
         if run.session and self._silent(run.session, now):
             why = "no page has shown this session's runs lately; it starts when one does"
@@ -414,7 +469,7 @@ class Runner:
             )
         else:
             why = "a worker is starting (a few seconds)"
-        return replace(run.view, queue_position=position, message=f"queued: {ahead}; {why}")
+        return replace(run.view, queue_position=position, message=f"queued: {waits}; {why}")
 
     def active(self) -> list[str]:
         """Ids of this runner's runs that are queued, running or paused."""
@@ -439,13 +494,13 @@ class Runner:
 
     # --- sessions ----------------------------------------------------------------------------------------
 
-    def _check_session(self, session: str) -> None:
-        """LimitError if ``session`` has its share of runs training and waiting. Caller holds the lock."""
+    def _check_session(self, session: str, n: int = 1) -> None:
+        """LimitError if ``session`` has no room for ``n`` more runs training and waiting. Caller holds the lock."""
         limits = self.limits
         mine = [run for run in self._runs.values() if run.session == session and run.view.state in ACTIVE]
         training = sum(run.worker is not None for run in mine)
         waiting = len(mine) - training + self._starting[session]
-        if training + waiting >= limits.running_per_session + limits.queued_per_session:
+        if training + waiting + n > limits.running_per_session + limits.queued_per_session:
             raise LimitError(
                 f"this session already has {training} run{'s' * (training != 1)} training and {waiting} waiting, "
                 f"the most one session may have ({limits.running_per_session} training and "
@@ -458,8 +513,8 @@ class Runner:
         return idle > 0 and now - self._seen.get(session, now) >= idle
 
     def _training(self) -> Counter[str]:
-        """Runs on a worker (starting, running or paused), by session. Caller holds the lock."""
-        return Counter(self._runs[w.run_id].session for w in self._workers if w.run_id in self._runs)
+        """Jobs on a worker (starting, running or paused), by session. Caller holds the lock."""
+        return Counter(w.job.session for w in self._workers if w.job is not None)
 
     def _check_idle(self) -> None:
         """Pause the runs of sessions no page has shown for ``idle_seconds``; stop them after ``idle_stop_seconds``."""
@@ -493,27 +548,32 @@ class Runner:
         return worker
 
     def _dispatch(self) -> None:
-        """Start queued runs on free ready workers, in order, skipping runs whose session has its share training;
-        spawn workers (up to ``max_workers``) for the rest. Caller holds the lock."""
+        """Start queued jobs on free ready workers, by priority then arrival, skipping jobs whose session has its
+        share training; spawn workers (up to ``max_workers``) for the rest. Caller holds the lock."""
         if self._closed:
             return
         training, now = self._training(), time.monotonic()
         eligible = []
-        for run_id in self._queue:
-            session = self._runs[run_id].session
-            if session and (self._silent(session, now) or training[session] >= self.limits.running_per_session):
+        for job in self._queue:
+            if job.session and (
+                self._silent(job.session, now) or training[job.session] >= self.limits.running_per_session
+            ):
                 continue
-            training[session] += 1
-            eligible.append(run_id)
-        free = [w for w in self._workers if w.run_id is None]
-        for run_id, worker in zip(eligible, [w for w in free if w.ready]):
-            run = self._runs[run_id]
-            assert run.config is not None
-            self._queue.remove(run_id)
-            worker.run_id, run.worker = run_id, worker
-            run.view = replace(run.view, message="starting", queue_position=0)
-            limit = self.limits.max_seconds
-            worker.send(("run", run_id, (run.config.to_dict(), run.lr, run.paused, run.steps, limit, "")))
+            training[job.session] += 1
+            eligible.append(job)
+        free = [w for w in self._workers if w.job is None]
+        for job, worker in zip(eligible, [w for w in free if w.ready]):
+            self._queue.remove(job)
+            worker.job, job.worker = job, worker
+            runs = [self._runs[run_id] for run_id in job.ids]
+            for run in runs:
+                run.worker = worker
+                run.view = replace(run.view, message="starting", queue_position=0)
+            spec = JobSpec(
+                tuple(run.config.to_dict() for run in runs), tuple(job.ids), tuple(run.lr for run in runs),  # type: ignore[union-attr]
+                job.paused, job.steps, self.limits.max_seconds, job.snapshots,
+            )  # fmt: skip
+            worker.send(("job", job.key, spec))
         starting = sum(not w.ready for w in free)
         wanted = len(eligible) - sum(w.ready for w in free) - starting
         for _ in range(min(wanted, self.max_workers - len(self._workers))):
@@ -560,31 +620,53 @@ class Runner:
         self._handle(worker, message)
 
     def _handle(self, worker: _Worker, message: tuple) -> None:
+        """A message from a worker: ready; status (its job's runs); ended (a run, saved or not); done (its job)."""
         kind = message[0]
         if kind == "ready":
             with self._lock:
                 worker.ready, self._start_failures = True, 0
                 self._dispatch()
             return
-        view, saved = message[1], True
+        unsaved = None
         with self._lock:
-            run = self._runs.get(view.id)
-            ours = run is not None and run.worker is worker  # not a run deleted (or forgotten) meanwhile
-            if ours:
-                run.view = view
-            if kind == "done":
-                saved = message[2]
-                worker.run_id = None
-                if ours:
-                    run.worker, run.config, run.idle = None, None, False
+            if kind == "status":
+                for view in message[1]:
+                    run = self._runs.get(view.id)
+                    if run is not None and run.worker is worker:  # not a run deleted (or forgotten) meanwhile
+                        run.view = view
+            elif kind == "ended":
+                view, saved = message[1], message[2]
+                run = self._runs.get(view.id)
+                if run is not None and run.worker is worker:
+                    run.view, run.worker, run.config, run.job, run.idle = view, None, None, None, False
+                if not saved:  # the worker could not write its final status (e.g. a full disk): try from here
+                    unsaved = view
+            elif kind == "done":
+                job, worker.job = worker.job, None
+                if job is not None:
+                    job.worker = None
+                    for view in self._release(job, worker, "its job ended without it"):
+                        self._writer_save(view)
                 self._forget_old()
                 self._dispatch()
             self._changed.notify_all()
-        if not saved:  # the worker could not write its final status (e.g. a full disk): try from here
-            self._writer_save(view)
+        if unsaved is not None:
+            self._writer_save(unsaved)
+
+    def _release(self, job: _Job, worker: _Worker, why: str) -> list[RunStatusView]:
+        """Mark the job's runs that have not ended on ``worker`` interrupted (``why``). Caller holds the lock."""
+        ended = []
+        for run_id in job.ids:
+            run = self._runs.get(run_id)
+            if run is not None and run.worker is worker:
+                message = f"interrupted at step {run.view.step}: {why}"
+                run.view = replace(run.view, state="interrupted", message=message, steps_per_second=0.0)
+                run.worker, run.config, run.job = None, None, None
+                ended.append(run.view)
+        return ended
 
     def _lost(self, worker: _Worker) -> None:
-        """A worker ended: take its last messages, mark its run interrupted, and replace it if runs wait."""
+        """A worker ended: take its last messages, mark its job's runs interrupted, and replace it if jobs wait."""
         with self._lock:
             if worker not in self._workers:
                 return
@@ -602,12 +684,9 @@ class Runner:
         why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         ended = []
         with self._lock:
-            run = self._runs.get(worker.run_id) if worker.run_id else None
-            if run is not None and run.view.state not in TERMINAL:
-                message = f"interrupted at step {run.view.step}: its worker process died ({why})"
-                run.view = replace(run.view, state="interrupted", message=message, steps_per_second=0.0)
-                run.worker, run.config = None, None
-                ended.append(run.view)
+            if worker.job is not None:
+                ended += self._release(worker.job, worker, f"its worker process died ({why})")
+                worker.job = None
             if not worker.ready:  # died while starting: after a few in a row, stop trying
                 self._start_failures += 1
                 if self._start_failures >= START_FAILURES:
@@ -620,10 +699,12 @@ class Runner:
     def _fail_queued(self, message: str) -> list[RunStatusView]:
         """Fail every queued run (workers cannot start). Caller holds the lock."""
         ended = []
-        while self._queue:
-            run = self._runs[self._queue.popleft()]
-            run.view, run.config = replace(run.view, state="failed", message=message), None
-            ended.append(run.view)
+        for job in self._queue:
+            for run_id in job.ids:
+                run = self._runs[run_id]
+                run.view, run.config, run.job = replace(run.view, state="failed", message=message), None, None
+                ended.append(run.view)
+        self._queue.clear()
         return ended
 
     def _forget_old(self) -> None:
@@ -640,7 +721,8 @@ class Runner:
             if self._closed:
                 return
             self._closed = True
-            queued, workers = list(self._queue), list(self._workers)
+            queued = {run_id for job in self._queue for run_id in job.ids}
+            workers = list(self._workers)
             self._queue.clear()
             self._workers.clear()
         atexit.unregister(self.shutdown)
@@ -650,7 +732,7 @@ class Runner:
             worker.send(("exit", None, None))
         self._collect(workers, deadline)
         with self._lock:
-            left = [run.view for run_id, run in self._runs.items() if run.view.state in ACTIVE]
+            left = [run.view for run in self._runs.values() if run.view.state in ACTIVE]
             for view in left:
                 why = "before it started" if view.id in queued or view.message == "starting" else f"at step {view.step}"
                 self._runs[view.id].view = replace(view, state="interrupted", message=f"the runner shut down {why}")

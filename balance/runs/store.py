@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,14 +57,15 @@ import numpy as np
 import pandas as pd
 
 from balance.config import ConfigError, RunConfig
+from balance.engine.status import ACTIVE, STATES
+from balance.runs.record import LIVE_EVENTS, RunRecord, changes_from_events, lr_history
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 3
 ORIGINS = ("trained", "imported")
-STATES = ("queued", "running", "paused", "finished", "diverged", "stopped", "failed", "interrupted")
-ACTIVE = ("queued", "running", "paused")
 _ACTIVE_SQL = "('queued', 'running', 'paused')"
+_LIVE_SQL = ", ".join(f"'{kind}'" for kind in LIVE_EVENTS)
 NEURON_SNAPSHOTS = 200  # kept per run between the first and the last
 NEURON_BYTES = 64 << 20  # and at most this many bytes of snapshots per run
 
@@ -100,21 +101,6 @@ class StoreError(RuntimeError):
     def __init__(self, message: str, kind: str = "io") -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    id: str
-    config: RunConfig
-    state: str
-    step: int
-    message: str
-    created: datetime
-    updated: datetime
-    columns: list[str]
-    name: str = ""
-    sweep: str = ""
-    origin: str = "trained"  # or "imported": see ORIGINS
 
 
 def default_home() -> Path:
@@ -512,6 +498,28 @@ class RunStore:
                 drop = _thin([r[0] for r in conn.execute(query, (run_id,))], limit)
                 conn.executemany("DELETE FROM neurons WHERE run_id = ? AND step = ?", [(run_id, k) for k in drop])
 
+    def save_result(self, run_id: str, result: Any) -> None:
+        """Record a run trained in memory (``balance.runs.loop.RunResult``: metrics, status, live changes, neuron
+        snapshots) as ``run_id``, created queued by this store: all or nothing, one transaction."""
+        columns = [str(c) for c in result.metrics.columns]
+        with self.transaction():
+            if columns:
+                self.claim_run(run_id, columns)
+                self.append_rows(run_id, result.metrics.to_numpy(dtype="float64"))
+            for change in result.changes:
+                self.record_event(run_id, change.step, change.event, change.value)
+            for step, table in result.neurons:
+                self.save_neurons(run_id, step, table)
+            status = result.status
+            self.set_status(run_id, status.state, status.step, status.message)
+
+    def record(self, result: Any, name: str = "", sweep: str = "") -> str:
+        """A new run holding ``result`` (a ``RunResult`` with its config), all or nothing; returns its id."""
+        with self.transaction():
+            run_id = self.create_run(result.config, [], name=name, sweep=sweep)
+            self.save_result(run_id, result)
+        return run_id
+
     def delete_run(self, run_id: str) -> None:
         with self._write("deleting a run") as conn:
             if conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
@@ -614,17 +622,26 @@ class RunStore:
         if not found:
             raise self._missing(run_id)
         text, state, step, message, created, updated, columns, name, sweep, owner, origin = found[0]
+        events = self._read(
+            f"SELECT step, kind, value FROM events WHERE run_id = ? AND kind IN ({_LIVE_SQL}) ORDER BY step, rowid",
+            (run_id,),
+        )
         try:
             config = RunConfig.from_dict(_config_dict(text))
             record = RunRecord(
                 run_id, config, str(state), int(step), str(message), _utc(float(created)), _utc(float(updated)),
-                _column_list(columns), str(name), str(sweep), str(origin),
+                _column_list(columns), str(name), str(sweep), str(origin), changes_from_events(events),
             )  # fmt: skip
+            record.versions  # noqa: B018  (each version must be a valid config: else the record is damaged)
         except (ConfigError, ValueError, TypeError, AttributeError, OverflowError, OSError) as exc:
             raise self._corrupt(run_id, exc) from None
         if self._unmarked and record.state in ACTIVE and not owner_alive(owner):
             record = replace(record, state="interrupted", message=_interrupted(record.step, owner))
         return record
+
+    def load(self, run_id: str) -> RunRecord:
+        """``get_run`` with its metrics (``RunRecord.metrics``): a run read back whole, for an analysis."""
+        return replace(self.get_run(run_id), metrics=self.metrics(run_id))
 
     def _matrix(self, run_id: str, data: bytes, width: int) -> np.ndarray:
         """Stored float64 rows of ``width`` values (``corrupt`` if the bytes cannot be such rows)."""
@@ -839,27 +856,6 @@ def content_digest(raw: dict[str, Any], rows: np.ndarray, events: Sequence[tuple
         digest.update(json.dumps([int(step), keys, int(n), len(data)]).encode())
         digest.update(data)
     return digest.hexdigest()
-
-
-def lr_history(start: float, changes: Sequence[tuple[int, float]]) -> str:
-    """The step-size changes in words, e.g. ``0.01 → 0.05 at step 300 → 0.02 at step 900``.
-
-    ``start`` is the config's step size, ``changes`` the ``lr`` events as (step, lr) in the order they apply; ""
-    if none changes it.
-    """
-    parts, current = [], start
-    for step, lr in changes:
-        if lr != current:
-            parts.append(f" → {lr:g} at step {step}")
-            current = lr
-    return f"{_float_text(start)}{''.join(parts)}" if parts else ""
-
-
-def _float_text(x: Any) -> str:
-    try:
-        return f"{float(x):g}"
-    except (TypeError, ValueError):
-        return "?"
 
 
 def _config_dict(text: Any) -> dict[str, Any]:

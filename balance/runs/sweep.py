@@ -24,10 +24,12 @@ A spec is a base ``RunConfig`` plus the settings to vary, as dotted names (``opt
     "optim.name" = "momentum"
     "optim.momentum" = 0.5
 
-Running (``run_sweep``): members that can batch (``batched.batch_key``) train in chunks of one shape (about 64 MF
-or 8 network members each: larger chunks hit allocator page faults); the rest, one per process in a process pool.
-A diverged member is recorded as diverged and the others go on. With ``ray_address`` each chunk is a Ray task and
-the results are collected into the same store; Ray is imported only then.
+Running (``run_sweep``): members that can batch (``batching.batch_key``) train in chunks of one shape (about 64 MF
+or 8 network members each: larger chunks hit allocator page faults); the rest one per chunk. Each chunk is a job of
+the executor (``balance.runs.executor``, priority ``sweep``): K configs on one engine, driven by the one loop, its
+worker writing every member to the store as it trains. A diverged member is recorded as diverged and the others go
+on. With ``ray_address`` each chunk is a Ray task and the results are collected into the same store; Ray is
+imported only then.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ MAX_MEMBERS = 100_000  # counted (a product of axis lengths) before a single mem
 RAY_CONNECT_SECONDS = 20.0  # a Ray address that does not answer within this is refused (the CLI exits 2)
 CHUNK = {"mf": 64}  # members per batched chunk by model family; others CHUNK_DEFAULT
 CHUNK_DEFAULT = 8
+# neuron snapshots per member between its first and last step (a page's run keeps 200): a sweep is read by its final
+# values, and 200 snapshots of 64 stacked members cost ~25% of an MF chunk's training
+SNAPSHOTS = 20
 SPEC_KEYS = ("name", "preset", "base", "grid", "list")
 SETTINGS = dict(schema())  # dotted name -> field
 # The axes the Sweeps page knows by name (shown in this order where they vary).
@@ -248,32 +253,27 @@ def _short(v: Any) -> str:
 # --- running ------------------------------------------------------------------------------------------------------
 
 
-Outcome = tuple[list[str], np.ndarray, str, int, str]  # columns, rows [n, len(columns)], state, step, message
+def train_chunk(configs: Sequence[RunConfig]) -> list[Any]:
+    """Train ``configs`` (one batch shape, or a single config of any kind) in this process, through the one loop
+    (``balance.runs.loop.train``); one ``RunResult`` per config.
 
-
-def train_chunk(configs: Sequence[RunConfig]) -> list[Outcome]:
-    """Train ``configs`` (one batch shape, or a single config of any kind); one outcome per config.
-
-    Runs in this process, a pool worker or a Ray worker: it touches no store. A failure (an exception) is that
-    chunk's outcome for every member, as state ``failed``.
+    For ``workers=1`` and for a Ray task: it touches no store. A failure (an exception) is that chunk's outcome for
+    every member, as state ``failed``.
     """
     import torch
 
-    from balance.runs.batching import batch_key, train_batched, tune_allocator
-    from balance.runs.loop import run
+    from balance.engine.status import RunStatus
+    from balance.runs import loop
+    from balance.runs.batching import tune_allocator
 
     torch.set_num_threads(1)  # one thread per worker: workers share the machine's cores
     tune_allocator()
     try:
-        single = len(configs) == 1 and batch_key(configs[0]) is None
-        results = [run(configs[0])] if single else train_batched(configs)
+        return loop.train(configs, snapshots=SNAPSHOTS)
     except Exception as exc:  # reported as the members' state: the sweep goes on
         log.exception("a sweep chunk failed")
-        return [([], np.zeros((0, 0)), "failed", 0, f"failed: {type(exc).__name__}: {exc}") for _ in configs]
-    return [
-        (list(r.metrics.columns), r.metrics.to_numpy(dtype="float64"), r.status.state, r.status.step, r.status.message)
-        for r in results
-    ]
+        failed = RunStatus("failed", 0, f"failed: {type(exc).__name__}: {exc}")
+        return [loop.RunResult(pd.DataFrame(), failed, c) for c in configs]
 
 
 def plan(configs: Sequence[RunConfig], chunk: int | None = None) -> list[list[int]]:
@@ -321,11 +321,12 @@ def run_sweep(
 ) -> SweepResult:
     """Train every member of ``spec`` and record each as a run of one new sweep in ``store`` (a ``RunStore``).
 
-    ``workers``: processes for the work units (default and at most: the usable cores; 1 trains in this process).
-    ``chunk``: members per batch. ``ray_address``: send the units to that Ray cluster instead; one that does not
-    answer within ``RAY_CONNECT_SECONDS`` raises ``ConfigError`` before anything is stored.
-    ``on_progress(done, total)`` counts members. A member that diverges or fails is recorded as such; the others go
-    on.
+    ``workers``: processes for the work units (default and at most: the usable cores); each unit is a job of the
+    executor (``balance.runs.executor.Runner``, priority ``sweep``) and its worker writes its members to the store as
+    they train; 1 trains in this process, one unit after another. ``chunk``: members per batch. ``ray_address``:
+    send the units to that Ray cluster instead; one that does not answer within ``RAY_CONNECT_SECONDS`` raises
+    ``ConfigError`` before anything is stored. ``on_progress(done, total)`` counts members. A member that diverges
+    or fails is recorded as such; the others go on.
     """
     configs, changes = spec.configs(), spec.changes()
     if ray_address:
@@ -337,15 +338,15 @@ def run_sweep(
     states = [""] * len(configs)
     done = 0
 
-    def collect(unit: list[int], outcomes: list[Outcome]) -> None:
+    def collect(unit: list[int], results: list[Any] | None) -> None:
+        """A unit has ended: record results trained here (None: its worker has recorded them) and count it."""
         nonlocal done
-        with store.transaction():
-            for i, (columns, rows, state, step, message) in zip(unit, outcomes):
-                if columns:
-                    store.claim_run(ids[i], columns)
-                    store.append_rows(ids[i], rows)
-                store.set_status(ids[i], state, step, message)
-                states[i] = state
+        if results is not None:
+            with store.transaction():
+                for i, result in zip(unit, results):
+                    store.save_result(ids[i], result)
+        for i in unit:
+            states[i] = store.get_run(ids[i]).state
         done += len(unit)
         if on_progress is not None:
             on_progress(done, len(configs))
@@ -356,10 +357,10 @@ def run_sweep(
         if ray_address:
             _run_ray(ray_address, configs, units, collect)
         else:
-            _run_local(configs, units, collect, workers)
+            _run_local(store, configs, ids, units, collect, workers)
     except BaseException:
         for i, state in enumerate(states):  # an interrupted sweep leaves no member "queued" forever
-            if not state:
+            if not state and store.get_run(ids[i]).state == "queued":
                 store.set_status(ids[i], "stopped", 0, "the sweep was interrupted before this member ran")
         raise
     return SweepResult(sweep, ids, states)
@@ -373,24 +374,30 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _run_local(configs: Sequence[RunConfig], units: list[list[int]], collect: Callable, workers: int | None) -> None:
+def _run_local(
+    store: Any, configs: Sequence[RunConfig], ids: list[str], units: list[list[int]], collect: Callable,
+    workers: int | None,
+) -> None:  # fmt: skip
     # more processes than cores only add memory and contention (each worker runs one torch thread)
     workers = min(workers or usable_cores(), usable_cores(), len(units))
     if workers <= 1:
         for unit in units:
             collect(unit, train_chunk([configs[i] for i in unit]))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from balance.runs.executor import Runner
+    from balance.runs.limits import Limits
 
-    from balance.runs.executor import neutral_main
-
-    # spawn: a forked child of a process that has used torch threads can deadlock
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        with neutral_main():  # the pool spawns its workers while tasks are submitted: not as the page script
-            futures = {pool.submit(train_chunk, [configs[i] for i in unit]): unit for unit in units}
-        for future in as_completed(futures):
-            collect(futures[future], future.result())
+    # the command line's own sweep: no per-run limits (as 'balance run'); Ctrl-C shuts the workers down
+    runner = Runner(store, max_workers=workers, limits=Limits(max_memory=2**62, max_seconds=math.inf))
+    try:
+        for unit in units:
+            runner.submit([configs[i] for i in unit], priority="sweep", ids=[ids[i] for i in unit], snapshots=SNAPSHOTS)
+        for unit in units:  # jobs start in this order; report each as it ends
+            for i in unit:
+                runner.wait(ids[i])
+            collect(unit, None)
+    finally:
+        runner.shutdown()
 
 
 # Run in a child process: a Ray client that finds no cluster retries inside Ray's C++ core for minutes and cannot
