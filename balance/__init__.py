@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from balance.engine.trainer import RunStatus, Trainer
     from balance.runs.loop import RunResult, run
     from balance.views import figures as plots
+    from balance.watch import audit, watch
 
 _EXPORTS = {
     "PRESETS": "balance.config.presets",
@@ -26,9 +27,11 @@ _EXPORTS = {
     "RunResult": "balance.runs.loop",
     "RunStatus": "balance.engine.trainer",
     "Trainer": "balance.engine.trainer",
+    "audit": "balance.watch",
     "plots": "balance",
     "preset": "balance.config.presets",
     "run": "balance.runs.loop",
+    "watch": "balance",  # the package balance.watch, which is callable: balance.watch(model, optimizer)
 }
 __all__ = [
     "PRESETS",
@@ -40,9 +43,11 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "Trainer",
+    "audit",
     "plots",
     "preset",
     "run",
+    "watch",
 ]
 __version__ = "0.1.0"
 
