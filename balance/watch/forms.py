@@ -13,6 +13,7 @@ of the symmetry group to the parameters (the audit's numerical check).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -84,7 +85,7 @@ class Law:
     def units(self) -> int:
         return self.terms[0].units
 
-    @property
+    @functools.cached_property
     def params(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t.param for t in self.terms))
 
@@ -94,12 +95,14 @@ class Law:
         total = None
         for t in self.terms:
             c = t.coef * (weights.get(t.param, 1.0) if weights else 1.0)
-            if self.matrix:
+            if self.matrix:  # one fused op per term: total + c X X^T
                 X = t.view(tensors[t.param])
-                part = X @ X.transpose(-1, -2)
+                total = (
+                    (c * X) @ X.transpose(-1, -2) if total is None else total.baddbmm(X, X.transpose(-1, -2), alpha=c)
+                )
             else:
                 part = t.rowsq(tensors[t.param])
-            total = c * part if total is None else total + c * part
+                total = c * part if total is None else total.add(part, alpha=c)
         assert total is not None
         return total
 

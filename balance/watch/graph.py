@@ -456,7 +456,7 @@ def _producers(gm: torch.fx.GraphModule) -> list[_Producer]:
                         terms = [Term(f"{t}.out_proj.weight", 0, E)]
                         if m.out_proj.bias is not None:
                             terms.append(Term(f"{t}.out_proj.bias", 0, E))
-                        out.append(_Producer(user, t, E, terms, True))
+                        out.append(_Producer(user, f"{t}.out_proj", E, terms, True))
         elif node.op == "call_function" and shape is not None:
             name = _op_name(node, gm)
             if name == "linear":
@@ -484,12 +484,25 @@ def _axis_of(producer: _Producer, gm: torch.fx.GraphModule) -> int:
     return len(shape) - 1
 
 
-def _law_of(p: _Producer, reach: _Reach) -> Law:
+def _module_of(param: str) -> str:
+    """A parameter's module for a layer's weight or bias (``fc1.weight`` -> ``fc1``), else the parameter itself."""
+    module, _, leaf = param.rpartition(".")
+    return module if module and leaf in ("weight", "bias", "in_proj_weight", "in_proj_bias") else param
+
+
+def _fan(gm: torch.fx.GraphModule, term: Term) -> int:
+    """How many entries each unit of a term touches in its parameter (its fan-in or fan-out)."""
+    shape = list(gm.get_parameter(term.param).shape)
+    shape.pop(term.axis)
+    return math.prod(shape)
+
+
+def _law_of(p: _Producer, reach: _Reach, gm: torch.fx.GraphModule) -> Law:
     incoming = [*p.incoming, *reach.incoming]
     outgoing = [t for t, _ in reach.outgoing]
     degrees = {k for _, k in reach.outgoing}
     layer_norm = any(kind == "layer" for kind, _, _ in reach.normalizers)
-    targets = sorted({t.param.rpartition(".")[0] or t.param for t in outgoing})
+    targets = sorted({_module_of(t.param) for t in outgoing})
     norms = [module for _, module, _ in reach.normalizers]
     eps = [(module, e) for _, module, e in reach.normalizers if e > 0]
     approximate = "; ".join(f"{module}.eps = {e:g} makes the scale symmetry approximate" for module, e in eps)
@@ -501,7 +514,8 @@ def _law_of(p: _Producer, reach: _Reach) -> Law:
         name = f"{p.module} → {', '.join(targets)} (degree {', '.join(f'{k:g}' for k in sorted(degrees))})"
     elif reach.linear and p.linear_map and not reach.normalizers and all(t.block == 1 for t in outgoing):
         kind = "linear_pair"
-        name = f"{p.module} → {', '.join(targets)} (linear)"
+        low = all(p.units < _fan(gm, t) for t in [*p.incoming[:1], *outgoing])
+        name = f"{p.module} → {', '.join(targets)} ({'low-rank pair, as LoRA' if low else 'linear'})"
     else:
         kind = "rescale"
         name = f"{p.module} → {', '.join(targets)}"
@@ -575,7 +589,7 @@ def find(model: nn.Module, example: tuple[Any, ...]) -> Found:
         if reach.blocked:
             found.no_laws.append(NoLaw(p.module, reach.blocked))
         elif reach.outgoing or reach.normalizers:
-            found.laws.append(_law_of(p, reach))
+            found.laws.append(_law_of(p, reach, gm))
     laws, no = _attention_laws(gm)
     found.laws += laws
     found.no_laws += no

@@ -58,10 +58,12 @@ class Watch:
         example_input: Any = None,
         report: Audit | None = None,
         store: RunStore | str | Path | bool | None = None,
+        matrices: bool = False,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every = {every!r}: log every n-th step, n a whole number >= 1")
         self.model, self.optimizer, self.name, self.every = model, optimizer, name, every
+        self.matrices = matrices
         self.audit: Audit | None = report
         self.predictor: Predictor | None = None
         self.step = 0
@@ -73,7 +75,7 @@ class Watch:
         self.closed = False
         self._loss: Any = None
         self._pending: list[list[float]] = []
-        self._flushed = self._neurons_at = 0.0
+        self._flushed = self._neurons_at = time.monotonic()  # the first flush a second in, not at step 1
         self._lr = math.nan
         self._owns_store = store is None or isinstance(store, (str, Path))
         self.store: RunStore | None = (
@@ -104,8 +106,8 @@ class Watch:
     def _start(self) -> None:
         assert self.audit is not None
         laws = [c.law for c in self.audit.laws]
-        self.predictor = Predictor(laws, self.model, self.optimizer)
-        self._units0 = self.predictor.units()
+        self.predictor = Predictor(laws, self.model, self.optimizer, matrices=self.matrices)
+        self._units0 = self.predictor.units(self.predictor.measure())
         self.layers = list(dict.fromkeys(p for law in laws for p in law.params if not p.endswith("bias")))
         self.columns = self._columns()
         self._lr = self._current_lr()
@@ -183,23 +185,27 @@ class Watch:
         p = self.predictor
         params = p.params
         values: list[torch.Tensor] = []
-        for name in self.layers:
-            values.append(params[name].detach().double().square().sum())
-        for name in self.layers:
-            g = params[name].grad if with_grads else None
-            values.append(g.double().norm() if g is not None else torch.tensor(math.nan, dtype=torch.float64))
-        now, gaps, drifts, preds, inv, mdrift = p.measure(), [], [], [], [], []
+        if self.layers:  # one fused norm each for the weights and the gradients
+            weights = [params[name].detach() for name in self.layers]
+            values += [n.double().square() for n in torch._foreach_norm(weights)]
+            grads = [params[name].grad for name in self.layers] if with_grads else []
+            if grads and all(g is not None for g in grads):
+                values += [n.double() for n in torch._foreach_norm(grads)]  # type: ignore[arg-type]
+            else:
+                nan = torch.tensor(math.nan, dtype=torch.float64)
+                values += [g.double().norm() if g is not None else nan for g in grads or [None] * len(weights)]
+        now, gaps, drifts, inv, mdrift = p.measure(), [], [], [], []
         for t, Q in zip(p.tracked, now):
             assert t.Q0 is not None
             gaps.append(_trace(Q, t.law.matrix))
             drifts.append(_trace(Q - t.Q0, t.law.matrix))
-            preds.append(_trace(t.Q - t.Q0, t.law.matrix) if t.Q is not None else torch.tensor(math.nan).double())
             if t.law.matrix:
                 inv.append(Q.norm())
                 mdrift.append((Q - t.Q0).norm())
+        preds = list(p.traces() - torch.stack([_trace(t.Q0, t.law.matrix) for t in p.tracked])) if p.tracked else []
         unit_stats = []
         if p.tracked:
-            change = torch.cat([(u - u0).abs() for u, u0 in zip(p.units(), self._units0)])
+            change = torch.cat([(u - u0).abs() for u, u0 in zip(p.units(now), self._units0)])
             unit_stats = [change.max(), change.mean()]
         flat = [*values, *gaps, *drifts, *preds, *inv, *mdrift, *unit_stats]
         numbers = torch.stack([v.reshape(()).double().cpu() for v in flat]).tolist() if flat else []
@@ -374,11 +380,15 @@ def watch(
     example_input: Any = None,
     report: Audit | None = None,
     store: RunStore | str | Path | bool | None = None,
+    matrices: bool = False,
 ) -> Watch:
     """Watch the conservation laws of ``model`` trained by ``optimizer`` (see ``Watch``): one line before the loop.
 
     ``every``: log every n-th step (then thinner past 10^4 * n steps); ``example_input``: audit now rather than at
     the first forward; ``report``: an ``Audit`` already made; ``store``: a ``RunStore``, a folder, or False to keep
-    the rows in memory only (default: the run store of ``$BALANCE_HOME``).
+    the rows in memory only (default: the run store of ``$BALANCE_HOME``); ``matrices``: also predict every matrix
+    law (attention heads, linear pairs) as a whole matrix, not only its trace (``Watch.predictor.tracked[j].Qm``).
     """
-    return Watch(model, optimizer, name, every=every, example_input=example_input, report=report, store=store)
+    return Watch(
+        model, optimizer, name, every=every, example_input=example_input, report=report, store=store, matrices=matrices
+    )
