@@ -1,7 +1,8 @@
 """``balance.audit(model, example_input)``: the continuous symmetries of any ``nn.Module``, each checked in float64.
 
 The graph (``balance.watch.graph``) proposes the laws; each is then checked numerically on a float64 copy of the
-model (the model itself is not touched):
+model whose parameters are moved a little at random (a check at a special point, such as LoRA's B = 0, would prove
+nothing; the model itself is not touched):
 
 - invariance: a random element of the symmetry group (per-unit scales e^u, u uniform in [-1/2, 1/2], or a random
   invertible mixing M = I + N / (2 sqrt(n))) changes the model's output on the example input by at most 1e-10
@@ -113,7 +114,7 @@ def audit(model: nn.Module, example_input: Any, *, seed: int = 0) -> Audit:
     inputs = as_inputs(example_input)
     found = find(model, inputs)
     report = Audit(type(model).__name__, no_laws=list(found.no_laws))
-    base = _float64(model)
+    base = _jittered(_float64(model), seed)
     inputs64 = tuple(x.double() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
     for law in found.laws:
         invariance, step = check(base, inputs64, law, seed)
@@ -136,6 +137,18 @@ def _float64(model: nn.Module) -> nn.Module:
         return bare_copy(model).double()
     except Exception as exc:  # pragma: no cover - a module that refuses float64
         raise AuditError(f"{type(model).__name__} cannot be copied to float64 for the check: {exc}") from None
+
+
+def _jittered(model: nn.Module, seed: int) -> nn.Module:
+    """``model`` with every parameter moved a little at random (in place): a symmetry holds at every point, and a
+    check at a special one proves nothing (a LoRA pair's B = 0 start leaves the output unchanged by any A)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            size = float(p.abs().mean()) if p.numel() else 0.0
+            size = size or (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1)
+            p.add_(0.1 * size * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    return model
 
 
 def _output(model: nn.Module, inputs: Sequence[Any], seed: int) -> torch.Tensor:

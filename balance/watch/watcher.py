@@ -117,6 +117,7 @@ class Watch:
             self.store.claim_run(self.run_id, self.columns)
             self.store.record_event(self.run_id, 0, "model", type(self.model).__name__)
             self.store.set_status(self.run_id, "running", 0, self.describe())
+            self.store.save_neurons(self.run_id, 0, self.neuron_table())  # Explore's starting points
         log.info("balance.watch: %s", self.describe())
 
     def _columns(self) -> list[str]:
@@ -304,6 +305,8 @@ class Watch:
         for handle in self._handles:
             handle.remove()
         if self.store is not None and self.run_id:
+            if self.predictor is not None:
+                self._safe(self.store.save_neurons, self.run_id, self.step, self.neuron_table())
             text = message or self.describe()
             self._safe(self.store.set_status, self.run_id, state, self.step, text)
         if self.store is not None and self._owns_store:

@@ -1,0 +1,115 @@
+"""``w.show()``: a watched run's charts in Jupyter, updated in place while the training loop runs.
+
+The charts are the dashboard's own (``balance.views.figures``: loss, each law's drift measured against its exact
+prediction, squared norms, gradient norms, the matrix laws), each in a plotly ``FigureWidget`` (an anywidget): the
+watch calls ``update`` at every flush (about once a second), which rebuilds the figures from ``w.frame()`` and
+copies their traces into the widgets inside one ``batch_update``, so the notebook redraws without a new output and
+a zoom survives. Outgoing widget messages are sent while the cell still runs, so the charts move during the loop.
+Law and layer names replace the charts' "layers j-(j+1)" labels (a watched run's pair j is law j).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import TYPE_CHECKING, Any
+
+import plotly.graph_objects as go
+
+from balance.views import figures as plots
+
+if TYPE_CHECKING:
+    from balance.watch.watcher import Watch
+
+CHARTS = ("loss", "balance", "norms", "grad_norms", "matrix")
+MAX_POINTS = 500  # buckets per chart: decimation keeps each bucket's extremes
+
+
+class LiveView:
+    """The live charts of one watch: ``figures()`` as plain plotly figures, ``display()`` the widgets, ``update()``."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.widgets: dict[str, go.FigureWidget] = {}
+        self.header: Any = None
+
+    def law_names(self) -> dict[int, str]:
+        tracked = self.watch.predictor.tracked if self.watch.predictor is not None else []
+        return {j: f"{j}: {t.law.name}" for j, t in enumerate(tracked, 1)}
+
+    def no_law(self) -> str:
+        """Why nothing is predicted, where no law of this run is (the optimiser's reason), else ''."""
+        tracked = self.watch.predictor.tracked if self.watch.predictor is not None else []
+        if tracked and all(t.rule is None for t in tracked):
+            return tracked[0].reason
+        return ""
+
+    def figures(self) -> dict[str, go.Figure]:
+        """The charts of the rows so far, by name (the matrix chart only where there are matrix laws)."""
+        df = self.watch.frame()
+        names = self.watch.layers or None
+        out: dict[str, go.Figure] = {}
+        for name in CHARTS:
+            if name == "matrix" and not any(str(c).startswith("matrix_drift_") for c in df.columns):
+                continue
+            fn, _ = plots.FIGURES[name]
+            extra = {"no_law": self.no_law()} if name == "balance" else {}
+            layer_names = names if name in ("norms", "grad_norms") else None
+            fig = fn(df, layer_names=layer_names, max_points=MAX_POINTS, **extra)
+            out[name] = self._relabel(fig) if name in ("balance", "matrix") else fig
+        return out
+
+    def _relabel(self, fig: go.Figure) -> go.Figure:
+        laws = self.law_names()
+        for trace in fig.data:
+            found = re.match(r"layers (\d+)-(\d+)(.*)", trace.name or "")
+            if found and int(found.group(1)) in laws:
+                label = laws[int(found.group(1))] + found.group(3)
+                trace.name = html.escape(label, quote=False)
+                if trace.legendgroup:
+                    trace.legendgroup = trace.name
+        return fig
+
+    def display(self) -> Any:
+        """A vertical box of one FigureWidget per chart under a line naming the laws; shown when in IPython."""
+        import ipywidgets
+
+        self.header = ipywidgets.HTML(self._header())
+        for name, fig in self.figures().items():
+            self.widgets[name] = go.FigureWidget(fig)
+        box = ipywidgets.VBox([self.header, *self.widgets.values()])
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:  # pragma: no cover - ipywidgets depends on IPython
+            return box
+        if get_ipython() is not None:
+            display(box)
+        return box
+
+    def _header(self) -> str:
+        w = self.watch
+        parts = [f"<b>{html.escape(w.name or 'watched run')}</b> · step {w.step:,}"]
+        if w.run_id:
+            parts.append(f"run {html.escape(w.run_id)} (Explore: ?run={html.escape(w.run_id)})")
+        laws = "; ".join(html.escape(v) for v in self.law_names().values()) or "no law found"
+        return " · ".join(parts) + f"<br><small>laws: {laws}</small>"
+
+    def update(self) -> None:
+        """Copy the current figures into the widgets (new traces replace the old where their number changed)."""
+        if not self.widgets:
+            return
+        if self.header is not None:
+            self.header.value = self._header()
+        for name, fig in self.figures().items():
+            widget = self.widgets.get(name)
+            if widget is None:
+                continue
+            with widget.batch_update():
+                if len(widget.data) == len(fig.data):
+                    for old, new in zip(widget.data, fig.data):
+                        old.update(x=new.x, y=new.y, name=new.name)
+                else:
+                    widget.data = ()
+                    widget.add_traces(list(fig.data))
+                widget.layout.annotations = fig.layout.annotations
