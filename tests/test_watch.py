@@ -220,7 +220,7 @@ def test_a_watched_run_is_stored_live_and_exports(tmp_path: Path, monkeypatch: p
         rows["gap_drift_1"], rows["pred_gap_drift_1"], rtol=0, atol=1e-9 * abs(rows["gap_drift_1"]).max()
     )
     record = store.get_run(w.run_id)
-    assert record.state == "finished" and "attention_qk" not in record.message and "attn (W_Q, W_K" in record.message
+    assert record.state == "finished" and "1 = attn (W_Q, W_K per head, 2 heads) [attention_qk]" in record.message
     events = store.events(w.run_id)
     assert events[events["kind"] == "lr"]["step"].tolist() == [20]
     assert store.list_runs()["origin"].tolist() == ["watched"]

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from balance.config import OptimConfig, RunConfig
+from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from balance.engine.engine import should_log
 from balance.engine.laws import column
 from balance.engine.symmetries import SYMMETRIES, TORCH_OPTIMIZERS
@@ -135,18 +135,21 @@ class Watch:
         return names
 
     def describe(self) -> str:
-        """One paragraph: what is watched, each law and layer by its index (the dashboard's status line shows it)."""
+        """A short paragraph: what is watched, each law (pair j) and layer h by its index; the dashboard's status
+        line shows it, so the charts' "layers j-(j+1)" and "layer h" can be read."""
         assert self.predictor is not None
         opt = type(self.optimizer).__name__
-        parts = [f"watched: {type(self.model).__name__} with {opt}; loss as the loop reported it (w.loss)."]
+        parts = [f"watched: {type(self.model).__name__} with {opt} (loss as the loop reported it)."]
         laws = [
-            f"{j} = {t.law.name}: {SYMMETRIES[t.law.kind].quantity}"
-            + ("" if t.rule else f" [measured only: {t.reason}]")
+            f"{j} = {t.law.name} [{t.law.kind}]" + ("" if t.rule else " (measured only)")
             for j, t in enumerate(self.predictor.tracked, 1)
         ]
-        parts.append("Pairs (laws): " + "; ".join(laws) + "." if laws else "No law found (balance.audit says why).")
+        parts.append("Pairs are laws: " + "; ".join(laws) + "." if laws else "No law found (balance.audit says why).")
         if self.layers:
             parts.append("Layers: " + "; ".join(f"{h} = {n}" for h, n in enumerate(self.layers, 1)) + ".")
+        reasons = sorted({t.reason for t in self.predictor.tracked if t.rule is None})
+        if reasons:
+            parts.append("Measured only: " + "; ".join(reasons) + ".")
         return " ".join(parts)
 
     def _current_lr(self) -> float:
@@ -371,7 +374,10 @@ def stand_in(optimizer: torch.optim.Optimizer, every: int) -> RunConfig:
         momentum=clip(beta or 0.9, 0.0, 0.9999),
         weight_decay=clip(group.get("weight_decay", 0.0) or 0.0, 0.0, 10.0),
     )
-    return RunConfig(optim=optim, steps=0, log_every=min(every, 10**6))
+    # model and data: a generic ReLU MLP on teacher data, never matrix factorisation, whose two-layer names (V, U)
+    # the dashboard would put on a watched run's many layers
+    model, data = ModelConfig(name="mlp", activation="relu"), DataConfig(name="teacher")
+    return RunConfig(data=data, model=model, optim=optim, steps=0, log_every=min(every, 10**6))
 
 
 def watch(
