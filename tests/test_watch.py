@@ -274,17 +274,18 @@ def test_the_notebook_view_updates_its_widgets_in_place() -> None:
     w = balance.watch(model, opt, "notebook", every=1, example_input=x, store=False)
     box = w.show()
     view = w._views[0]
-    assert set(view.widgets) == {"loss", "balance", "norms", "grad_norms", "matrix"}
-    balance_widget = view.widgets["balance"]
-    assert len(balance_widget.data) == 0  # no row before the first step: the chart says so
+    assert set(view.widgets) == {"loss", "gaps", "norms", "grad_norms", "matrix"}
+    assert len(view.widgets["gaps"].data) == 0  # no row before the first step: the chart says so
     train(model, opt, x, w, steps=5)
     w.flush()
+    balance_widget = view.widgets["gaps"]  # a new widget, in the same place, now that there are rows
+    assert box.children[2] is balance_widget
     trace = balance_widget.data[0]
-    assert len(trace.x) == 5  # rows 0 .. 4 (row k is the state before step k)
+    assert len(trace.x) == 5 and trace.mode == "lines"  # rows 0 .. 4 (row k is the state before step k)
     train(model, opt, x, w, steps=7)
     w.flush()
-    assert balance_widget is view.widgets["balance"] and box.children[2] is balance_widget  # the same widget
-    assert balance_widget.data[0] is trace and len(trace.x) == 12  # updated in place
+    assert view.widgets["gaps"] is balance_widget and box.children[2] is balance_widget  # the same widget
+    assert balance_widget.data[0] is trace and len(trace.x) == 12  # its traces updated in place
     names = [t.name for t in balance_widget.data]
     assert "1: attn (W_Q, W_K per head, 2 heads) measured" in names
     assert "2: attn (W_V, W_O per head, 2 heads) predicted" in names

@@ -3,8 +3,9 @@
 The charts are the dashboard's own (``balance.views.figures``: loss, each law's drift measured against its exact
 prediction, squared norms, gradient norms, the matrix laws), each in a plotly ``FigureWidget`` (an anywidget): the
 watch calls ``update`` at every flush (about once a second), which rebuilds the figures from ``w.frame()`` and
-copies their traces into the widgets inside one ``batch_update``, so the notebook redraws without a new output and
-a zoom survives. Outgoing widget messages are sent while the cell still runs, so the charts move during the loop.
+copies their traces into the widgets inside one ``batch_update`` (a chart whose traces changed, as the first rows
+replace "no rows yet", gets a new widget in the same place), so the notebook redraws without a new output and a
+zoom survives. Outgoing widget messages are sent while the cell still runs, so the charts move during the loop.
 Law and layer names replace the charts' "layers j-(j+1)" labels (a watched run's pair j is law j).
 """
 
@@ -21,7 +22,7 @@ from balance.views import figures as plots
 if TYPE_CHECKING:
     from balance.watch.watcher import Watch
 
-CHARTS = ("loss", "balance", "norms", "grad_norms", "matrix")
+CHARTS = ("loss", "gaps", "norms", "grad_norms", "matrix")  # "gaps": a watched run has no layer ratios
 MAX_POINTS = 500  # buckets per chart: decimation keeps each bucket's extremes
 
 
@@ -32,6 +33,7 @@ class LiveView:
         self.watch = watch
         self.widgets: dict[str, go.FigureWidget] = {}
         self.header: Any = None
+        self.box: Any = None
 
     def law_names(self) -> dict[int, str]:
         tracked = self.watch.predictor.tracked if self.watch.predictor is not None else []
@@ -53,10 +55,11 @@ class LiveView:
             if name == "matrix" and not any(str(c).startswith("matrix_drift_") for c in df.columns):
                 continue
             fn, _ = plots.FIGURES[name]
-            extra = {"no_law": self.no_law()} if name == "balance" else {}
+            extra = {"no_law": self.no_law()} if name == "gaps" else {}
             layer_names = names if name in ("norms", "grad_norms") else None
             fig = fn(df, layer_names=layer_names, max_points=MAX_POINTS, **extra)
-            out[name] = self._relabel(fig) if name in ("balance", "matrix") else fig
+            fig = self._relabel(fig) if name in ("gaps", "matrix") else fig
+            out[name] = plots.fit_legend(fig, plots.WIDE)  # room for the legend's rows under a notebook-wide chart
         return out
 
     def _relabel(self, fig: go.Figure) -> go.Figure:
@@ -77,15 +80,15 @@ class LiveView:
         self.header = ipywidgets.HTML(self._header())
         for name, fig in self.figures().items():
             self.widgets[name] = go.FigureWidget(fig)
-        box = ipywidgets.VBox([self.header, *self.widgets.values()])
+        self.box = ipywidgets.VBox([self.header, *self.widgets.values()])
         try:
             from IPython import get_ipython
             from IPython.display import display
         except ImportError:  # pragma: no cover - ipywidgets depends on IPython
-            return box
+            return self.box
         if get_ipython() is not None:
-            display(box)
-        return box
+            display(self.box)
+        return self.box
 
     def _header(self) -> str:
         w = self.watch
@@ -96,20 +99,25 @@ class LiveView:
         return " · ".join(parts) + f"<br><small>laws: {laws}</small>"
 
     def update(self) -> None:
-        """Copy the current figures into the widgets (new traces replace the old where their number changed)."""
+        """Copy the current figures into the widgets: the same traces with more points in place (a zoom survives);
+        where the traces themselves changed (the first rows replace "no rows yet"), a new widget in the same slot."""
         if not self.widgets:
             return
-        if self.header is not None:
-            self.header.value = self._header()
+        self.header.value = self._header()
+        changed = False
         for name, fig in self.figures().items():
             widget = self.widgets.get(name)
-            if widget is None:
-                continue
-            with widget.batch_update():
-                if len(widget.data) == len(fig.data):
+            if widget is not None and len(widget.data) == len(fig.data) and len(fig.data):
+                with widget.batch_update():
                     for old, new in zip(widget.data, fig.data):
-                        old.update(x=new.x, y=new.y, name=new.name)
-                else:
-                    widget.data = ()
-                    widget.add_traces(list(fig.data))
-                widget.layout.annotations = fig.layout.annotations
+                        old.update(new.to_plotly_json())  # x, y, and a mode of lines once there are two points
+                    widget.layout.annotations = fig.layout.annotations
+                    widget.layout.height = fig.layout.height
+                    for axis in ("xaxis", "yaxis"):  # whole-step ticks for a short run give way to plotly's own
+                        widget.layout[axis].tickmode = fig.layout[axis].tickmode
+                        widget.layout[axis].tickvals = fig.layout[axis].tickvals
+            else:
+                self.widgets[name] = go.FigureWidget(fig)
+                changed = True
+        if changed:
+            self.box.children = (self.header, *self.widgets.values())
