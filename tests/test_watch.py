@@ -318,3 +318,28 @@ def test_importing_the_package_loads_no_torch() -> None:
     code = "import json, sys, balance.watch, balance.engine.symmetries; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "torch" not in json.loads(out)
+
+
+def test_explore_draws_a_watched_run_with_its_stand_in_config() -> None:
+    # Explore reads a run's config for its charts: as matrix factorisation, a watched run got MF's two layer names
+    # (V, U) for its eight layers and the page failed; the stand-in is a ReLU MLP on teacher data.
+    from balance.app.common import run_figures
+    from balance.config import RunConfig
+    from balance.watch.watcher import stand_in
+
+    model, x, _ = models()["attention"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    w = balance.watch(model, opt, every=1, example_input=x, store=False)
+    train(model, opt, x, w, steps=5)
+    w.close()
+    config = stand_in(opt, 1)
+    assert (config.model.name, config.data.name, config.optim.name, config.optim.lr) == (
+        "mlp",
+        "teacher",
+        "momentum",
+        0.01,
+    )
+    names = [name for name, _, _ in run_figures(w.frame(), config, (None, None), False)]
+    assert names == ["loss", "norms", "balance", "grad_norms", "matrix"]
+    with pytest.raises(ValueError, match="layer_names"):
+        run_figures(w.frame().assign(sqnorm_3=1.0), RunConfig(), (None, None), False)

@@ -10,6 +10,9 @@ every logged column means.
 - ``SCHEDULES``: the step-size schedules eta_k = eta_0 s(k).
 - ``METRICS``: per metric its scope (scalar / layer / pair / neuron), kind (coordinate / measured / predicted),
   formula, TeX label, unit and sign convention; the torch side is ``balance.engine.metrics.COMPUTE``.
+- ``SYMMETRIES``, ``BREAKS``, ``NOT_HOMOGENEOUS``, ``TORCH_OPTIMIZERS`` (``balance.engine.symmetries``): for watching
+  any model (``balance.watch``), the kinds of symmetry the audit finds and what each conserves, what breaks one,
+  and which ``torch.optim`` optimiser has an exact law (the rest: why not).
 - Column names (``gap_drift_2``) are made by ``column`` / ``columns`` and read back by ``parse``, nowhere else.
   (The metric half lives in ``balance.engine.columns``; this module re-exports it, so the registry is one import.)
 

@@ -77,6 +77,7 @@ class Watch:
         self._pending: list[list[float]] = []
         self._flushed = self._neurons_at = time.monotonic()  # the first flush a second in, not at step 1
         self._lr = math.nan
+        self._warned = False
         self._owns_store = store is None or isinstance(store, (str, Path))
         self.store: RunStore | None = (
             None if store is False else store if isinstance(store, RunStore) else RunStore(store or None)
@@ -97,7 +98,12 @@ class Watch:
     # --- set-up ---------------------------------------------------------------------------------------------------
 
     def _first_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.audit is not None or kwargs:
+        if self.audit is not None:
+            return
+        if kwargs:  # the graph is traced from positional inputs only
+            if not self._warned:
+                self._warned = True
+                log.warning("balance.watch: the model is called with keyword arguments; pass example_input= to watch")
             return
         with torch.enable_grad():
             self.audit = audit(module, args)
