@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--no-store", action="store_true", help="keep the rows in memory (no dashboard)")
     parser.add_argument("--float64", action="store_true", help="train in float64 (exact to ~1e-12; 5x slower)")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # small tensors: more threads only contend for the cores (several times slower here)
     model, example = factory()
     if not args.float64:  # float32 convolutions are ~5x faster on a CPU; the laws then hold to ~1e-6 relative
         model, example = model.float(), example.float()

@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--name", default="transformer block")
     parser.add_argument("--no-store", action="store_true", help="keep the rows in memory (no dashboard)")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # small tensors: more threads only contend for the cores (several times slower here)
     model, example = factory()
     optimizer = optimizer_for(model)
     store = False if args.no_store else None  # None: the run store of $BALANCE_HOME, which the dashboard reads

@@ -147,7 +147,7 @@ def _jittered(model: nn.Module, seed: int) -> nn.Module:
         for p in model.parameters():
             size = float(p.abs().mean()) if p.numel() else 0.0
             size = size or (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1)
-            p.add_(0.1 * size * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+            p.add_(0.1 * size * torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device))
     return model
 
 
@@ -184,7 +184,7 @@ def check(model: nn.Module, inputs: Sequence[Any], law: Law, seed: int = 0) -> t
     params = dict(stepped.named_parameters())
     for name in law.params:
         params[name].requires_grad_(True)
-    target = torch.randn(before.shape, generator=generator, dtype=before.dtype)
+    target = torch.randn(before.shape, generator=generator, dtype=before.dtype).to(before.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = _output_differentiable(stepped, inputs)
