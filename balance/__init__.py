@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from balance.runs.loop import RunResult, replay, run
     from balance.runs.record import RunRecord
     from balance.views import figures as plots
+    from balance.watch import audit, watch
 
 _EXPORTS = {
     "PRESETS": "balance.config.presets",
@@ -29,10 +30,12 @@ _EXPORTS = {
     "RunResult": "balance.runs.loop",
     "RunStatus": "balance.engine.status",
     "Trainer": "balance.engine.trainer",
+    "audit": "balance.watch",
     "plots": "balance",
     "preset": "balance.config.presets",
     "replay": "balance.runs.loop",
     "run": "balance.runs.loop",
+    "watch": "balance",  # the package balance.watch, which is callable: balance.watch(model, optimizer)
 }
 __all__ = [
     "PRESETS",
@@ -45,10 +48,12 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "Trainer",
+    "audit",
     "plots",
     "preset",
     "replay",
     "run",
+    "watch",
 ]
 __version__ = "0.1.0"
 

@@ -79,10 +79,31 @@ def load_runs() -> tuple[pd.DataFrame | None, str]:
     except READ_ERRORS as exc:
         return None, f"The run store cannot be read, so no runs are listed: {exc}"
     runs = runs.assign(step_size=[lr_text(lr, h) for lr, h in zip(runs["lr"], runs["lr_history"])])
+    runs = watched_models(runs)
     bad = runs[runs["state"] == "unreadable"]
     if len(bad):
         return runs, f"{len(bad)} run(s) could not be read and are listed as 'unreadable': {', '.join(bad['id'])}"
     return runs, ""
+
+
+def watched_models(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that ``balance.watch`` logged from a training loop of their own (origin ``watched``): their config is a
+    stand-in for the optimiser's settings, so the model column names the model's class (its ``model`` event) and
+    the dataset and init scale columns stay empty."""
+    watched = runs["origin"] == "watched"
+    if not watched.any():
+        return runs
+    runs = runs.copy()
+    for i in runs.index[watched]:
+        try:
+            events = store().events(runs.at[i, "id"])
+        except READ_ERRORS:
+            continue
+        model = events.loc[events["kind"] == "model", "text"]
+        runs.at[i, "model"] = f"{model.iloc[0] if len(model) else 'your model'} (watched)"
+    runs.loc[watched, "dataset"] = "your data"
+    runs.loc[watched, "init_scale"] = math.nan
+    return runs
 
 
 def lr_text(lr: float, history: object = None) -> str:
@@ -100,7 +121,7 @@ def run_labels(runs: pd.DataFrame) -> dict[str, str]:
     for r in runs.itertuples():
         what = f"{r.model} · {r.optimizer} η={r.step_size} · σ={number_text(float(r.init_scale))}"
         what = "unreadable" if r.state == "unreadable" else what
-        label = f"{r.name or r.id} ({what})" + (" · imported" if r.origin == "imported" else "")
+        label = f"{r.name or r.id} ({what})" + (f" · {r.origin}" if r.origin in ("imported", "watched") else "")
         labels[r.id] = f"{label} [{r.id}]" if label in seen else label
         seen.add(label)
     return labels
@@ -169,7 +190,10 @@ def run_table(prefix: str, view: pd.DataFrame, selected: list[str]) -> None:
                 "step size", help="→ marks a change while it trained", width="medium"
             ),
             "init_scale": st.column_config.NumberColumn("init scale", format="%g"),
-            "origin": st.column_config.TextColumn("origin", help="imported: from a file, not trained here"),
+            "origin": st.column_config.TextColumn(
+                "origin",
+                help="imported: from a file, not trained here; watched: your own training loop (balance.watch)",
+            ),
             "updated": st.column_config.DatetimeColumn("updated", format="YYYY-MM-DD HH:mm:ss"),
         },
         height=min(400, 38 + 35 * len(view)),

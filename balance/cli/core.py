@@ -369,7 +369,7 @@ class Command:
 
 
 # Subcommands with their own module: each has ``register(subparsers)`` (runs, sweep, claims, lecture).
-EXTENSIONS = ("balance.cli.runs", "balance.cli.sweep", "balance.cli.claims", "balance.cli.lecture")
+EXTENSIONS = ("balance.cli.runs", "balance.cli.sweep", "balance.cli.claims", "balance.cli.lecture", "balance.cli.audit")
 
 COMMANDS: list[Command] = [
     Command("run", "train one config; write its metrics and print a summary", _add_run, _cmd_run, _run_epilog),

@@ -11,6 +11,9 @@ every logged column means.
 - ``METRICS``: per metric its scope (scalar / layer / pair / neuron), kind (coordinate / measured / predicted),
   formula, TeX label, plain-text label, unit, sign convention and which metric it predicts; the torch side is
   ``balance.engine.metrics.COMPUTE``.
+- ``SYMMETRIES``, ``BREAKS``, ``NOT_HOMOGENEOUS``, ``TORCH_OPTIMIZERS`` (``balance.engine.symmetries``): for watching
+  any model (``balance.watch``), the kinds of symmetry the audit finds and what each conserves, what breaks one,
+  and which ``torch.optim`` optimiser has an exact law (the rest: why not).
 - Column names (``gap_drift_2``) are made by ``column`` / ``columns`` and read back by ``parse`` / ``of_metric``,
   nowhere else; ``label`` (TeX), ``plain`` (charts), ``describe`` (words) and ``expand`` (captions) are what
   consumers show, ``prediction_of`` and ``why_no_law`` say whether there is a prediction and why not.
@@ -44,20 +47,32 @@ from balance.engine.columns import (
     plain,
     prediction_of,
 )
+from balance.engine.symmetries import (  # the entries for watching any model (balance.watch)
+    BREAKS,
+    NOT_HOMOGENEOUS,
+    SYMMETRIES,
+    TORCH_OPTIMIZERS,
+    Symmetry,
+    TorchOptimizer,
+)
 
 __all__ = [
     "ACTIVATIONS",
+    "BREAKS",
     "DATASETS",
     "KINDS",
     "METRICS",
     "MODELS",
     "MODEL_NO_LAW",
     "NEURON_INDEX",
+    "NOT_HOMOGENEOUS",
     "NO_LAW",
     "NO_PREDICTION",
     "OPTIMIZERS",
     "SCHEDULES",
     "SCOPES",
+    "SYMMETRIES",
+    "TORCH_OPTIMIZERS",
     "Activation",
     "DataSet",
     "Family",
@@ -66,6 +81,8 @@ __all__ = [
     "Metric",
     "Optimizer",
     "Schedule",
+    "Symmetry",
+    "TorchOptimizer",
     "column",
     "columns",
     "describe",

@@ -21,7 +21,8 @@ marked ``interrupted`` (one statement) the next time a store is opened for writi
 before. Where that write is impossible (a full disk, a read-only store) reads show such a run as interrupted all the
 same, and the marking waits for the next write.
 
-``origin`` is ``trained`` (this installation ran it) or ``imported`` (from a file); an archive cannot set it, so
+``origin`` is ``trained`` (this installation ran it), ``watched`` (``balance.watch`` logged a training loop of the
+user's own; its config is a stand-in) or ``imported`` (from a file); an archive cannot set it, so
 whatever reuses results (``balance.runs.reuse``) can keep to runs trained here. Schema 2 stores (without ``origin``) are
 migrated on the first writable open (every existing run was trained here); read-only they are read as they are.
 
@@ -63,7 +64,7 @@ from balance.runs.record import LIVE_EVENTS, RunRecord, changes_from_events, lr_
 log = logging.getLogger(__name__)
 
 SCHEMA = 3
-ORIGINS = ("trained", "imported")
+ORIGINS = ("trained", "imported", "watched")
 _ACTIVE_SQL = "('queued', 'running', 'paused')"
 _LIVE_SQL = ", ".join(f"'{kind}'" for kind in LIVE_EVENTS)
 NEURON_SNAPSHOTS = 200  # kept per run between the first and the last
@@ -392,9 +393,19 @@ class RunStore:
 
     # --- writing -----------------------------------------------------------------------------------------
 
-    def create_run(self, config: RunConfig, columns: list[str], name: str = "", sweep: str = "") -> str:
-        """A new run, state ``queued``, owned by this process. ``columns`` may be empty until ``claim_run``."""
+    def create_run(
+        self, config: RunConfig, columns: list[str], name: str = "", sweep: str = "", origin: str = "trained"
+    ) -> str:
+        """A new run, state ``queued``, owned by this process. ``columns`` may be empty until ``claim_run``.
+
+        ``origin``: ``trained`` (by this installation's engine) or ``watched`` (a training loop of the user's own,
+        ``balance.watch``: its config is only a stand-in for the optimiser's settings); ``imported`` is set by
+        ``import_run`` alone."""
+        if origin not in ("trained", "watched"):
+            raise ValueError(f"origin {origin!r}: a new run is 'trained' or 'watched' ('imported' comes from a file)")
         _check_columns(columns, allow_empty=True)
+        if origin != "trained" and self._origin != "origin":
+            self._migrate()  # a watched run must never read as trained (reuse takes trained runs as cached results)
         now, text = time.time(), json.dumps(config.to_dict())
         for _ in range(16):
             run_id = secrets.token_hex(4)
@@ -402,9 +413,9 @@ class RunStore:
                 if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
                     continue
                 conn.execute(
-                    "INSERT INTO runs (id, name, sweep, config, columns, state, step, message, created, updated, owner)"
-                    " VALUES (?, ?, ?, ?, ?, 'queued', 0, '', ?, ?, ?)",
-                    (run_id, name, sweep, text, json.dumps(columns), now, now, owner_token()),
+                    "INSERT INTO runs (id, name, sweep, config, columns, state, step, message, created, updated, owner,"
+                    " origin) VALUES (?, ?, ?, ?, ?, 'queued', 0, '', ?, ?, ?, ?)",
+                    (run_id, name, sweep, text, json.dumps(columns), now, now, owner_token(), origin),
                 )
             return run_id
         raise StoreError(f"{self.path}: could not find a free run id", "io")  # pragma: no cover
