@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
 
-from balance.views.figures import overlay_option
+from balance.views.overlay import overlay_option
 
 pytestmark = pytest.mark.browser
 
