@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import balance.runs.archive as archive
+import balance.runs.unpack as unpack
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from balance.runs.archive import import_in_worker
 from balance.runs.store import NEURON_SNAPSHOTS, RunStore, StoreError
@@ -129,7 +130,7 @@ def test_a_footer_that_claims_to_be_huge_is_refused_unread(store, tmp_path):
 
 
 def test_a_file_of_many_row_groups_is_refused_unread(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(archive, "MAX_ROW_GROUPS", 2)
+    monkeypatch.setattr(unpack, "MAX_ROW_GROUPS", 2)
     path = write_zip(tmp_path / "g.zip", good(**{"metrics.parquet": parquet(GOOD_METRICS, row_group_size=1)}))
     refused(store, path, "metrics.parquet has 3 row groups; the limit is 2")
 
@@ -142,7 +143,7 @@ def test_types_that_could_decode_large_are_refused_from_the_schema(store, tmp_pa
 
 
 def test_large_members_are_spooled_to_disk_and_leave_nothing_behind(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(archive, "SPOOL_BYTES", 1024)
+    monkeypatch.setattr(unpack, "SPOOL_BYTES", 1024)
     steps = np.arange(20_000)
     members = good(**{"metrics.parquet": parquet({"step": steps, "loss": steps * 0.5}, compression="none")})
     members["run.json"] = manifest(step=19_999)
