@@ -31,7 +31,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from balance.config import RunConfig
+from balance.config import RunConfig, link_query
 from balance.config.presets import preset
 from balance.engine.data import make_task
 from balance.engine.engine import DTYPES
@@ -146,9 +146,9 @@ def reseeded(step: Step, seed: int | None) -> Step:
 
 
 def explore_query(config: RunConfig, show: Sequence[str] = ()) -> dict[str, str]:
-    """Explore's URL query for ``config`` (the settings that differ from the defaults, and the seed), with
+    """Explore's URL query for ``config`` (``link_query``: the settings that differ from the defaults, the seed), with
     ``show=a,b`` when only some controls should be shown (a student link)."""
-    query = {**config.to_query(), "seed": str(config.seed)}
+    query = link_query(config)
     if show:
         query["show"] = ",".join(show)
     return query
