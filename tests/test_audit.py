@@ -16,7 +16,7 @@ from torch import nn
 import balance
 from balance.cli.core import main
 from balance.watch.check import EXACT, audit
-from balance.watch.graph import AuditError
+from balance.watch.trace import AuditError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,9 +213,9 @@ def test_the_audit_leaves_the_model_and_the_random_generator_alone() -> None:
 
 def test_a_false_symmetry_is_caught_by_the_numerical_check(monkeypatch: pytest.MonkeyPatch) -> None:
     # Pretend tanh were homogeneous: the graph then proposes a law, and the float64 check refuses it.
-    from balance.watch import graph
+    from balance.watch import trace
 
-    monkeypatch.setitem(graph._TRANSPARENT_MODULES, "Tanh", (False, 1))
+    monkeypatch.setitem(trace.TRANSPARENT_MODULES, "Tanh", (False, 1))
     report = audit(mlp(nn.Tanh()), X)
     assert [c.law.name for c in report.laws] == ["2 → 4"]
     refused = {n.where: n.reason for n in report.no_laws}["0 → 2"]

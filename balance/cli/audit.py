@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     from balance.cli.core import UsageError
     from balance.watch.check import audit
-    from balance.watch.graph import AuditError
+    from balance.watch.trace import AuditError
 
     model, example = load(args.target)
     if not isinstance(model, torch.nn.Module):

@@ -29,7 +29,8 @@ from torch import nn
 
 from balance.engine.symmetries import SYMMETRIES
 from balance.watch.forms import Law
-from balance.watch.graph import AuditError, NoLaw, bare_copy, find
+from balance.watch.graph import find
+from balance.watch.trace import AuditError, NoLaw, bare_copy
 
 EXACT = 1e-10  # float64: a law that holds gives ~1e-15; anything above this is not an exact symmetry
 APPROXIMATE = 1e-3  # a normaliser's eps (1e-5) leaves ~1e-6: still worth watching, marked approximate

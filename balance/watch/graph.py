@@ -20,7 +20,6 @@ void every law they are part of.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,187 +27,26 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
-from balance.engine.symmetries import BREAKS, NOT_HOMOGENEOUS
+from balance.engine.symmetries import BREAKS
 from balance.watch.forms import Law, Term
-
-
-class AuditError(ValueError):
-    """A model the audit cannot read: the message names the module that stopped the trace and why."""
-
-
-@dataclass(frozen=True)
-class NoLaw:
-    """A place where a symmetry could have been and is not: ``where`` (module or parameter), ``reason``."""
-
-    where: str
-    reason: str
-
-
-@dataclass
-class Found:
-    laws: list[Law] = field(default_factory=list)
-    no_laws: list[NoLaw] = field(default_factory=list)
-    graph: torch.fx.GraphModule | None = None
-
-
-# --- tracing -----------------------------------------------------------------------------------------------------
-
-
-_LEAVES = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.Embedding)
-
-
-class _Tracer(torch.fx.Tracer):
-    """``torch.fx.Tracer`` that remembers the innermost module being traced when tracing fails.
-
-    Leaves (kept as one node) are the layers the audit knows and torch.nn's modules without children (activations,
-    pooling, norms); every other module is traced through, ``nn.TransformerEncoderLayer`` included."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, _LEAVES):
-            return True
-        return m.__module__.startswith("torch.nn") and not any(True for _ in m.children())
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception as exc:
-            if not hasattr(exc, "_balance_module"):
-                try:
-                    path = self.path_of_module(m)
-                except NameError:
-                    path = "?"
-                exc._balance_module = (path or "(the model itself)", type(m).__name__)  # type: ignore[attr-defined]
-            raise
-
-
-def trace(model: nn.Module, example: tuple[Any, ...]) -> torch.fx.GraphModule:
-    """The model's graph with every node's output shape (``meta['tensor_meta']``), run on ``example``.
-
-    The shapes come from a copy of the model, so the model's own state (BatchNorm's running statistics, the random
-    generator of dropout) is left as it was. ``AuditError`` names the module where ``torch.fx`` stopped."""
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:
-        path, kind = getattr(exc, "_balance_module", ("(the model itself)", type(model).__name__))
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AuditError(
-            f"cannot trace {type(model).__name__}: torch.fx stopped in module {path!r} ({kind}): {first[:300]}. "
-            "Data-dependent control flow (an if or a loop on tensor values) cannot be traced: move it out of "
-            "forward, or mark that module as a leaf"
-        ) from None
-    gm = torch.fx.GraphModule(bare_copy(model), graph)
-    state = torch.random.get_rng_state()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*example)
-    except Exception as exc:
-        raise AuditError(f"{type(model).__name__} failed on the example input: {type(exc).__name__}: {exc}") from None
-    finally:
-        torch.random.set_rng_state(state)
-    return gm
-
-
-_HOOKS = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
-)  # fmt: skip
-
-
-def bare_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` without its forward and backward hooks (a watch's, a logger's): running the copy
-    has no effect outside it."""
-    copied = copy.deepcopy(model)
-    for m in copied.modules():
-        for name in _HOOKS:
-            hooks = getattr(m, name, None)
-            if hooks:
-                hooks.clear()
-    return copied
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-# --- what each operation is --------------------------------------------------------------------------------------
-
-_TRANSPARENT_MODULES = {
-    # name: (linear: commutes with any channel mixing, degree)
-    "ReLU": (False, 1), "LeakyReLU": (False, 1), "PReLU": (False, 1), "Identity": (True, 1),
-    "Dropout": (False, 1), "Dropout1d": (False, 1), "Dropout2d": (False, 1), "Dropout3d": (False, 1),
-    "MaxPool1d": (False, 1), "MaxPool2d": (False, 1), "MaxPool3d": (False, 1),
-    "AdaptiveMaxPool1d": (False, 1), "AdaptiveMaxPool2d": (False, 1), "AdaptiveMaxPool3d": (False, 1),
-    "AvgPool1d": (True, 1), "AvgPool2d": (True, 1), "AvgPool3d": (True, 1),
-    "AdaptiveAvgPool1d": (True, 1), "AdaptiveAvgPool2d": (True, 1), "AdaptiveAvgPool3d": (True, 1),
-}  # fmt: skip
-_TRANSPARENT_FUNCTIONS = {
-    "relu": (False, 1), "relu_": (False, 1), "leaky_relu": (False, 1), "dropout": (False, 1),
-    "max_pool1d": (False, 1), "max_pool2d": (False, 1), "max_pool3d": (False, 1),
-    "adaptive_max_pool1d": (False, 1), "adaptive_max_pool2d": (False, 1),
-    "avg_pool1d": (True, 1), "avg_pool2d": (True, 1), "avg_pool3d": (True, 1),
-    "adaptive_avg_pool1d": (True, 1), "adaptive_avg_pool2d": (True, 1),
-    "contiguous": (True, 1), "clone": (True, 1), "neg": (True, 1),
-}  # fmt: skip
-_RESHAPES = {"flatten", "view", "reshape", "Flatten"}
-_ADDS = {"add", "add_", "iadd", "sub", "isub", "sub_"}
-_SCALES = {"mul", "mul_", "imul", "truediv", "div", "div_", "itruediv"}
-_POWERS = {"pow", "square"}
-_NORMS = {
-    "BatchNorm1d": "batch", "BatchNorm2d": "batch", "BatchNorm3d": "batch", "LayerNorm": "layer", "RMSNorm": "layer",
-}  # fmt: skip
-
-
-def _op_name(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
-    if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", str(node.target))
-    if node.op == "call_method":
-        return str(node.target)
-    return node.op
-
-
-def _not_homogeneous(name: str) -> str:
-    key = name.lower().replace("_", "")
-    for op, reason in NOT_HOMOGENEOUS.items():
-        if op.replace("_", "") == key:
-            return reason
-    return ""
-
-
-def _param_name(gm: torch.fx.GraphModule, node: Any) -> str | None:
-    """The parameter a ``get_attr`` node reads, else None."""
-    if isinstance(node, torch.fx.Node) and node.op == "get_attr":
-        try:
-            gm.get_parameter(node.target)
-        except AttributeError:
-            return None
-        return str(node.target)
-    return None
-
-
-def _weight_of(gm: torch.fx.GraphModule, node: Any) -> tuple[str, bool] | None:
-    """(parameter, transposed) for a matmul operand that is a parameter P (x @ P: P is [in, out]) or its transpose
-    (x @ P.T: the usual [out, in] weight)."""
-    name = _param_name(gm, node)
-    if name is not None:
-        return name, False
-    if not isinstance(node, torch.fx.Node) or len(node.args) < 1:
-        return None
-    inner = _param_name(gm, node.args[0])
-    if inner is None:
-        return None
-    op = _op_name(node, gm)
-    if op in ("t",) or (op == "getattr" and node.args[1] in ("T", "mT")):
-        return inner, True
-    if op == "transpose" and set(node.args[1:3]) in ({0, 1}, {-1, -2}, {0, -1}, {1, -2}):
-        return inner, True
-    return None
-
+from balance.watch.trace import (
+    ADDS,
+    NORMS,
+    POWERS,
+    RESHAPES,
+    SCALES,
+    TRANSPARENT_FUNCTIONS,
+    TRANSPARENT_MODULES,
+    Found,
+    NoLaw,
+    not_homogeneous,
+    op_name,
+    param_name,
+    shape_of,
+    trace,
+    weight_of,
+)
 
 # --- the walk ------------------------------------------------------------------------------------------------------
 
@@ -254,7 +92,7 @@ class _Walker:
         if user.op == "output":
             reach.stop(BREAKS["output"])
             return
-        name = _op_name(user, self.gm)
+        name = op_name(user, self.gm)
         m = self.module(user)
         if name in ("size", "dim") or (name == "getattr" and user.args[1] in ("shape", "dtype", "device")):
             return  # reads the shape, not the values
@@ -266,7 +104,7 @@ class _Walker:
             return
         # consumers
         if isinstance(m, nn.Linear):
-            if axis != len(_shape(value) or ()) - 1:
+            if axis != len(shape_of(value) or ()) - 1:
                 reach.stop(f"a Linear layer reads it along another axis than its channels{where}")
                 return
             reach.outgoing.append((Term(f"{user.target}.weight", 1, n, coef=-degree, block=block), degree))
@@ -283,25 +121,25 @@ class _Walker:
             self.functional_consumer(user, name, value, axis, block, degree, n, reach)
             return
         # normalisers
-        if type(m).__name__ in _NORMS:
+        if type(m).__name__ in NORMS:
             self.normalizer(user, m, value, axis, block, n, reach)
             return
         # transparent operations
-        if type(m).__name__ in _TRANSPARENT_MODULES or (m is None and name in _TRANSPARENT_FUNCTIONS):
-            linear, k = _TRANSPARENT_MODULES.get(type(m).__name__) or _TRANSPARENT_FUNCTIONS[name]
+        if type(m).__name__ in TRANSPARENT_MODULES or (m is None and name in TRANSPARENT_FUNCTIONS):
+            linear, k = TRANSPARENT_MODULES.get(type(m).__name__) or TRANSPARENT_FUNCTIONS[name]
             reach.linear &= linear
             self.walk(user, axis, block, degree * k, n, reach)
             return
         if name in ("to", "float", "double", "type_as") and m is None:
             self.walk(user, axis, block, degree, n, reach)
             return
-        if name in _RESHAPES:
+        if name in RESHAPES:
             self.reshape(value, user, axis, block, degree, n, reach)
             return
-        if name in _ADDS and m is None:
+        if name in ADDS and m is None:
             self.add(value, user, axis, block, degree, n, reach)
             return
-        if name in _SCALES and m is None:
+        if name in SCALES and m is None:
             other = [a for a in user.args if a is not value]
             if name in ("truediv", "div", "div_", "itruediv") and user.args[0] is not value:
                 reach.stop(f"it divides a value: not homogeneous{where}")
@@ -310,7 +148,7 @@ class _Walker:
             else:
                 reach.stop(BREAKS["product"] + where)
             return
-        if name in _POWERS and m is None:
+        if name in POWERS and m is None:
             k = 2 if name == "square" else (user.args[1] if len(user.args) > 1 else user.kwargs.get("exponent"))
             if user.args[0] is value and isinstance(k, (int, float)) and k > 0:
                 reach.linear &= k == 1
@@ -318,7 +156,7 @@ class _Walker:
             else:
                 reach.stop(f"a power with a tensor exponent or base{where}")
             return
-        reason = _not_homogeneous(name)
+        reason = not_homogeneous(name)
         if reason:
             reach.stop(reason + where)
             return
@@ -333,7 +171,7 @@ class _Walker:
         if len(inputs) < 3 or any(i is not value for i in inputs[:3]):
             reach.stop(BREAKS["mixed_inputs"] + f" (at {user.name})")
             return
-        if axis != len(_shape(value) or ()) - 1 or block != 1:
+        if axis != len(shape_of(value) or ()) - 1 or block != 1:
             reach.stop(f"attention reads it along another axis than its channels (at {user.name})")
             return
         if m.in_proj_weight is not None:
@@ -345,17 +183,17 @@ class _Walker:
     def functional_consumer(self, user: torch.fx.Node, name: str, value: torch.fx.Node, axis: int, block: int,
                             degree: int, n: int, reach: _Reach) -> None:  # fmt: skip
         where = f" (at {user.name})"
-        if axis != len(_shape(value) or ()) - 1:
+        if axis != len(shape_of(value) or ()) - 1:
             reach.stop(f"{name} reads it along another axis than its channels{where}")
             return
         if name == "linear":
-            weight = _param_name(self.gm, user.args[1] if len(user.args) > 1 else user.kwargs.get("weight"))
+            weight = param_name(self.gm, user.args[1] if len(user.args) > 1 else user.kwargs.get("weight"))
             if weight is None:
                 reach.stop(BREAKS["product"] + where)
                 return
             reach.outgoing.append((Term(weight, 1, n, coef=-degree, block=block), degree))
             return
-        found = _weight_of(self.gm, user.args[1]) if len(user.args) > 1 else None
+        found = weight_of(self.gm, user.args[1]) if len(user.args) > 1 else None
         if found is None:
             reach.stop(BREAKS["product"] + where)
             return
@@ -365,7 +203,7 @@ class _Walker:
     def normalizer(self, user: torch.fx.Node, m: nn.Module, value: torch.fx.Node, axis: int, block: int, n: int,
                    reach: _Reach) -> None:  # fmt: skip
         where = f" (at {user.name})"
-        kind = _NORMS[type(m).__name__]
+        kind = NORMS[type(m).__name__]
         eps = float(getattr(m, "eps", 0.0) or 0.0)
         if kind == "batch":
             if not m.training and m.track_running_stats:  # running statistics: an affine map
@@ -376,7 +214,7 @@ class _Walker:
                 reach.normalizers.append(("batch", str(user.target), eps))
             return
         shape = tuple(getattr(m, "normalized_shape", ()) or ())
-        ndim = len(_shape(value) or ())
+        ndim = len(shape_of(value) or ())
         if len(shape) != 1 or axis != ndim - 1 or block != 1 or shape[0] != n:
             reach.stop(f"{type(m).__name__} normalises over more than these channels{where}")
             return
@@ -384,7 +222,7 @@ class _Walker:
 
     def reshape(self, value: torch.fx.Node, user: torch.fx.Node, axis: int, block: int, degree: int, n: int,
                 reach: _Reach) -> None:  # fmt: skip
-        before, after = _shape(value), _shape(user)
+        before, after = shape_of(value), shape_of(user)
         where = f" (at {user.name})"
         if before is None or after is None:
             reach.stop(f"{BREAKS['unknown']}: a reshape of unknown shape{where}")
@@ -410,7 +248,7 @@ class _Walker:
             reach.stop(BREAKS["residual"] + where)
             return
         other = others[0]
-        name = _param_name(self.gm, other)
+        name = param_name(self.gm, other)
         if name is None:
             is_node = isinstance(other, torch.fx.Node) and other.op != "get_attr"
             reach.stop(BREAKS["residual" if is_node else "constant"] + where)
@@ -418,7 +256,7 @@ class _Walker:
         if degree != 1 or block != 1:
             reach.stop(f"a parameter is added after a power or a flatten{where}: {BREAKS['constant']}")
             return
-        shape, out = tuple(self.gm.get_parameter(name).shape), _shape(value) or ()
+        shape, out = tuple(self.gm.get_parameter(name).shape), shape_of(value) or ()
         offset = len(out) - len(shape)
         if offset < 0 or axis - offset < 0 or shape[axis - offset] != n:
             reach.stop(f"a parameter added across its channels{where}")
@@ -433,7 +271,7 @@ class _Walker:
 def _producers(gm: torch.fx.GraphModule) -> list[_Producer]:
     out = []
     for node in gm.graph.nodes:
-        shape = _shape(node)
+        shape = shape_of(node)
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
             t = str(node.target)
@@ -442,7 +280,7 @@ def _producers(gm: torch.fx.GraphModule) -> list[_Producer]:
                 if m.bias is not None:
                     terms.append(Term(f"{t}.bias", 0, m.weight.shape[0]))
                 out.append(_Producer(node, t, m.weight.shape[0], terms, True))
-            elif type(m).__name__ in _NORMS and getattr(m, "weight", None) is not None and m.weight.dim() == 1:
+            elif type(m).__name__ in NORMS and getattr(m, "weight", None) is not None and m.weight.dim() == 1:
                 terms = [Term(f"{t}.weight", 0, m.weight.shape[0])]
                 if getattr(m, "bias", None) is not None:
                     terms.append(Term(f"{t}.bias", 0, m.weight.shape[0]))
@@ -451,23 +289,23 @@ def _producers(gm: torch.fx.GraphModule) -> list[_Producer]:
                 out.append(_Producer(node, t, m.embedding_dim, [Term(f"{t}.weight", 1, m.embedding_dim)], True))
             elif isinstance(m, nn.MultiheadAttention):
                 for user in node.users:
-                    if _op_name(user, gm) == "getitem" and user.args[1] == 0:
+                    if op_name(user, gm) == "getitem" and user.args[1] == 0:
                         E = m.embed_dim
                         terms = [Term(f"{t}.out_proj.weight", 0, E)]
                         if m.out_proj.bias is not None:
                             terms.append(Term(f"{t}.out_proj.bias", 0, E))
                         out.append(_Producer(user, f"{t}.out_proj", E, terms, True))
         elif node.op == "call_function" and shape is not None:
-            name = _op_name(node, gm)
+            name = op_name(node, gm)
             if name == "linear":
-                weight = _param_name(gm, node.args[1] if len(node.args) > 1 else node.kwargs.get("weight"))
-                bias = _param_name(gm, node.args[2] if len(node.args) > 2 else node.kwargs.get("bias"))
+                weight = param_name(gm, node.args[1] if len(node.args) > 1 else node.kwargs.get("weight"))
+                bias = param_name(gm, node.args[2] if len(node.args) > 2 else node.kwargs.get("bias"))
                 if weight is not None:
                     units = gm.get_parameter(weight).shape[0]
                     terms = [Term(weight, 0, units)] + ([Term(bias, 0, units)] if bias else [])
                     out.append(_Producer(node, weight.rpartition(".")[0] or weight, units, terms, True))
-            elif name == "matmul" and len(node.args) > 1 and _param_name(gm, node.args[0]) is None:
-                found = _weight_of(gm, node.args[1])
+            elif name == "matmul" and len(node.args) > 1 and param_name(gm, node.args[0]) is None:
+                found = weight_of(gm, node.args[1])
                 if found is not None:
                     weight, transposed = found
                     units = gm.get_parameter(weight).shape[0 if transposed else 1]
@@ -477,7 +315,7 @@ def _producers(gm: torch.fx.GraphModule) -> list[_Producer]:
 
 
 def _axis_of(producer: _Producer, gm: torch.fx.GraphModule) -> int:
-    shape = _shape(producer.node) or ()
+    shape = shape_of(producer.node) or ()
     m = gm.get_submodule(producer.node.target) if producer.node.op == "call_module" else None
     if isinstance(m, nn.modules.conv._ConvNd) or (type(m).__name__.startswith("BatchNorm")):
         return 1
