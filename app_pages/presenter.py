@@ -1,5 +1,5 @@
 """Presenter view of the lecture: the speaker's notes and a timer, following the Lecture page in another window."""
 
-from balance.app import lecture as ui_lecture
+from balance.app import presenter
 
-ui_lecture.presenter_page("presenter")
+presenter.presenter_page("presenter")
