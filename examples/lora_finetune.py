@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import balance
+from balance.engine.laws import column
 
 IN, HIDDEN, OUT, SAMPLES, BATCH, RANK, ALPHA = 64, 256, 8, 2048, 128, 4, 8.0
 
@@ -126,7 +127,7 @@ def main() -> None:
         print(f"final loss {loss:.5f}; drift of A A^T/eta_A - B^T B/eta_B (times eta_A) since step 0:")
         for _, law in w.laws().iterrows():
             j = law["law"]
-            measured, predicted = df[f"gap_drift_{j}"].iloc[-1], df[f"pred_gap_drift_{j}"].iloc[-1]
+            measured, predicted = df[column("gap_drift", j)].iloc[-1], df[column("pred_gap_drift", j)].iloc[-1]
             print(f"  {j}. {law['where']:32s} measured {measured: .6e}  predicted {predicted: .6e}")
 
 

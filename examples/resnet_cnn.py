@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import balance
+from balance.engine.laws import column
 
 SIZE, CLASSES, BATCH, WIDTH = 16, 4, 64, 16
 
@@ -119,7 +120,7 @@ def main() -> None:
     print(f"final loss {loss:.4f} after {w.step} steps; drift of each law since step 0, measured vs predicted:")
     for _, law in w.laws().iterrows():
         j = law["law"]
-        measured, predicted = df[f"gap_drift_{j}"].iloc[-1], df[f"pred_gap_drift_{j}"].iloc[-1]
+        measured, predicted = df[column("gap_drift", j)].iloc[-1], df[column("pred_gap_drift", j)].iloc[-1]
         print(f"  {j}. {law['where']:40s} {measured: .6e}  {predicted: .6e}")
 
 

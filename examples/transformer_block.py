@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import balance
+from balance.engine.laws import column
 
 VOCAB, LENGTH, WIDTH, HEADS, HIDDEN, BATCH = 16, 12, 32, 4, 64, 64
 
@@ -107,7 +108,10 @@ def summary(w, loss: float) -> None:
     df = w.frame()
     print(f"final loss {loss:.4f} after {w.step} steps; drift of each law since step 0, measured vs predicted:")
     for _, law in w.laws().iterrows():
-        measured, predicted = df[f"gap_drift_{law['law']}"].iloc[-1], df[f"pred_gap_drift_{law['law']}"].iloc[-1]
+        measured, predicted = (
+            df[column("gap_drift", law["law"])].iloc[-1],
+            df[column("pred_gap_drift", law["law"])].iloc[-1],
+        )
         print(f"  {law['law']}. {law['where']:42s} {measured: .6e}  {predicted: .6e}")
 
 
