@@ -262,9 +262,10 @@ def footer(prefix: str, step: lecture.Step, took: float | None, seed: int | None
         if step.figure != "summary" and not _flag("seed"):
             st.button("New seed", key=f"{prefix}.reseed", icon=":material/refresh:", type="tertiary",
                       on_click=_new_seed, args=(prefix, step.number),
-                      help="train this demo again from another random start")  # fmt: skip
-            what = f"seed {seed}" if seed else "preset seed"
-            st.caption(f"{what} · " + ("training" if took is None else f"ready in {took:.1f} s"))
+                      help="train this demo again from another random start"
+                      + ("" if took is None else f" (this one was drawn in {took:.1f} s)"))  # fmt: skip
+            if seed:
+                st.caption(f"seed {seed}")
 
 
 def follow_along(step: lecture.Step) -> None:
