@@ -1,6 +1,6 @@
 """The reviewers' claims, each a live experiment with a verdict computed from its runs.
 
-``CLAIMS`` lists them in order 1..10. ``start(claims, store, runner)`` finds each claim's runs in the store
+``CLAIMS`` lists them in order 1, 2, ... ``start(claims, store, runner)`` finds each claim's runs in the store
 (``balance.runs.reuse``: same config, same code version) and starts the missing ones on the executor, all at once
 (each claim's configs of one shape as one job, at the claims' priority);
 ``collect(claim, ids, ...)`` waits for one claim's runs and returns them with the ``Finding``: the numbers, the
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from balance.claims import initial, networks, report, steps
-from balance.claims.base import OUTCOMES, Claim, Finding, Verdict
+from balance.claims import figure1, initial, networks, report, steps
+from balance.claims.base import KINDS, OUTCOMES, SIDES, Claim, Finding, Verdict, side, who
 from balance.engine.status import ENDED
 from balance.runs.record import RunRecord
 from balance.runs.reuse import cached_runs, load, submit
@@ -23,7 +23,9 @@ from balance.runs.store import RunStore
 
 __all__ = [
     "CLAIMS",
+    "KINDS",
     "OUTCOMES",
+    "SIDES",
     "Claim",
     "Evaluated",
     "Finding",
@@ -34,8 +36,10 @@ __all__ = [
     "label",
     "ready",
     "report",
+    "side",
     "start",
     "wait",
+    "who",
 ]
 
 R1, R2, R3, R4 = "Reviewer 1", "Reviewer 2", "Reviewer 3", "Reviewer 4"
@@ -48,9 +52,15 @@ CLAIMS: tuple[Claim, ...] = (
         R1,
         "The difference remains constant, but the weights could well diverge. [...] The fact that two numbers a and b "
         "satisfy a-b small does not mean that a or b are small.",
-        "A 2-layer ReLU MLP from an unbalanced start (W₁ at 1e-3 of W₂) on a regression task, and the same network "
-        "with the logistic loss on separable data (XOR), where the norms grow without bound.",
+        f"A 2-layer ReLU MLP from an unbalanced start (W₁ at 1e-3 of W₂) on a regression task, and the same network "
+        f"with the logistic loss on separable data (XOR), where the norms grow without bound; {initial.SEEDS} seeds "
+        "each.",
         initial.difference_configs, initial.difference_analyse,
+        question="Does a constant difference of squared norms mean the layers are balanced?",
+        kind="reviewer",
+        reviewer="a constant difference is not balance: the ratio can stay far from 1 and the norms can grow "
+                 "without bound",
+        paper="gradient flow keeps the differences of squared norms constant (Theorem 2.1)",
     ),
     Claim(
         2, "Gaussian initialisation is not needed",
@@ -60,8 +70,13 @@ CLAIMS: tuple[Claim, ...] = (
         "I do not understand why the authors need Gaussian initialization. [...] The authors could choose uniformly in "
         "a compact set, a hypercube is easy to sample from for example.",
         f"MF (40 × 10, rank 3) and a 3-layer ReLU MLP, Gaussian against uniform initialisation with the same standard "
-        f"deviation, {initial.SEEDS} seeds each.",
+        f"deviation, {4 * initial.SEEDS} seeds each.",
         initial.init_configs, initial.init_analyse,
+        question="Do the results need a Gaussian initialisation, or does a uniform one in a hypercube do the same?",
+        kind="reviewer",
+        reviewer="Gaussianity is not needed: a uniform hypercube start of matched variance converges and balances "
+                 "alike",
+        paper="its theorems are proved for Gaussian starts (which it does not claim are necessary)",
     ),
     Claim(
         3, "Discrete steps: the rate to gradient flow",
@@ -70,9 +85,15 @@ CLAIMS: tuple[Claim, ...] = (
         f"{R2}, {R4}",
         "Do we tend to have trajectories of the norms of the weights matrices verifying corollary 2.1 when the step "
         "size tends to zero? If so, we should be able to characterize such convergence (speed...).",
-        f"MF (20 × 10, rank 3, σ = 0.1) trained by GD to t = {steps.RATE_T:g} at 7 step sizes over 2 decades; the "
-        "drift's log-log slope with a 95% confidence interval, and the drift against its exact prediction.",
+        f"MF (20 × 10, rank 3, σ = 0.1) trained by GD to t = {steps.RATE_T:g} at 7 step sizes over 2 decades, "
+        f"{steps.SEEDS} seeds each; the drift's log-log slope fitted per seed, its mean with a 95% confidence interval "
+        "across seeds, and the drift against its exact prediction.",
         steps.rate_configs, steps.rate_analyse,
+        question="Do GD's norms approach Corollary 2.1's as the step size goes to 0, and how fast?",
+        kind="paper",
+        reviewer="discrete steps break the invariant (the drift the early epochs of Figure 1 show is discretisation)",
+        paper="GD approaches gradient flow's invariant, the drift at a fixed time vanishing at first order in η",
+        favours={"supported": "both"},
     ),
     Claim(
         4, "SGD, momentum and Adam",
@@ -80,9 +101,14 @@ CLAIMS: tuple[Claim, ...] = (
         "(1+β)/(1−β), Nesterov by (1−β+2β²)/(1−β)), but not Adam.",
         R2,
         "Prove of Theorem 2.1 is given based on the gradient flow (5). Will it hold for SGD with Momentum?",
-        f"A 3-layer ReLU MLP trained to t = {steps.MOMENTUM_T:g} by GD, SGD (batch 32), heavy ball and Nesterov "
-        f"(β = {steps.BETA}) at matched effective step sizes η/(1−β), and Adam; drift against the step size.",
+        f"A 3-layer ReLU MLP trained to t = {steps.MOMENTUM_T:g} by GD, SGD (batch 32), heavy ball, Nesterov and SGD "
+        f"with heavy ball together (β = {steps.BETA}) at matched effective step sizes η/(1−β), and Adam, "
+        f"{steps.SEEDS} seeds each; drift against the step size, slopes per seed.",
         steps.momentum_configs, steps.momentum_analyse,
+        question="Does Theorem 2.1's invariant hold for SGD and momentum (and Adam)?",
+        kind="paper",
+        reviewer="the invariant is a gradient-flow result that need not survive other optimisers",
+        paper="the invariant extends to SGD and momentum in the small-step limit (not to Adam)",
     ),
     Claim(
         5, "Batch normalisation",
@@ -91,9 +117,13 @@ CLAIMS: tuple[Claim, ...] = (
         R2,
         "Batch-normalization introduces extra scaling in X-space that can effect the relationships used in "
         "derivation of Theorem 2.1.",
-        f"x → W₁ → BatchNorm → ReLU → W₂ trained by GD to t = {networks.BN_T:g} at η = {networks.BN_ETAS[0]} and "
-        f"η/4: which drifts vanish with the step size and which do not.",
+        f"x → W₁ → BatchNorm → ReLU → W₂ trained by GD to t = {networks.BN_T:g} at η = {networks.BN_ETAS[0]}, η/2 "
+        f"and η/4, {networks.SEEDS} seeds each: which drifts vanish with the step size and which do not.",
         networks.batchnorm_configs, networks.batchnorm_analyse,
+        question="Does batch normalisation change the relationships Theorem 2.1 uses?",
+        kind="reviewer",
+        reviewer="batch normalisation breaks the cross-layer invariant (it moves to BatchNorm's own parameters)",
+        paper="homogeneous networks conserve the layer differences (Theorem 2.1, stated without BatchNorm)",
     ),
     Claim(
         6, "Figure 1b and Theorem 3.1",
@@ -101,9 +131,15 @@ CLAIMS: tuple[Claim, ...] = (
         R4,
         "The only plot giving the ratio between the norms of two matrices (figure 1b) contradicts theorem 3.1 for "
         "the first 300 epochs.",
-        "The Figure 1 setting (MF 100 × 25, rank 5, GD η = 0.01): small (σ = 1e-3) and large (σ = 0.5) "
-        "initialisation, objective (7) and the regularised (9) with λ = 1.",
-        initial.figure1_configs, initial.figure1_analyse,
+        f"The Figure 1 setting (MF 100 × 25, rank 5, σ = 1e-3), {figure1.SEEDS} seeds under Figure 1's constant "
+        f"η = 0.01 and {figure1.SEEDS} under the theorem's η_t = {figure1.ETA0:g} (t+1)^-(1/2+{figure1.DELTA:g}); "
+        "the ratio, ||UᵀU − VᵀV||_F and that over ||U||² + ||V||² at every step; large init and objective (9) beside.",
+        figure1.configs, figure1.analyse,
+        question="Does Figure 1b's early ratio contradict Theorem 3.1?",
+        kind="reviewer",
+        reviewer="Figure 1b's ratio is far from 1 in the early epochs, which Theorem 3.1 seems to exclude",
+        paper="Theorem 3.1 bounds ||UᵀU − VᵀV||_F, which stays small at every step; the early ratio is no "
+              "contradiction",
     ),
     Claim(
         7, "Deep ReLU networks",
@@ -113,24 +149,37 @@ CLAIMS: tuple[Claim, ...] = (
         "Run a simple experiment with a Feed Forward Neural Network (e.g. 3-layer MLP) and observe the dynamics of "
         "L2-norms of Weights at each layer to confirm or disprove eq (6).",
         "3- and 6-layer ReLU MLPs and a CNN on teacher-student data, each from a balanced start (equal squared norms) "
-        "and an unbalanced one (first layer at 0.1).",
+        "and an unbalanced one (first layer at 0.1); 8 seeds per MLP setting, 2 per CNN setting.",
         networks.deep_configs, networks.deep_analyse,
+        question="Does equation (6) hold in a trained deep ReLU network?",
+        kind="paper",
+        reviewer="equation (6) is unconfirmed for real networks",
+        paper="consecutive layers of deep ReLU networks keep their differences of squared norms (equation 6)",
     ),
     Claim(
         8, "Control: tanh",
         "A tanh network, which is not homogeneous, does not conserve the invariant at any step size.",
         "control",
         "(A control experiment: the theorem needs a homogeneous activation.)",
-        f"A 3-layer tanh MLP and its ReLU twin trained by GD to t = {networks.TANH_T:g} at 4 step sizes.",
+        f"A 3-layer tanh MLP and its ReLU twin trained by GD to t = {networks.TANH_T:g} at 4 step sizes, "
+        f"{networks.SEEDS} seeds each.",
         networks.tanh_configs, networks.tanh_analyse,
+        question="Control: does a non-homogeneous (tanh) network break the invariant?",
+        kind="control",
+        reviewer="",
+        paper="",
     ),
     Claim(
         9, "Weight decay",
         "With coupled weight decay λ the gap decays like (1 − ηλ)^(2k).",
         "formula sheet, section 3.4",
         "(Weight decay is not in the paper; the exact recursion is G_{k+1} = (1 − ηλ)² G_k + η² Δ||g_k||².)",
-        "MF (20 × 10, rank 3) from an unbalanced start, GD η = 0.05 with λ = 0.05.",
+        f"MF (20 × 10, rank 3) from an unbalanced start, GD η = 0.05 with λ = 0.05, {steps.SEEDS} seeds.",
         steps.decay_configs, steps.decay_analyse,
+        question="Control: does the gap decay as the exact weight-decay recursion says?",
+        kind="control",
+        reviewer="",
+        paper="",
     ),
     Claim(
         10, "Large step sizes balance",
@@ -138,14 +187,18 @@ CLAIMS: tuple[Claim, ...] = (
         "Wang, Chen, Zhao, Tao (ICLR 2022)",
         "(Beyond the reviews: 'large learning rate tames homogeneity: convergence and balancing effect'.)",
         "Rank-1 MF (10 × 10, μ = 1) from ||u₀||² ≈ 4, ||v₀||² ≈ 0.01, GD at step sizes from 0.05 to 1.1; the final "
-        "ratio, and (||u|| − ||v||)² against the stability bound 2/η − 2μ.",
+        f"ratio, and (||u|| − ||v||)² against the stability bound 2/η − 2μ; {steps.SEEDS} seeds per step size.",
         steps.large_lr_configs, steps.large_lr_analyse,
+        question="Control (Wang et al. 2022): do large constant steps balance matrix factorisation?",
+        kind="control",
+        reviewer="",
+        paper="",
     ),
 )  # fmt: skip
 
 
 def by_number(numbers: list[int] | None = None) -> list[Claim]:
-    """The claims with these numbers (all when None); ValueError naming a number that is not 1..10."""
+    """The claims with these numbers (all when None); ValueError naming a number that is not a claim."""
     if numbers is None:
         return list(CLAIMS)
     known = {c.number: c for c in CLAIMS}
