@@ -20,7 +20,7 @@ from balance import claims
 from balance.app import common as ui
 from balance.claims import verdicts
 from balance.claims.base import Fit, Verdict, loglog_slope
-from balance.claims.stats import Interval
+from balance.runs.stats import Interval
 from balance.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from scipy import stats
 
-from balance.claims import stats as stats_
+from balance.runs import stats as stats_
 from balance.config import RunConfig
 from balance.engine.laws import column, of_metric, prediction_of
 

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, last, series
-from balance.claims.stats import mean_ci
+from balance.runs.stats import mean_ci
 from balance.config import RunConfig
 from balance.config.presets import preset
 from balance.engine.theory import mf_balanced_ratio

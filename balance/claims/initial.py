@@ -11,7 +11,7 @@ import pandas as pd
 
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, flow_ratio, identity_error, last, max_sqnorm, relative_drift, series
-from balance.claims.stats import mean_ci
+from balance.runs.stats import mean_ci
 from balance.config import RunConfig
 
 TEACHER = {"name": "teacher", "samples": 128, "input_dim": 5}

@@ -14,7 +14,7 @@ import pandas as pd
 
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, identity_error, last, loglog_slope, pivot, seed_fit, series
-from balance.claims.stats import mean_ci, ratio_ci
+from balance.runs.stats import mean_ci, ratio_ci
 from balance.config import RunConfig
 from balance.engine.theory import momentum_amplification, weight_decay_gap
 

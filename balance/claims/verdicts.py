@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from balance.claims.base import Fit, Verdict, at_most, fmt
-from balance.claims.stats import Interval, difference, mean_ci
+from balance.runs.stats import Interval, difference, mean_ci
 
 # One table of tolerances: verdict -> {name: value}. The page shows them next to each verdict.
 TOL: dict[str, dict[str, float]] = {

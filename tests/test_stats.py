@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from balance.claims import stats
+from balance.runs import stats
 
 
 def test_mean_interval_is_students_t() -> None:
