@@ -20,8 +20,8 @@ from balance import claims
 from balance.app import common as ui
 from balance.claims import verdicts
 from balance.claims.base import Fit, Verdict, loglog_slope
-from balance.runs.stats import Interval
 from balance.cli import main
+from balance.runs.stats import Interval
 
 ROOT = Path(__file__).resolve().parents[1]
 

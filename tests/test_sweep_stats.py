@@ -49,8 +49,8 @@ def test_metrics_are_read_at_a_fixed_training_time(store: RunStore) -> None:
 
 
 def test_settings_that_do_not_apply_are_left_out(store: RunStore) -> None:
-    spec = SweepSpec.from_dict({**SPEC, "list": [{"optim.name": "gd", "optim.lr": 0.05, "steps": 4},
-                                                 {"optim.name": "momentum", "optim.lr": 0.05, "steps": 4}]})  # fmt: skip
+    members = [{"optim.name": name, "optim.lr": 0.05, "steps": 4} for name in ("gd", "momentum")]
+    spec = SweepSpec.from_dict({**SPEC, "list": members})
     table = summary(store, run_sweep(spec, store, workers=1).sweep)
     gd, heavy = table[table["optim.name"] == "gd"], table[table["optim.name"] == "momentum"]
     assert gd["optim.momentum"].isna().all() and (heavy["optim.momentum"] == 0.9).all()  # GD has no momentum

@@ -18,9 +18,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from scipy import stats
 
-from balance.runs import stats as stats_
 from balance.config import RunConfig
 from balance.engine.laws import column, of_metric, prediction_of
+from balance.runs import stats as stats_
 
 OUTCOMES = ("supported", "refuted", "partly", "undecided")  # undecided: not distinguishable at this sample size
 KINDS = ("reviewer", "paper", "control")  # whose statement a claim tests; controls are counted apart

@@ -20,10 +20,10 @@ import plotly.graph_objects as go
 
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, last, series
-from balance.runs.stats import mean_ci
 from balance.config import RunConfig
 from balance.config.presets import preset
 from balance.engine.theory import mf_balanced_ratio
+from balance.runs.stats import mean_ci
 from balance.views import style
 
 SEEDS = 8

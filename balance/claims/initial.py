@@ -11,8 +11,8 @@ import pandas as pd
 
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, flow_ratio, identity_error, last, max_sqnorm, relative_drift, series
-from balance.runs.stats import mean_ci
 from balance.config import RunConfig
+from balance.runs.stats import mean_ci
 
 TEACHER = {"name": "teacher", "samples": 128, "input_dim": 5}
 SEEDS = 8  # per arm: seeds of one shape train as one batched job, so they cost little

@@ -12,9 +12,9 @@ import pandas as pd
 
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, identity_error, last, pivot, relative_drift, seed_fit, series
-from balance.runs.stats import ratio_ci
 from balance.config import RunConfig
 from balance.engine.laws import of_metric, why_no_law
+from balance.runs.stats import ratio_ci
 
 TEACHER = {"name": "teacher", "samples": 128, "input_dim": 5}
 

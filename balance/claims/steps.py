@@ -14,9 +14,9 @@ import pandas as pd
 
 from balance.claims import figures, verdicts
 from balance.claims.base import Finding, first, identity_error, last, loglog_slope, pivot, seed_fit, series
-from balance.runs.stats import mean_ci, ratio_ci
 from balance.config import RunConfig
 from balance.engine.theory import momentum_amplification, weight_decay_gap
+from balance.runs.stats import mean_ci, ratio_ci
 
 MF_SMALL = {"name": "lowrank", "d1": 20, "d2": 10, "rank": 3}
 TEACHER = {"name": "teacher", "samples": 128, "input_dim": 5}
