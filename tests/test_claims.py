@@ -236,6 +236,16 @@ def test_report_command_on_the_reduced_budget(home: Path, tmp_path: Path, capsys
     assert re.findall(r"claim 3: \w+", capsys.readouterr().err) == re.findall(r"claim 3: \w+", err)
 
 
+def test_python_api_runs_claims_from_the_store(home: Path) -> None:
+    """``balance.claims([...])`` evaluates claims as the command does (here reusing the command's runs)."""
+    import balance
+
+    (nine,) = balance.claims([9], quick=True, home=str(home), workers=1)
+    assert nine.claim.number == 9 and nine.finding.verdict.outcome == QUICK_VERDICTS[9]
+    with pytest.raises(ValueError, match="claim 99"):
+        balance.claims([99])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

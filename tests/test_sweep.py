@@ -8,6 +8,7 @@ Members are tiny (MF 6 x 5, a few dozen steps). Each member's stored metrics are
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import socket
@@ -265,6 +266,9 @@ def test_cli_flags_with_comma_lists_and_seed_ranges(tmp_path: Path, capsys: pyte
     assert set(metrics["run"]) == set(table["run"]) and len(metrics) == 12 * 5
     again = SweepSpec.from_toml((out / "spec.toml").read_text())
     assert len(again.configs()) == 12 and again.name == "cli"
+    from balance.runs import stamp
+
+    assert json.loads((out / "stamp.json").read_text())["code"] == stamp.code_hash()  # which code made it
     with RunStore(home) as s:
         assert_like_single(s, table["run"].iloc[-1])
 

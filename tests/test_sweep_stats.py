@@ -117,3 +117,14 @@ def test_the_page_starts_a_sweep_and_reads_it_at_a_time(page_home: Path) -> None
     at.text_input(key="sweep.new.seeds").set_value("0-9999")
     at.button[0].click().run()  # "Check the size": over the cap, said in one line
     assert any("at most 512" in e.value for e in at.error)
+
+
+def test_python_api_sweep_returns_the_summary_at_a_time(tmp_path: Path) -> None:
+    import balance
+    from balance.runs import stamp
+
+    spec = {"name": "api", "base": {"steps": 20, "data": {"d1": 6, "d2": 5, "rank": 2}},
+            "grid": {"optim.lr": [0.01, 0.02], "seed": "0-1"}}  # fmt: skip
+    table = balance.sweep(spec, home=str(tmp_path), workers=1, at_time=0.1)
+    assert len(table) == 4 and table["t"].round(9).tolist() == [0.1] * 4
+    assert table.attrs["stamp"]["code"] == stamp.code_hash() and table.attrs["sweep"].startswith("api-")

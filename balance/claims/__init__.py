@@ -10,6 +10,8 @@ line (``balance claims``) both use them.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -36,6 +38,7 @@ __all__ = [
     "label",
     "ready",
     "report",
+    "run",
     "side",
     "start",
     "wait",
@@ -260,6 +263,37 @@ def wait(
         wait_for(store, run_id, runner)
         if on_done is not None:
             on_done(done, len(ids))
+
+
+def run(
+    numbers: Sequence[int] | None = None, quick: bool = False, home: str | None = None, workers: int | None = None
+) -> list[Evaluated]:
+    """``balance.claims(...)``: the claims numbered ``numbers`` (all when None) evaluated, their missing runs trained
+    in ``workers`` processes (default: the cores) into the run store at ``home`` (default: $BALANCE_HOME, else
+    ~/.balance); stored runs of the same config and code are reused. ``report.write(results, path, seconds)`` writes
+    them as the command line's report."""
+    from balance.runs.executor import Runner
+    from balance.runs.store import RunStore
+
+    chosen = by_number(list(numbers) if numbers is not None else None)
+    with RunStore(home) as store:
+        runner = Runner(store, max_workers=workers)
+        try:
+            ids = start(chosen, store, runner, quick=quick)
+            return [collect(c, ids[c.number], store, runner, quick=quick) for c in chosen]
+        finally:
+            runner.shutdown()
+
+
+class _Callable(types.ModuleType):
+    def __call__(
+        self, numbers: Sequence[int] | None = None, quick: bool = False, home: str | None = None,
+        workers: int | None = None,
+    ) -> list[Evaluated]:  # fmt: skip
+        return run(numbers, quick, home, workers)
+
+
+sys.modules[__name__].__class__ = _Callable  # balance.claims(...) runs them, as balance.watch(...) watches
 
 
 def evaluate(

@@ -10,12 +10,24 @@ forms; it returns at once, and the page polls the store.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from balance.config import ConfigError
-from balance.runs import limits
-from balance.runs.sweep import SNAPSHOTS, SweepSpec, check_members, member_name, new_sweep_id, plan
+from balance.runs import limits, stamp
+from balance.runs.sweep import (
+    SNAPSHOTS,
+    SweepSpec,
+    check_members,
+    member_name,
+    new_sweep_id,
+    plan,
+    run_sweep,
+    summary,  # fmt: skip
+)
 
 PAGE_CAP = {"members": 512, "seconds": 1800.0}  # what one start from the page may ask (all workers together)
 
@@ -49,6 +61,31 @@ def check_cap(c: Cost, cap: dict[str, float] | None = None) -> None:
         raise ConfigError(f"about {limits.duration(c.seconds)} of training: a sweep started from the page may take at "
                           f"most {limits.duration(cap['seconds'])}; use fewer steps, values or seeds, or "
                           "'balance sweep' on the command line")  # fmt: skip
+
+
+def sweep(
+    spec: SweepSpec | Mapping[str, Any] | str,
+    home: str | None = None,
+    workers: int | None = None,
+    at_time: float | None = None,
+    at_step: int | None = None,
+) -> pd.DataFrame:
+    """``balance.sweep(spec)``: train every member of ``spec`` (a ``SweepSpec``, its dict, or its TOML text) into the
+    run store at ``home`` (default: $BALANCE_HOME, else ~/.balance) and return its summary, read at training time
+    ``at_time`` or step ``at_step`` (``balance.runs.sweep_stats.summary``), with the reproducibility stamp in
+    ``attrs["stamp"]``. ``workers``: training processes (default: the usable cores; 1: in this process)."""
+    from balance.runs.store import RunStore
+
+    if isinstance(spec, str):
+        spec = SweepSpec.from_toml(spec)
+    elif not isinstance(spec, SweepSpec):
+        spec = SweepSpec.from_dict(spec)
+    with RunStore(home) as store:
+        result = run_sweep(spec, store, workers=workers)
+        table = summary(store, result.sweep, at_time, at_step)
+    table.attrs["stamp"] = stamp.stamp()
+    table.attrs["sweep"] = result.sweep
+    return table
 
 
 def numbers(text: str, name: str) -> list[float]:
