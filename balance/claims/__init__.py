@@ -15,7 +15,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from balance.claims import figure1, initial, networks, report, steps
+from balance.claims import figure1, initial, networks, report, steps, theorems
 from balance.claims.base import KINDS, OUTCOMES, SIDES, Claim, Finding, Verdict, side, who
 from balance.engine.status import ENDED
 from balance.runs.record import RunRecord
@@ -196,6 +196,53 @@ CLAIMS: tuple[Claim, ...] = (
         kind="control",
         reviewer="",
         paper="",
+    ),
+    Claim(
+        11, "'With high probability' quantified",
+        "Small random starts, Gaussian or uniform, converge to a balanced global minimum with probability near 1, "
+        "and the init scale that keeps it so shrinks polynomially with the size d (Theorem 3.1's ε/poly(d)).",
+        R1,
+        "Is 3/4 a high probability? Do the authors mean that it can be arbitrarily close to 1? How to tune the "
+        "parameters then? [...] this provides no clue about how to choose variance in Theorem 3.1.",
+        "MF d × d (rank 2) for several d, GD η = 0.2, Gaussian and uniform starts over a grid of σ, 16 seeds per cell "
+        "(32 in the full budget); the success fraction with Wilson intervals, the largest σ where every seed "
+        "succeeds, and the fitted exponent of the half-success σ against d.",
+        theorems.hp_configs, theorems.hp_analyse,
+        question="How high is 'with high probability', and how small must the initial variance be?",
+        kind="paper",
+        reviewer="the theorems do not say how high the probability is or how to choose the variance",
+        paper="small random starts converge to balanced global minima with high probability (Theorem 3.1)",
+        favours={"supported": "both"},
+    ),
+    Claim(
+        12, "Bounded iterates under Theorem 3.1's steps",
+        "Under Theorem 3.1's step sizes η_t = η₀ (t+1)^-(1/2+δ), GD from a small start stays bounded, ends balanced "
+        "and converges (the more slowly, the larger δ).",
+        R1,
+        "Nothing even says that they should be bounded. [...] The paragraph after corollary 2.1 affirms without any "
+        "supporting arguments that the proposed result explains convergence.",
+        f"MF 20 × 10, rank 3, σ = 0.01, GD with η_t = {theorems.BOUNDED_ETA0:g} (t+1)^-(1/2+δ) for δ in "
+        f"{', '.join(f'{d:g}' for d in theorems.DELTAS)}, {theorems.SEEDS} seeds each: the largest norm over time, "
+        "the final imbalance and the loss.",
+        theorems.bounded_configs, theorems.bounded_analyse,
+        question="Do the iterates stay bounded, and converge, under the theorem's decaying step sizes?",
+        kind="paper",
+        reviewer="nothing in the invariant alone keeps the iterates bounded or makes them converge",
+        paper="with Theorem 3.1's step sizes GD stays bounded and balanced and converges",
+    ),
+    Claim(
+        13, "Theorem 3.2: the linear rate",
+        "Rank-1 MF from a small start with a constant step converges linearly (Theorem 3.2), the loss shrinking by "
+        "(1 − ησ₁)² a step near the balanced minimum.",
+        "paper, Theorem 3.2",
+        "(Reviewer 1: 'I did not have time to check the rank 1 case proof in the appendix.')",
+        f"Rank-1 MF 10 × 10 (σ₁ = 1) from σ = 1e-3, GD at η = {', '.join(f'{e:g}' for e in theorems.RANK1_ETAS)}, "
+        f"{theorems.SEEDS} seeds each: the per-step loss ratio in the tail against (1 − η min(||u||², ||v||²))².",
+        theorems.rank1_configs, theorems.rank1_analyse,
+        question="Does rank-1 GD with a constant step converge linearly, at the rate the balanced minimum implies?",
+        kind="paper",
+        reviewer="the rank-1 proof was not checked",
+        paper="rank-1 GD from a small start with a constant step converges at a linear rate (Theorem 3.2)",
     ),
 )  # fmt: skip
 
