@@ -128,3 +128,11 @@ def test_python_api_sweep_returns_the_summary_at_a_time(tmp_path: Path) -> None:
     table = balance.sweep(spec, home=str(tmp_path), workers=1, at_time=0.1)
     assert len(table) == 4 and table["t"].round(9).tolist() == [0.1] * 4
     assert table.attrs["stamp"]["code"] == stamp.code_hash() and table.attrs["sweep"].startswith("api-")
+
+
+def test_a_setting_the_axes_determine_is_no_filter() -> None:
+    """A fixed-time sweep's steps go with the step size: a filter on them would keep one column of the heat map."""
+    df = pd.DataFrame({"optim.lr": [0.01, 0.01, 0.02, 0.02], "model.init_scale": [0.1] * 4, "seed": [0, 1, 0, 1],
+                       "steps": [200, 200, 100, 100], "optim.name": ["gd", "momentum"] * 2})  # fmt: skip
+    assert sweep_stats.filter_axes(df, ["optim.lr", "model.init_scale", "seed", "steps", "optim.name"]) == [
+        "seed", "optim.name"]  # fmt: skip

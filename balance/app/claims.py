@@ -135,7 +135,9 @@ def page(prefix: str) -> None:
 def claim_section(prefix: str, evaluated: claims.Evaluated, expanded: bool) -> None:
     claim, runs, finding = evaluated
     v = finding.verdict
-    with st.expander(f"**{claim.number}. {ui.plain(claim.title)}** · {BADGE[v.outcome]}", expanded=expanded):
+    supports = claims.report.SIDE_WORDS[claims.side(claim, v.outcome)]
+    label = f"**{claim.number}. {ui.plain(claim.title)}** · {BADGE[v.outcome]} · supports {supports}"
+    with st.expander(label, expanded=expanded):
         st.markdown(f"> {ui.plain(claim.quote)}\n>\n> — {claim.source}")
         st.markdown(f"**Question.** {ui.plain(claim.question)}")
         if claim.kind == "control":

@@ -19,6 +19,7 @@ from balance.config.presets import PRESETS
 from balance.runs import sweep_start
 from balance.runs.stamp import stamp_text
 from balance.runs.sweep import fit_slopes, summary
+from balance.runs.sweep_stats import filter_axes
 from balance.views import sweeps as sweep_plots
 
 EXAMPLE = (
@@ -140,8 +141,7 @@ def _label(info: pd.DataFrame, sweep: str) -> str:
 
 def _filters(prefix: str, df: pd.DataFrame) -> pd.DataFrame:
     """One choice per varied setting other than the two heat-map axes: the seed (or all) and e.g. the optimiser."""
-    axes = [c for c in df.columns[4 : list(df.columns).index("loss")] if c not in (sweep_plots.X, sweep_plots.Y)]
-    varied = [c for c in axes if df[c].astype(str).nunique() > 1]
+    varied = filter_axes(df, list(df.columns[4 : list(df.columns).index("loss")]), (sweep_plots.X, sweep_plots.Y))
     if not varied:
         return df
     view = df

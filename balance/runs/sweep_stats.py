@@ -125,6 +125,21 @@ def seed_slopes(df: pd.DataFrame, by: str = "model.init_scale", x: str = "optim.
     return pd.DataFrame(rows, columns=[by, "slope", "low", "high", "seeds", "points", "note"])
 
 
+def filter_axes(
+    df: pd.DataFrame, settings: list[str], axes: tuple[str, ...] = ("optim.lr", "model.init_scale")
+) -> list[str]:
+    """The varied ``settings`` a reader picks one value of: not the heat-map ``axes``, and not a setting the axes
+    determine (a fixed-time sweep's steps = t / eta go with the step size: picking one would keep one column)."""
+    out = []
+    for s in settings:
+        if s in axes or df[s].astype(str).nunique() <= 1:
+            continue
+        if df.groupby(list(axes), dropna=False)[s].nunique(dropna=False).max() <= 1:
+            continue
+        out.append(s)
+    return out
+
+
 def closest_to_median(values: pd.Series) -> Any:
     """The index of the value closest to the median of ``values`` (finite ones; None when there are none): the
     member a heat-map cell opens, so the run shown is the one the cell's number describes."""

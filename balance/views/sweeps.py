@@ -25,7 +25,7 @@ def _final(metric: str, note: str = "") -> str:
     """'final gap drift G_h(k) − G_h(0)': a summary column's title, from the registry (the pair: the sweep
     summary's, the one with the largest drift)."""
     m = laws.METRICS[metric]
-    return f"final {m.title} {m.plain()}{note}"
+    return f"{m.title} {m.plain()}{note}"
 
 
 ABS_DRIFT = "abs_gap_drift"  # |gap_drift|: its median is the drift's typical size (signed medians cancel)
