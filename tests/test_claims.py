@@ -169,6 +169,14 @@ def test_rank1_linear_rate() -> None:
     check(theory_verdicts.rank1_linear_rate([1e-5, 0.05], [-0.21, float("nan")]), "refuted")  # not linear
 
 
+def test_balance_is_flat() -> None:
+    check(theory_verdicts.balance_is_flat(2e-10, 1.0, 0.0, 1.0005, True, 8, 4, 1e-20), "supported")
+    check(theory_verdicts.balance_is_flat(2e-10, 0.4, 0.2, 1.0005, True, 8, 4, 1e-20), "undecided")  # no clear rise
+    check(theory_verdicts.balance_is_flat(0.3, 1.0, 0.0, 1.0005, True, 8, 4, 1e-20), "refuted")  # formula fails
+    check(theory_verdicts.balance_is_flat(2e-10, -0.9, 0.0, 1.0005, True, 8, 4, 1e-20), "refuted")  # flatter when apart
+    check(theory_verdicts.balance_is_flat(2e-10, 1.0, 0.0, 1.0005, True, 8, 4, 0.5), "partly")  # not converged
+
+
 def test_every_claim_has_two_sides_and_a_side_for_each_outcome() -> None:
     for c in claims.CLAIMS:
         assert c.question.endswith("?"), c.number
@@ -221,11 +229,12 @@ def test_step_size_study_spans_two_decades_at_fixed_time() -> None:
 
 # the verdicts of the reduced budget: 3 reviewer statements supported (1, 2, 5), the paper's 4, 12 and 13 supported
 # and 6's contradiction refuted; both sides for 3 (the drift is real and vanishes at first order), 11 (the paper's
-# "with high probability" holds, and the reviewer was right that it needed numbers) and 7 (partly: one setting's
+# "with high probability" holds, and the reviewer was right that it needed numbers), 14 (a smoothness modulus, not
+# smoothness, is what balance keeps small) and 7 (partly: one setting's
 # worst seed drifted 1.2% of the squared norms at eta = 0.05, over the 1% tolerance); the controls as expected
 QUICK_VERDICTS = {1: "supported", 2: "supported", 3: "supported", 4: "supported", 5: "supported", 6: "refuted",
                   7: "partly", 8: "supported", 9: "supported", 10: "supported", 11: "supported", 12: "supported",
-                  13: "supported"}  # fmt: skip
+                  13: "supported", 14: "supported"}  # fmt: skip
 
 
 # --- the command, then the page, on one store ------------------------------------------------------------------
@@ -257,7 +266,7 @@ def test_report_command_on_the_reduced_budget(home: Path, tmp_path: Path, capsys
     assert (tmp_path / "plotly.min.js").exists()
     assert text.count("**Verdict: ") == len(claims.CLAIMS) and text.count("Tolerances: ") == len(claims.CLAIMS)
     assert text.count("Evidence: ") == len(claims.CLAIMS) and "Reproducibility: balance " in text
-    assert "support: the reviewer 3, the paper 4, both sides 3 · controls (apart): 3 supported" in text
+    assert "support: the reviewer 3, the paper 4, both sides 4 · controls (apart): 3 supported" in text
     from balance.claims.points import POINTS
 
     assert all(p.point.replace("|", "/") in text for p in POINTS)  # every reviewer point is listed

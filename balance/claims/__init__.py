@@ -15,7 +15,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from balance.claims import figure1, initial, networks, report, steps, theorems
+from balance.claims import figure1, initial, networks, report, smoothness, steps, theorems
 from balance.claims.base import KINDS, OUTCOMES, SIDES, Claim, Finding, Verdict, side, who
 from balance.engine.status import ENDED
 from balance.runs.record import RunRecord
@@ -243,6 +243,23 @@ CLAIMS: tuple[Claim, ...] = (
         kind="paper",
         reviewer="the rank-1 proof was not checked",
         paper="rank-1 GD from a small start with a constant step converges at a linear rate (Theorem 3.2)",
+    ),
+    Claim(
+        14, "Balancing and smoothness",
+        "Balance keeps the local smoothness modulus small: at a global minimum of rank-1 MF, λ_max of the Hessian is "
+        "sqrt(G² + 4s²), smallest (2s) when the layers are balanced, larger the more unbalanced.",
+        R1,
+        "Balancing implies smoothness? Smoothness is already here, twice continuous differentiability implies "
+        "beta-smoothness on any bounded set. [...] the authors actually compute a smoothness modulus.",
+        f"Rank-1 MF 10 × 10 (s = 1), GD η = {smoothness.ETA:g}, u's initial scale at "
+        f"{', '.join(f'{b:g}' for b in smoothness.U_SCALES)} × σ, {smoothness.SEEDS} seeds each: λ_max by Lanczos "
+        "on Hessian-vector products along each run (replayed), against the final imbalance G and the line 2/η.",
+        smoothness.configs, smoothness.analyse,
+        question="Does balance make the objective smoother, and in what sense?",
+        kind="paper",
+        reviewer="a polynomial is smooth; 'balancing implies smoothness' can only mean a smaller smoothness modulus",
+        paper="balanced iterates have a small local smoothness modulus",
+        favours={"supported": "both"},
     ),
 )  # fmt: skip
 

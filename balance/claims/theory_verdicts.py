@@ -17,6 +17,9 @@ TOL: dict[str, dict[str, float]] = {
     "bounded": {"max ||U||^2 + ||V||^2 / balanced minimum's, at most": 1.05, "final imbalance at most": 0.01,
                 "converged: log10 final / initial loss at most": -6.0},
     "rank1": {"rate relative error": 0.01},
+    "flat": {"lambda_max / sqrt(G^2 + 4 s^2) relative error": 0.02, "balanced lambda_max / 2s at most": 1.05,
+             "rank correlation with |G| at least": 0.9,
+             "converged: final / initial loss at most": 1e-6},
 }  # fmt: skip
 
 
@@ -127,3 +130,39 @@ def rank1_linear_rate(errors: Sequence[float], measured: Sequence[float], n_etas
     iv = mean_ci(list(errors)) if len(errors) >= 2 else Interval(worst, worst, worst, len(errors))
     return Verdict(outcome, reason, _tolerances("rank1"), f"{iv.n // max(n_etas, 1)} seeds × {n_etas} step sizes",
                    f"relative error of the rate, mean {iv.text(2)}")  # fmt: skip
+
+
+# --- 14. balancing and smoothness -------------------------------------------------------------------------------------
+
+
+def balance_is_flat(
+    formula_err: float,
+    rho: float,
+    p_value: float,
+    flattest: float,
+    stable: bool,
+    seeds: int,
+    levels: int,
+    worst_loss: float,
+) -> Verdict:
+    """``formula_err``: worst |lambda_max / sqrt(G^2 + 4 s^2) - 1| at the minima reached; ``rho``, ``p_value``:
+    Spearman's rank correlation of lambda_max with |G| over every run and its p-value; ``flattest``: the
+    lambda_max of the most balanced run over 2 s; ``stable``: lambda_max < 2 / eta along every run;
+    ``worst_loss``: the largest final / initial loss. Supported when every run converged, its minimum's lambda_max
+    is sqrt(G^2 + 4 s^2), the most balanced is the flattest (2 s) and lambda_max rises with |G| (rho at least 0.9,
+    p < 0.01); undecided when the rise is not significant; refuted when the formula fails or lambda_max falls."""
+    t = TOL["flat"]
+    formula = at_most(formula_err, t["lambda_max / sqrt(G^2 + 4 s^2) relative error"])
+    flat = at_most(flattest, t["balanced lambda_max / 2s at most"])
+    converged = at_most(worst_loss, t["converged: final / initial loss at most"])
+    rises = rho >= t["rank correlation with |G| at least"] and p_value < 0.01
+    outcome = ("supported" if formula and flat and rises and converged
+               else "refuted" if not formula or rho <= 0 else "undecided" if not rises else "partly")  # fmt: skip
+    reason = (
+        f"At the minima reached, λ_max = sqrt(G² + 4s²) to a relative {fmt(formula_err, 2)}: the most balanced run's "
+        f"λ_max was {fmt(flattest, 4)} × 2s, the flattest, and λ_max rose with the imbalance |G| (Spearman ρ = "
+        f"{fmt(rho, 3)}, p = {fmt(p_value, 2)}); it stayed {'below' if stable else 'not always below'} 2/η along "
+        "every run. A local smoothness modulus, not smoothness itself, is what balance keeps small."
+    )
+    return Verdict(outcome, reason, _tolerances("flat"), f"{seeds} seeds × {levels} starts",
+                   f"Spearman ρ {fmt(rho, 3)} (p {fmt(p_value, 2)}); formula error {fmt(formula_err, 2)}")  # fmt: skip
