@@ -263,6 +263,12 @@ def test_report_command_on_the_reduced_budget(home: Path, tmp_path: Path, capsys
     for c in claims.CLAIMS:
         assert f"## {c.number}. {c.title}" in text
         assert (tmp_path / f"claim-{c.number}.html").stat().st_size > 1000
+    # a section's runs are re-run from its config file, a sweep spec, exactly
+    from balance.runs.sweep import SweepSpec
+
+    six = SweepSpec.from_toml((tmp_path / "claim-6.toml").read_text())
+    assert six.configs() == claims.by_number([6])[0].configs(True)
+    assert "code " in (tmp_path / "claim-6.toml").read_text().splitlines()[0]
     assert (tmp_path / "plotly.min.js").exists()
     assert text.count("**Verdict: ") == len(claims.CLAIMS) and text.count("Tolerances: ") == len(claims.CLAIMS)
     assert text.count("Evidence: ") == len(claims.CLAIMS) and "Reproducibility: balance " in text

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from balance.claims import points
 from balance.claims.base import SIDES, fmt, side, who
 from balance.config import RunConfig, link_query
@@ -60,6 +62,7 @@ def claim_markdown(evaluated: Any, figure_name: str) -> str:
     """One claim's section: quote, statement, experiment, verdict with reason and tolerances, numbers, links."""
     claim, runs, finding = evaluated
     v = finding.verdict
+    spec = figure_name.replace(".html", ".toml")
     main = runs[finding.main]
     lines = [
         f"## {claim.number}. {claim.title}: {BADGE[v.outcome]}",
@@ -88,7 +91,8 @@ def claim_markdown(evaluated: Any, figure_name: str) -> str:
         "|---|---|",
         *(f"| {_cell(k)} | {_cell(value_text(x))} |" for k, x in finding.numbers.items()),
         "",
-        f"Figure: [{figure_name}]({figure_name}). Main run `{main.run_id}`, open it in the dashboard's Explore page: "
+        f"Figure: [{figure_name}]({figure_name}); the runs' configs: [{spec}]({spec}). Main run `{main.run_id}`, "
+        "open it in the dashboard's Explore page: "
         f"`{explore_link(main.config, main.run_id)}`",
         "",
     ]
@@ -126,11 +130,27 @@ def render(results: Sequence[Any], seconds: float, quick: bool) -> str:
     return "\n".join(head + body)
 
 
+def configs_toml(number: int, configs: Sequence[RunConfig]) -> str:
+    """A claim's configs as a sweep spec of listed members (each the settings that differ from the defaults), headed
+    by the stamp: ``balance sweep --config claim-N.toml`` trains exactly these runs again."""
+    default = RunConfig().flat()
+    members = [{k: list(v) if isinstance(v, tuple) else v for k, v in c.flat().items() if v != default.get(k)}
+               for c in configs]  # fmt: skip
+    head = (f"# claim {number}: its {len(configs)} runs. Made by {stamp_text()}.\n"
+            f"# 'balance sweep --config claim-{number}.toml' trains them again; 'balance claims --only {number}' "
+            "re-runs the section with its verdict.\n")  # fmt: skip
+    return head + tomli_w.dumps({"name": f"claim-{number}", "list": members})
+
+
 def write(results: Sequence[Any], path: Path, seconds: float, quick: bool = False) -> list[Path]:
-    """Write the report to ``path`` and ``claim-N.html`` beside it; returns the files written."""
+    """Write the report to ``path`` and, beside it, ``claim-N.html`` (the figure) and ``claim-N.toml`` (the runs'
+    configs, a sweep spec) per claim; returns the files written."""
     write_atomic(path, render(results, seconds, quick))
     written = [path]
     for e in results:
+        spec_path = path.parent / f"claim-{e.claim.number}.toml"
+        write_atomic(spec_path, configs_toml(e.claim.number, [r.config for r in e.runs]))
+        written.append(spec_path)
         figure_path = path.parent / f"claim-{e.claim.number}.html"
         fig = e.finding.figure
         fig.update_layout(title={"text": f"Claim {e.claim.number}: {e.claim.title}"})

@@ -135,7 +135,8 @@ def _cmd_claims(args: argparse.Namespace) -> int:
         return _error(f"--report {str(report)!r}: {exc.strerror or exc}")
     finally:
         store.close()
-    print(f"wrote {written[0]} and {len(written) - 1} figures beside it ({seconds:.1f} s)", file=sys.stderr)
+    n = (len(written) - 1) // 2
+    print(f"wrote {written[0]} and {n} figures and {n} config files beside it ({seconds:.1f} s)", file=sys.stderr)
     if failed:
         print(f"balance: error: claims {', '.join(map(str, failed))} did not run to a verdict", file=sys.stderr)
         return EXIT_FAILED
