@@ -121,6 +121,11 @@ class Fit:
         return f"{self.slope:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
+def fit_text(fit: Fit) -> str:
+    """'0.993 [0.975, 1.01]': a slope and its interval as the verdicts quote them."""
+    return f"{fmt(fit.slope)} [{fmt(fit.low)}, {fmt(fit.high)}]"
+
+
 def seed_fit(x: Sequence[float], ys: Sequence[Sequence[float]]) -> Fit:
     """The slope of log|y| against log x fitted per seed (``ys[s]``), summarised across seeds: mean and t CI."""
     iv = stats_.seed_slopes(x, ys)
