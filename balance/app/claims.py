@@ -135,8 +135,9 @@ def page(prefix: str) -> None:
 def claim_section(prefix: str, evaluated: claims.Evaluated, expanded: bool) -> None:
     claim, runs, finding = evaluated
     v = finding.verdict
-    supports = claims.report.SIDE_WORDS[claims.side(claim, v.outcome)]
-    label = f"**{claim.number}. {ui.plain(claim.title)}** · {BADGE[v.outcome]} · supports {supports}"
+    side = claims.side(claim, v.outcome)
+    supports = "a control" if side == "control" else f"supports {claims.report.SIDE_WORDS[side]}"
+    label = f"**{claim.number}. {ui.plain(claim.title)}** · {BADGE[v.outcome]} · {supports}"
     with st.expander(label, expanded=expanded):
         st.markdown(f"> {ui.plain(claim.quote)}\n>\n> — {claim.source}")
         st.markdown(f"**Question.** {ui.plain(claim.question)}")
