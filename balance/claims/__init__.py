@@ -205,7 +205,7 @@ CLAIMS: tuple[Claim, ...] = (
         "Is 3/4 a high probability? Do the authors mean that it can be arbitrarily close to 1? How to tune the "
         "parameters then? [...] this provides no clue about how to choose variance in Theorem 3.1.",
         "MF d × d (rank 2) for several d, GD η = 0.2, Gaussian and uniform starts over a grid of σ, 16 seeds per cell "
-        "(32 in the full budget); the success fraction with Wilson intervals, the largest σ where every seed "
+        "; the success fraction with Wilson intervals, the largest σ where every seed "
         "succeeds, and the fitted exponent of the half-success σ against d.",
         theorems.hp_configs, theorems.hp_analyse,
         question="How high is 'with high probability', and how small must the initial variance be?",

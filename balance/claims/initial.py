@@ -24,7 +24,7 @@ SEEDS = 8  # per arm: seeds of one shape train as one batched job, so they cost 
 def difference_configs(quick: bool) -> list[RunConfig]:
     """a: 2-layer ReLU MLP, squared loss, W_1 at 1e-3 of W_2; b: the same net, logistic loss on separable XOR;
     ``SEEDS`` seeds each (one batched job per setting)."""
-    steps = 600 if quick else 1500
+    steps = 600 if quick else 1000
     unbalanced = RunConfig.from_dict({
         "data": TEACHER,
         "model": {"name": "mlp", "depth": 2, "width": 16, "init_scale": 0.7, "layer_scales": [1e-3, 1.0]},
@@ -33,7 +33,7 @@ def difference_configs(quick: bool) -> list[RunConfig]:
     growing = RunConfig.from_dict({
         "data": {"name": "xor", "samples": 128, "noise": 0.0},
         "model": {"name": "mlp", "depth": 2, "width": 16, "init_scale": 0.3, "layer_scales": [0.3, 1.0]},
-        "optim": {"name": "gd", "lr": 0.5}, "steps": 800 if quick else 2000,
+        "optim": {"name": "gd", "lr": 0.5}, "steps": 800 if quick else 1500,
     })  # fmt: skip
     return [c.replace(seed=s) for c in (unbalanced, growing) for s in range(SEEDS)]
 
