@@ -10,12 +10,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from balance import claims
     from balance.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
     from balance.config.presets import PRESETS, preset
     from balance.engine.status import RunStatus
     from balance.engine.trainer import Trainer
     from balance.runs.loop import RunResult, replay, run
     from balance.runs.record import RunRecord
+    from balance.runs.sweep_start import sweep
     from balance.views import figures as plots
     from balance.watch import audit, watch
 
@@ -31,10 +33,12 @@ _EXPORTS = {
     "RunStatus": "balance.engine.status",
     "Trainer": "balance.engine.trainer",
     "audit": "balance.watch",
+    "claims": "balance",  # the package balance.claims, which is callable: balance.claims([3, 6], quick=True)
     "plots": "balance",
     "preset": "balance.config.presets",
     "replay": "balance.runs.loop",
     "run": "balance.runs.loop",
+    "sweep": "balance.runs.sweep_start",
     "watch": "balance",  # the package balance.watch, which is callable: balance.watch(model, optimizer)
 }
 __all__ = [
@@ -49,10 +53,12 @@ __all__ = [
     "RunStatus",
     "Trainer",
     "audit",
+    "claims",
     "plots",
     "preset",
     "replay",
     "run",
+    "sweep",
     "watch",
 ]
 __version__ = "0.1.0"

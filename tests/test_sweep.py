@@ -8,6 +8,7 @@ Members are tiny (MF 6 x 5, a few dozen steps). Each member's stored metrics are
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import socket
@@ -265,6 +266,9 @@ def test_cli_flags_with_comma_lists_and_seed_ranges(tmp_path: Path, capsys: pyte
     assert set(metrics["run"]) == set(table["run"]) and len(metrics) == 12 * 5
     again = SweepSpec.from_toml((out / "spec.toml").read_text())
     assert len(again.configs()) == 12 and again.name == "cli"
+    from balance.runs import stamp
+
+    assert json.loads((out / "stamp.json").read_text())["code"] == stamp.code_hash()  # which code made it
     with RunStore(home) as s:
         assert_like_single(s, table["run"].iloc[-1])
 
@@ -376,31 +380,33 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def test_fit_slopes_recovers_a_power_law_with_its_interval() -> None:
+def test_fit_slopes_are_per_seed_with_an_interval_across_seeds() -> None:
     lrs = [0.01, 0.02, 0.04, 0.08]
-    noise = [1.0, 1.1, 0.95, 1.02]
-    rows = [(f"a{i}", "finished", lr, 0.1, 0, 3 * lr**2, 0, 1, 1, 0) for i, lr in enumerate(lrs)]
-    rows += [(f"b{i}", "finished", lr, 1.0, 0, -5 * lr * e, 0, 1, 1, 0) for i, (lr, e) in enumerate(zip(lrs, noise))]
+    noise = {0: [1.0, 1.1, 0.95, 1.02], 1: [1.0, 0.9, 1.05, 1.1], 2: [1.02, 1.0, 0.97, 1.0]}
+    # seeds with different offsets (3 and 7): a per-seed fit is not widened by them, a pooled one would be
+    rows = [(f"a{s}{i}", "finished", lr, 0.1, s, (3 + 4 * s) * lr**2, 0, 1, 1, 0) for s in (0, 1) for i, lr in
+            enumerate(lrs)]  # fmt: skip
+    rows += [(f"b{s}{i}", "finished", lr, 1.0, s, -5 * lr * e, 0, 1, 1, 0) for s, es in noise.items()
+             for i, (lr, e) in enumerate(zip(lrs, es))]  # fmt: skip
     rows += [("c", "diverged", 1.0, 1.0, 0, 1e9, 0, 1, 1, 1), ("d", "finished", 0.1, 2.0, 0, 1.0, 0, 1, 1, 0)]
     fits = fit_slopes(frame(rows)).set_index("model.init_scale")
     assert fits.loc[0.1, "slope"] == pytest.approx(2, abs=1e-12) and fits.loc[0.1, "high"] - fits.loc[0.1, "low"] < 1e-9
-    assert fits.loc[0.1, "intercept"] == pytest.approx(math.log(3), abs=1e-12)
-    # oracle: ordinary least squares and its standard error written out, t quantile 4.303 (95%, 2 dof)
-    x, y = np.log(lrs), np.log(5 * np.array(lrs) * noise)
-    slope = np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2)
-    resid = y - (y.mean() + slope * (x - x.mean()))
-    se = math.sqrt(np.sum(resid**2) / 2 / np.sum((x - x.mean()) ** 2))
-    assert fits.loc[1.0, "slope"] == pytest.approx(slope, rel=1e-12)
-    assert fits.loc[1.0, "high"] - slope == pytest.approx(4.302652729749464 * se, rel=1e-9)
-    assert fits.loc[1.0, "n"] == 4  # the diverged member is left out
-    assert math.isnan(fits.loc[2.0, "slope"]) and fits.loc[2.0, "n"] == 1
+    assert fits.loc[0.1, "seeds"] == 2
+    # oracle: each seed's least-squares slope, then the t interval of their mean (4.303: 95%, 2 dof)
+    x = np.log(lrs)
+    slopes = [np.polyfit(x, np.log(5 * np.array(lrs) * es), 1)[0] for es in noise.values()]
+    half = 4.302652729749464 * np.std(slopes, ddof=1) / math.sqrt(3)
+    assert fits.loc[1.0, "slope"] == pytest.approx(np.mean(slopes), rel=1e-12)
+    assert fits.loc[1.0, "high"] - fits.loc[1.0, "slope"] == pytest.approx(half, rel=1e-9)
+    assert fits.loc[1.0, "seeds"] == 3 and fits.loc[1.0, "points"] == 4  # the diverged member is left out
+    assert math.isnan(fits.loc[2.0, "slope"]) and "2 seeds" in fits.loc[2.0, "note"]
 
 
-def test_heatmap_cells_hold_the_median_and_their_run() -> None:
+def test_heatmap_cells_hold_the_median_and_the_member_closest_to_it() -> None:
     rows = [
         ("r1", "finished", 0.01, 0.1, 0, 1e-6, 0, 1.5, 0.2, 0),
-        ("r2", "finished", 0.01, 0.1, 1, 3e-6, 0, 1.7, 0.4, 0),
-        ("r3", "finished", 0.01, 0.1, 2, 2e-6, 0, 1.6, 0.3, 0),
+        ("r2", "finished", 0.01, 0.1, 1, -3e-6, 0, 1.7, 0.4, 0),
+        ("r3", "finished", 0.01, 0.1, 2, -2e-6, 0, 1.6, 0.3, 0),
         ("r4", "diverged", 0.1, 0.1, 0, 5.0, 0, 9, 1e9, 1),
         ("r5", "finished", 0.1, 0.1, 1, 1e-4, 0, 1.1, 0.1, 0),
         ("r6", "finished", 0.01, 1.0, 0, 1e-2, 0, 1, 1, 0),
@@ -413,20 +419,25 @@ def test_heatmap_cells_hold_the_median_and_their_run() -> None:
     assert list(heat.x) == ["0.01", "0.1"] and list(heat.y) == ["0.1", "1"]
     assert heat.z[0][0] == 1.6 and heat.z[0][1] == 1.1 and heat.z[1][0] == 1.0  # diverged r4 left out
     assert math.isnan(heat.z[1][1])  # no member there
-    assert heat.customdata[0][0] == "r1" and heat.customdata[0][1] == "r4"
-    assert list(clicks.customdata) == ["r1", "r4", "r6", ""]
-    drift = sweep_plots.heatmap_figure(df, "gap_drift").data[0]
-    assert drift.z[0][0] == pytest.approx(math.log10(2e-6)) and drift.text[0][0] == "2e-06"
+    assert heat.customdata[0][0] == "r3" and heat.customdata[0][1] == "r5"  # the member at the median opens
+    assert list(clicks.customdata) == ["r3", "r5", "r6", ""]
+    size = sweep_plots.heatmap_figure(df, sweep_plots.ABS_DRIFT).data[0]  # the median of |drift|: 2e-6
+    assert size.z[0][0] == pytest.approx(math.log10(2e-6)) and size.text[0][0] == "2e-06"
+    signed = sweep_plots.heatmap_figure(df, "gap_drift").data[0]  # the signed median, its sign shown
+    assert signed.z[0][0] == pytest.approx(-2e-6) and signed.text[0][0] == "-2e-06" and signed.zmid == 0
+    assert signed.text[0][1] == "+0.0001"
     diverged = sweep_plots.heatmap_figure(df, "diverged").data[0]
     assert diverged.z[0][1] == 0.5 and diverged.z[0][0] == 0
 
 
 def test_drift_figure_shows_members_prediction_and_fit() -> None:
-    rows = [(f"r{i}", "finished", lr, 0.1, 0, 2 * lr**2, 2 * lr**2, 1, 1, 0) for i, lr in enumerate([0.01, 0.02, 0.04])]
+    rows = [(f"r{s}{i}", "finished", lr, 0.1, s, 2 * lr**2, 2 * lr**2, 1, 1, 0) for s in (0, 1)
+            for i, lr in enumerate([0.01, 0.02, 0.04])]  # fmt: skip
     df = frame(rows)
     fig = sweep_plots.drift_figure(df, fit_slopes(df))
     members, predicted, fitted = fig.data
-    assert list(members.customdata) == ["r0", "r1", "r2"] and "slope 2.000 [2.000, 2.000]" in members.name
+    assert list(members.customdata)[:3] == ["r00", "r01", "r02"]
+    assert "slope 2.000 [2.000, 2.000], 2 seeds" in members.name
     assert predicted.marker.symbol == "circle-open" and list(predicted.y) == list(members.y)  # exact for GD
     assert fitted.mode == "lines" and list(fitted.y[[0, -1]]) == pytest.approx([2e-4, 32e-4], rel=1e-9)
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
@@ -460,7 +471,8 @@ def test_sweeps_page(page_home: Path) -> None:
     at = sweeps_page()
     assert not at.exception, at.exception
     charts = [c.proto.spec for c in at.get("plotly_chart")]
-    assert len(charts) == 5 and "final gap drift" in charts[0] and "against the step size" in charts[4]
+    assert len(charts) == 6 and "median of |drift|" in charts[0] and "signed median" in charts[1]
+    assert "against the step size" in charts[5]
     assert at.selectbox(key="sweep.sweep").value == result.sweep
     at.selectbox(key="sweep.filter.seed").set_value(1).run()
     assert not at.exception

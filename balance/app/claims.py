@@ -24,12 +24,13 @@ from balance.app import common as ui
 from balance.claims.report import value_text
 from balance.config import RunConfig
 
-OUTCOME_BOX = {"supported": st.success, "refuted": st.error, "partly": st.warning}
+OUTCOME_BOX = {"supported": st.success, "refuted": st.error, "partly": st.warning, "undecided": st.warning}
 # Streamlit's own badges and icons: emoji need a font the browser may not have
 BADGE = {
     "supported": ":green-badge[:material/check_circle: supported]",
     "refuted": ":red-badge[:material/cancel: refuted]",
     "partly": ":orange-badge[:material/contrast: partly]",
+    "undecided": ":gray-badge[:material/pending: undecided]",
 }
 
 
@@ -112,10 +113,9 @@ def page(prefix: str) -> None:
                 results[number] = _analysed(number, tuple(run_ids), home)  # type: ignore[arg-type]
             except Exception as exc:  # one claim's broken run must not take the page down
                 results[number] = exc
-    outcomes = [e.finding.verdict.outcome for e in results.values() if not isinstance(e, Exception)]
-    counts = pd.Series(outcomes, dtype=object).value_counts()
-    if len(counts):
-        st.markdown(" · ".join(f"{BADGE[o]}: **{counts[o]}**" for o in claims.OUTCOMES if o in counts))
+    done = [e for e in results.values() if not isinstance(e, Exception)]
+    if done:
+        st.markdown(ui.plain(claims.report.tally_text(done)))
     wanted = st.query_params.get("claim", "")
     for claim in claims.CLAIMS:
         evaluated = results.get(claim.number)
@@ -135,11 +135,23 @@ def page(prefix: str) -> None:
 def claim_section(prefix: str, evaluated: claims.Evaluated, expanded: bool) -> None:
     claim, runs, finding = evaluated
     v = finding.verdict
-    with st.expander(f"**{claim.number}. {ui.plain(claim.title)}** · {BADGE[v.outcome]}", expanded=expanded):
+    side = claims.side(claim, v.outcome)
+    supports = "a control" if side == "control" else f"supports {claims.report.SIDE_WORDS[side]}"
+    label = f"**{claim.number}. {ui.plain(claim.title)}** · {BADGE[v.outcome]} · {supports}"
+    with st.expander(label, expanded=expanded):
         st.markdown(f"> {ui.plain(claim.quote)}\n>\n> — {claim.source}")
+        st.markdown(f"**Question.** {ui.plain(claim.question)}")
+        if claim.kind == "control":
+            st.caption("A control: counted apart from the reviewers' and the paper's points.")
+        else:
+            st.markdown(f"**The reviewer's side.** {ui.plain(claim.reviewer)}.  \n"
+                        f"**The paper's side.** {ui.plain(claim.paper)}.")  # fmt: skip
         st.markdown(f"**Claim tested.** {ui.plain(claim.statement)}")
         st.markdown(f"**Experiment.** {ui.plain(claim.experiment)} ({len(runs)} runs.)")
-        OUTCOME_BOX[v.outcome](f"**Verdict: {v.outcome}.** {ui.plain(v.reason)}")
+        OUTCOME_BOX[v.outcome](
+            f"**Verdict: {v.outcome}.** {ui.plain(claims.who(claim, v.outcome))} {ui.plain(v.reason)}"
+        )
+        st.caption(f"Evidence: {ui.plain(v.evidence)}. Deciding estimate (95% CI): {ui.plain(v.interval or 'none')}.")
         st.caption("Tolerances: " + ui.plain("; ".join(f"{k}: {t}" for k, t in v.tolerances.items())))
         st.plotly_chart(
             finding.figure, key=f"{prefix}.chart.{claim.number}", config=ui.chart_config(f"claim-{claim.number}")

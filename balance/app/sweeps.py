@@ -1,7 +1,8 @@
-"""The Sweeps page: pick a stored sweep, see its heat maps and the step-size fit, open any member in Explore.
+"""The Sweeps page: start a sweep, pick a stored one, see its heat maps and the step-size fit, open any member.
 
-Widgets and layout only: the numbers come from ``balance.runs.sweep`` (summary, fit) and the figures from
-``balance.views.sweeps``. A sweep is started from the command line (``balance sweep``); the page says how.
+Widgets and layout only: the numbers come from ``balance.runs.sweep`` (summary at a fixed time or step, per-seed
+fit), the form's spec, size and cap from ``balance.runs.sweep_start``, the figures from ``balance.views.sweeps``.
+A larger sweep is started from the command line (``balance sweep``); the page says how.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import pandas as pd
 import streamlit as st
 
 from balance.app import common as ui
+from balance.config import ConfigError
+from balance.config.presets import PRESETS
+from balance.runs import sweep_start
+from balance.runs.stamp import stamp_text
 from balance.runs.sweep import fit_slopes, summary
+from balance.runs.sweep_stats import filter_axes
 from balance.views import sweeps as sweep_plots
 
 EXAMPLE = (
@@ -21,14 +27,17 @@ EXAMPLE = (
     "--init-scale 0.01,0.1,0.3 --seeds 0-3 --steps 2000 --log-every 10"
 )
 ALL_SEEDS = "all seeds (median)"
+READ_AT = ("the last step", "a fixed training time t", "a fixed step")
 
 
 def page(prefix: str) -> None:
     st.markdown("#### Sweeps: many configurations at once")
     _open_pending(prefix)
     sweeps = ui.store().sweeps()
+    _start_form(prefix, expanded=sweeps.empty)
     if sweeps.empty:
-        st.info("No sweeps stored yet. Start one from the command line; its runs appear here and on the Runs page:")
+        st.info("No sweeps stored yet. Start one above, or from the command line; its runs appear here and on the "
+                "Runs page:")  # fmt: skip
         st.code(EXAMPLE, language="bash")
         return
     ids = sweeps["sweep"].tolist()
@@ -39,9 +48,15 @@ def page(prefix: str) -> None:
     chosen = st.selectbox("Sweep", ids, key=f"{prefix}.sweep", format_func=functools.partial(_label, info))
     if st.query_params.get("sweep") != chosen:  # a shareable link to this sweep's view
         st.query_params["sweep"] = chosen
-    df = summary(ui.store(), chosen)
+    at_time, at_step = _read_at(prefix)
+    df = summary(ui.store(), chosen, at_time, at_step)
     if df.empty:
         return
+    if at_time is not None or at_step is not None:
+        missing = int(df["t"].isna().sum())
+        if missing:
+            st.caption(f"{missing} members did not reach this point (or have not yet): left out of the charts.")
+        df = df[df["t"].notna()]
     row = info.loc[chosen]
     done = f"{row['finished']} finished, {row['diverged']} diverged, {row['failed']} failed"
     st.caption(f"{row['runs']} runs: {done}, {row['active']} not done yet. Each is also on the Runs page ({chosen}).")
@@ -49,9 +64,11 @@ def page(prefix: str) -> None:
     if view.empty:
         st.warning("No member matches these choices.")
         return
-    st.markdown("##### Final values over step size × init scale")
+    where = ("at the last step" if at_time is None and at_step is None else
+             f"at training time t = {at_time:g}" if at_time is not None else f"at step {at_step}")  # fmt: skip
+    st.markdown(f"##### Values {where}, over step size × init scale")
     names = list(sweep_plots.METRICS)
-    for pair in (names[:2], names[2:]):
+    for pair in (names[:2], names[2:4], names[4:]):
         for col, column in zip(st.columns(2), pair):
             with col:
                 _chart(prefix, f"heat.{column}", sweep_plots.heatmap_figure(view, column), f"sweep-{column}")
@@ -67,6 +84,54 @@ def page(prefix: str) -> None:
             column_config={c: st.column_config.NumberColumn(format="%.4g") for c in ("slope", "95% low", "95% high")},
         )
     _members(prefix, view)
+    st.caption(f"Made by {ui.plain(stamp_text())}.")
+
+
+def _read_at(prefix: str) -> tuple[float | None, int | None]:
+    """Where each member's metrics are read: its last step, a training time t (to compare step sizes at the same
+    t) or a step."""
+    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+    how = c1.radio("Read every metric at", READ_AT, key=f"{prefix}.read_at", horizontal=True)
+    if how == READ_AT[1]:
+        return c2.number_input("t", min_value=1e-6, value=1.0, format="%g", key=f"{prefix}.at_time"), None
+    if how == READ_AT[2]:
+        return None, int(c2.number_input("step", min_value=0, value=100, step=1, key=f"{prefix}.at_step"))
+    return None, None
+
+
+def _start_form(prefix: str, expanded: bool) -> None:
+    """A sweep over step sizes x init scales x seeds of a preset, its size and cost shown before it starts, capped
+    (``sweep_start.PAGE_CAP``); it trains in the dashboard's workers at the sweeps' priority."""
+    with st.expander("Start a sweep", expanded=expanded, icon=":material/add:"), st.form(f"{prefix}.form"):
+        c1, c2, c3 = st.columns(3)
+        preset = c1.selectbox("Starting point (preset)", list(PRESETS), key=f"{prefix}.new.preset")
+        lrs = c2.text_input("Step sizes η", "0.005, 0.01, 0.02, 0.04", key=f"{prefix}.new.lrs")
+        scales = c3.text_input("Init scales σ", "0.01, 0.1", key=f"{prefix}.new.scales")
+        c4, c5, c6 = st.columns(3)
+        seeds = c4.text_input("Seeds", "0-3", key=f"{prefix}.new.seeds", help="a range such as 0-7, or 0,3,5")
+        steps = c5.number_input("Steps (each)", 1, 1_000_000, 1000, key=f"{prefix}.new.steps")
+        at_time = c6.number_input("Or a training time t (0: steps)", 0.0, 1e6, 0.0, format="%g",
+                                  key=f"{prefix}.new.t", help="each step size trains K = t / η steps")  # fmt: skip
+        checked = st.form_submit_button("Check the size")
+        started = st.form_submit_button("Start the sweep", type="primary")
+    if not (checked or started):
+        return
+    try:
+        spec = sweep_start.form_spec(preset, lrs, scales, seeds, int(steps), at_time or None)
+        cost = sweep_start.cost(spec)
+        sweep_start.check_cap(cost)
+    except ConfigError as exc:
+        st.error(ui.plain(str(exc)))
+        return
+    st.caption(ui.plain(f"This sweep: {cost.describe()}."))
+    if started:
+        try:
+            sweep, ids = sweep_start.start(spec, ui.store(), ui.runner())
+        except ConfigError as exc:
+            st.error(ui.plain(str(exc)))
+            return
+        st.session_state[f"{prefix}.sweep"] = sweep
+        st.success(ui.plain(f"Started {sweep}: {len(ids)} runs queued. Their values appear below as they finish."))
 
 
 def _label(info: pd.DataFrame, sweep: str) -> str:
@@ -76,8 +141,7 @@ def _label(info: pd.DataFrame, sweep: str) -> str:
 
 def _filters(prefix: str, df: pd.DataFrame) -> pd.DataFrame:
     """One choice per varied setting other than the two heat-map axes: the seed (or all) and e.g. the optimiser."""
-    axes = [c for c in df.columns[4 : list(df.columns).index("loss")] if c not in (sweep_plots.X, sweep_plots.Y)]
-    varied = [c for c in axes if df[c].astype(str).nunique() > 1]
+    varied = filter_axes(df, list(df.columns[4 : list(df.columns).index("loss")]), (sweep_plots.X, sweep_plots.Y))
     if not varied:
         return df
     view = df

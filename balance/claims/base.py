@@ -20,19 +20,25 @@ from scipy import stats
 
 from balance.config import RunConfig
 from balance.engine.laws import column, of_metric, prediction_of
+from balance.runs import stats as stats_
 
-OUTCOMES = ("supported", "refuted", "partly")
+OUTCOMES = ("supported", "refuted", "partly", "undecided")  # undecided: not distinguishable at this sample size
+KINDS = ("reviewer", "paper", "control")  # whose statement a claim tests; controls are counted apart
+SIDES = ("reviewer", "paper", "both", "undecided")  # who a verdict supports (controls: "control")
 DRIFT = "gap_drift"
 PREDICTED = prediction_of(DRIFT) or ""  # the registry's prediction of the gap drift
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """``outcome`` in OUTCOMES; ``reason``: one sentence built from the numbers; ``tolerances``: rule -> bound."""
+    """``outcome`` in OUTCOMES; ``reason``: one sentence built from the numbers; ``tolerances``: rule -> bound;
+    ``evidence``: how much data (seeds, step sizes, runs); ``interval``: the deciding estimate with its 95% CI."""
 
     outcome: str
     reason: str
     tolerances: dict[str, str] = field(default_factory=dict)
+    evidence: str = ""
+    interval: str = ""
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -59,6 +65,44 @@ class Claim:
     experiment: str  # what is run, in one or two sentences
     configs: Callable[[bool], list[RunConfig]]  # quick -> the runs
     analyse: Callable[[Sequence[Any]], Finding]  # the runs (balance.runs.reuse.CachedRun) -> finding
+    question: str = ""  # the question with two sides, as a reader would ask it
+    kind: str = "reviewer"  # whose statement ``statement`` is: a KINDS entry
+    reviewer: str = ""  # the reviewer's side, completing "the reviewer is right that ..."
+    paper: str = ""  # the paper's side, completing "the paper is right that ..."
+    favours: dict[str, str] = field(default_factory=dict)  # outcome -> side, where the kind's default is wrong
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.number}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+
+def side(claim: Claim, outcome: str) -> str:
+    """Who a verdict with ``outcome`` on ``claim`` supports: a SIDES entry, or "control" for a control.
+
+    A reviewer's statement supported means the reviewer is right, refuted the paper; a paper's the other way round;
+    partly is both; undecided (not distinguishable at this sample size) is neither. ``claim.favours`` overrides."""
+    if claim.kind == "control":
+        return "control"
+    if outcome in claim.favours:
+        return claim.favours[outcome]
+    other = "paper" if claim.kind == "reviewer" else "reviewer"
+    return {"supported": claim.kind, "refuted": other, "partly": "both"}.get(outcome, "undecided")
+
+
+def who(claim: Claim, outcome: str) -> str:
+    """The verdict in words: "The reviewer is right that ...; the paper is right that ..." (or a control's)."""
+    s = side(claim, outcome)
+    if s == "control":
+        return "As expected of this control." if outcome == "supported" else "Not what this control should show."
+    if s == "undecided":
+        return "Not distinguishable at this sample size: the data settle neither side."
+    parts = []
+    if s in ("reviewer", "both"):
+        parts.append(f"the reviewer is right that {claim.reviewer}")
+    if s in ("paper", "both"):
+        parts.append(f"the paper is right that {claim.paper}")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
@@ -66,14 +110,26 @@ class Claim:
 
 @dataclass(frozen=True)
 class Fit:
-    """Least-squares line log|y| = slope * log x + c, with a two-sided 95% confidence interval of the slope."""
+    """A log-log slope with a two-sided 95% confidence interval; ``n``: the seeds it summarises (1: one fit)."""
 
     slope: float
     low: float
     high: float
+    n: int = 1
 
     def text(self) -> str:
         return f"{self.slope:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def fit_text(fit: Fit) -> str:
+    """'0.993 [0.975, 1.01]': a slope and its interval as the verdicts quote them."""
+    return f"{fmt(fit.slope)} [{fmt(fit.low)}, {fmt(fit.high)}]"
+
+
+def seed_fit(x: Sequence[float], ys: Sequence[Sequence[float]]) -> Fit:
+    """The slope of log|y| against log x fitted per seed (``ys[s]``), summarised across seeds: mean and t CI."""
+    iv = stats_.seed_slopes(x, ys)
+    return Fit(iv.value, iv.low, iv.high, iv.n)
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> Fit:
@@ -142,6 +198,12 @@ def fmt(value: float, digits: int = 3) -> str:
     if not np.isfinite(value):
         return str(value)
     return f"{value:.{digits}g}"
+
+
+def pivot(table: pd.DataFrame, x: str, y: str) -> tuple[list[float], list[list[float]]]:
+    """From a table with columns seed, ``x``, ``y``: the sorted x values and, per seed, y at each of them."""
+    wide = table.pivot_table(index="seed", columns=x, values=y, aggfunc="first").sort_index(axis=1)
+    return [float(v) for v in wide.columns], [list(map(float, row)) for row in wide.to_numpy()]
 
 
 def outcome_of(passed: Sequence[bool], any_passed_is_partly: bool = True) -> str:

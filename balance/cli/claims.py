@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     p.add_argument("--report", required=True, metavar="FILE.md", help="the Markdown report to write")
-    p.add_argument("--only", metavar="N[,M]", help="run only these claims (numbers 1 to 10, comma-separated)")
+    p.add_argument("--only", metavar="N[,M]", help="run only these claims (numbers as in the report, comma-separated)")
     p.add_argument("--quick", action="store_true", help="a reduced budget (fewer steps and step sizes), for tests")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="training processes (default: the cores)")
     p.add_argument("--home", metavar="DIR", help="data directory (default: $BALANCE_HOME, else ~/.balance)")
@@ -135,7 +135,8 @@ def _cmd_claims(args: argparse.Namespace) -> int:
         return _error(f"--report {str(report)!r}: {exc.strerror or exc}")
     finally:
         store.close()
-    print(f"wrote {written[0]} and {len(written) - 1} figures beside it ({seconds:.1f} s)", file=sys.stderr)
+    n = (len(written) - 1) // 2
+    print(f"wrote {written[0]} and {n} figures and {n} config files beside it ({seconds:.1f} s)", file=sys.stderr)
     if failed:
         print(f"balance: error: claims {', '.join(map(str, failed))} did not run to a verdict", file=sys.stderr)
         return EXIT_FAILED

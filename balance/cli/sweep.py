@@ -170,7 +170,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {state}" for state, n in result.counts().items())
     print(f"sweep {result.sweep}: {len(configs)} runs ({counts}) in {store.path}")
     if out is not None:
-        print(f"wrote {out / 'summary.csv'}, {out / 'metrics.parquet'} and {out / 'spec.toml'}")
+        print(f"wrote {out / 'summary.csv'}, {out / 'metrics.parquet'}, {out / 'spec.toml'} and {out / 'stamp.json'}")
     return EXIT_FAILED if "failed" in result.states else EXIT_OK
 
 
@@ -195,10 +195,14 @@ def _out_dir(text: str | None) -> Path | None:
 
 
 def _write_outputs(store: Any, spec: Any, table: Any, out: Path) -> None:
-    """summary.csv, metrics.parquet and spec.toml in ``out``: each whole or not at all, with the usual permissions."""
+    """summary.csv, metrics.parquet, spec.toml and stamp.json (``balance.runs.stamp``) in ``out``: each whole or not
+    at all, with the usual permissions."""
+    import json
+
     import pandas as pd
 
     from balance.files import write_atomic
+    from balance.runs import stamp
 
     write_atomic(out / "summary.csv", lambda tmp: table.to_csv(tmp, index=False))
     frames = [store.metrics(run_id).assign(run=run_id) for run_id in table["run"]]
@@ -206,3 +210,5 @@ def _write_outputs(store: Any, spec: Any, table: Any, out: Path) -> None:
     metrics = metrics[["run", *[c for c in metrics.columns if c != "run"]]]
     write_atomic(out / "metrics.parquet", lambda tmp: metrics.to_parquet(tmp, index=False))
     write_atomic(out / "spec.toml", tomli_w.dumps(spec_to_dict(spec)))
+    # which code made the numbers: with spec.toml, enough to re-run the sweep on a checkout at that commit
+    write_atomic(out / "stamp.json", json.dumps(stamp.stamp(), indent=2) + "\n")

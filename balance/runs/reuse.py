@@ -16,36 +16,28 @@ runs train in this process, through the same loop, and are recorded whole.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from balance.config import RunConfig
 from balance.engine.status import ACTIVE, ON_ITS_OWN
+from balance.runs import stamp
 from balance.runs.record import RunRecord
 from balance.runs.store import RunStore, StoreError
 
-# the code that decides a run's numbers: the config and engine layers and the loop (not the UI, store or views)
-CODE = ("config", "engine", "runs/loop.py")
+CODE = stamp.CODE  # the code that decides a run's numbers: the config and engine layers and the loop
 REUSABLE = ON_ITS_OWN
 TRAINING = ("queued", "running")  # a run of the config under way: waited for rather than trained twice
 POLL_SECONDS, WAIT_SECONDS = 0.2, 600.0
 
 
-@functools.cache
 def code_version() -> str:
-    """12 hex digits of the SHA-256 of the source that computes the numbers (``CODE``: every module, in order)."""
-    root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for part in CODE:
-        for path in sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]:
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+    """12 hex digits naming the source that computes the numbers: the reproducibility stamp's code hash
+    (``balance.runs.stamp.code_hash``), so a stamped result and a reused run name the same code."""
+    return stamp.code_hash()
 
 
 def cache_key(config: RunConfig) -> str:

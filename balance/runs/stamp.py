@@ -1,9 +1,9 @@
 """The reproducibility stamp: which balance, which code and which libraries made a result. Torch-free.
 
 ``stamp()`` is a dict for a report, an export's metadata or a sweep summary; ``stamp_text()`` its one-line form for a
-footer. The code hash is the one the run store's reuse key uses (``balance.runs.reuse.code_version``: the source of
-the config and engine layers and the loop), so a stamped result names the exact numbers-producing code. Versions are
-read from the installed packages' metadata: nothing heavy (torch) is imported.
+footer. The code hash is the run store's reuse key's (``balance.runs.reuse.code_version`` calls ``code_hash``: the
+source of the config and engine layers and the loop), so a stamped result names the exact numbers-producing code.
+Versions are read from the installed packages' metadata: nothing heavy (torch) is imported.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the balance package
-# the code that decides a run's numbers (as balance.runs.reuse.CODE: a test checks the two hashes agree)
+# the code that decides a run's numbers (balance.runs.reuse keys its reused runs by this hash)
 CODE = ("config", "engine", "runs/loop.py")
 LIBRARIES = ("torch", "numpy")
 

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from balance.config import ConfigError, RunConfig, loads_toml, parse_value, schema
-from balance.engine.laws import column, of_metric, prediction_of
+from balance.runs import sweep_stats
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,6 @@ SNAPSHOTS = 20
 SPEC_KEYS = ("name", "preset", "base", "grid", "list")
 SETTINGS = dict(schema())  # dotted name -> field
 # The axes the Sweeps page knows by name (shown in this order where they vary).
-AXES = ("optim.lr", "model.init_scale", "seed", "optim.name", "model.width", "model.depth", "optim.momentum")
-DRIFT = "gap_drift"  # the summary's finite-step drift, its prediction (the registry's) and the ratio of its pair
-PREDICTED = prediction_of(DRIFT) or ""
 
 
 def parse_seeds(text: str, limit: int = MAX_MEMBERS) -> tuple[int, ...]:
@@ -464,71 +461,16 @@ def _run_ray(address: str, configs: Sequence[RunConfig], units: list[list[int]],
             ray.shutdown()
 
 
-# --- reading a sweep back -----------------------------------------------------------------------------------------
+# --- reading a sweep back (balance.runs.sweep_stats: at a fixed time, per-seed slopes) ------------------------------
 
 
-def summary(store: Any, sweep: str) -> pd.DataFrame:
-    """One row per member of ``sweep``: run, name, state, message, its settings on ``AXES`` (and any other varied
-    setting, as dotted names), then final values: loss, gap_drift and pred_gap_drift (the layer pair with the
-    largest |drift|), ratio (of that pair), diverged (0 / 1), steps."""
-    records = store.sweep_runs(sweep)
-    rows = []
-    flats = [_flat(r.config.to_dict()) for r in records]
-    varied = [k for k in flats[0] if len({repr(f[k]) for f in flats}) > 1] if flats else []
-    keys = list(dict.fromkeys([*AXES, *varied]))
-    for r, flat in zip(records, flats):
-        last = store.last_row(r.id)
-        row = {"run": r.id, "name": r.name, "state": r.state, "message": r.message}
-        row |= {k: flat[k] for k in keys}
-        row |= {"loss": last.get("loss", math.nan), **_final_pair(last), "diverged": float(r.state == "diverged")}
-        row["steps"] = r.step
-        rows.append(row)
-    return pd.DataFrame(rows)
+def summary(store: Any, sweep: str, at_time: float | None = None, at_step: int | None = None) -> pd.DataFrame:
+    """One row per member of ``sweep``, its metrics read at training time ``at_time`` or step ``at_step`` (the last
+    row when neither): ``balance.runs.sweep_stats.summary``."""
+    return sweep_stats.summary(store, sweep, at_time, at_step)
 
 
-def _final_pair(last: Mapping[str, Any]) -> dict[str, float]:
-    """The gap drift, its prediction and the ratio of the pair with the largest finite |drift| in a run's last row,
-    under the metrics' names (NaN without pairs); the columns are named and read by the registry."""
-    pairs = of_metric(last, DRIFT)
-
-    def size(h: int) -> float:
-        v = last[column(DRIFT, h)]
-        return abs(v) if math.isfinite(v) else -1.0
-
-    h = max(pairs, key=size) if pairs else None
-    return {m: last.get(column(m, h), math.nan) if h is not None else math.nan for m in (DRIFT, PREDICTED, "ratio")}
-
-
-def _flat(nested: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in nested.items():
-        if isinstance(value, Mapping):
-            out |= {f"{key}.{k}": tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-        else:
-            out[key] = value
-    return out
-
-
-def fit_slopes(df: pd.DataFrame, by: str = "model.init_scale", level: float = 0.95) -> pd.DataFrame:
-    """Least-squares fit of log|gap drift| = a + p log(step size), per value of ``by`` (finished members only).
-
-    Returns one row per group: by, slope p, its ``level`` confidence interval (t distribution, n - 2 degrees of
-    freedom), intercept a, n; groups with fewer than 3 usable points or one step size get NaN.
-    """
-    from scipy import stats
-
-    ok = df[(df["state"] == "finished") & np.isfinite(df[DRIFT]) & (df[DRIFT] != 0)]
-    rows = []
-    for value, group in ok.groupby(by, sort=True):
-        x, y = np.log(group["optim.lr"].to_numpy(float)), np.log(np.abs(group[DRIFT].to_numpy(float)))
-        n = len(x)
-        if n < 3 or np.ptp(x) == 0:
-            rows.append(
-                {by: value, "slope": math.nan, "low": math.nan, "high": math.nan, "intercept": math.nan, "n": n}
-            )
-            continue
-        fit = stats.linregress(x, y)
-        half = stats.t.ppf(0.5 + level / 2, n - 2) * fit.stderr
-        rows.append({by: value, "slope": fit.slope, "low": fit.slope - half, "high": fit.slope + half,
-                     "intercept": fit.intercept, "n": n})  # fmt: skip
-    return pd.DataFrame(rows, columns=[by, "slope", "low", "high", "intercept", "n"])
+def fit_slopes(df: pd.DataFrame, by: str = "model.init_scale") -> pd.DataFrame:
+    """The slope of log|gap drift| against log(step size) per seed, summarised across seeds per value of ``by``:
+    ``balance.runs.sweep_stats.seed_slopes``."""
+    return sweep_stats.seed_slopes(df, by)

@@ -25,22 +25,26 @@ def _final(metric: str, note: str = "") -> str:
     """'final gap drift G_h(k) − G_h(0)': a summary column's title, from the registry (the pair: the sweep
     summary's, the one with the largest drift)."""
     m = laws.METRICS[metric]
-    return f"final {m.title} {m.plain()}{note}"
+    return f"{m.title} {m.plain()}{note}"
 
 
-# summary column -> (title, colour scale, log10 of |value|, how seeds combine)
+ABS_DRIFT = "abs_gap_drift"  # |gap_drift|: its median is the drift's typical size (signed medians cancel)
+# heat-map choice -> (title, colour scale, log10 of |value|, how seeds combine); the signed drift shows its sign
 METRICS = {
-    DRIFT: (_final(DRIFT, " (colour: log10 of its size)"), "Viridis", True, "median"),
+    ABS_DRIFT: (_final(DRIFT, ": median of |drift| (colour: log10)"), "Viridis", True, "median"),
+    DRIFT: (_final(DRIFT, ": signed median (sign shown; red +, blue −)"), "RdBu_r", False, "median"),
     "ratio": (_final("ratio"), "RdBu_r", False, "median"),
     "loss": (_final("loss"), "Magma", True, "median"),
     "diverged": ("diverged (fraction of seeds)", "Reds", False, "mean"),
 }
 CAPTIONS = {
-    "heatmap": "Each cell is one step size and init scale; with several seeds it shows the median (divergence: the "
-    "fraction of seeds that diverged). Grey: no finished member. Click a cell to open its run in Explore.",
-    "drift": "Measured final |gap drift| (dots, one per run; solid line: the fit) and the exact prediction of the "
-    "step recursion (rings) against the step size, log-log. The slope p of |drift| ∝ η^p is fitted per init "
-    "scale by least squares; the bracket is its 95% confidence interval.",
+    "heatmap": "Each cell is one step size and init scale; with several seeds it shows the median over seeds: of "
+    "|drift| (its typical size) or of the signed drift (seeds of opposite signs cancel there, so its sign is "
+    "printed); divergence: the fraction of seeds that diverged. Grey: no finished member. A click opens the member "
+    "closest to the cell's median in Explore.",
+    "drift": "Measured |gap drift| (dots, one per run; solid line: the fit) and the exact prediction of the step "
+    "recursion (rings) against the step size, log-log. The slope p of |drift| ∝ η^p is fitted per seed, per init "
+    "scale; the legend gives the seeds' mean slope and its 95% confidence interval across seeds.",
 }
 
 
@@ -54,17 +58,27 @@ def _short(column: str) -> str:
     return m.title if m is not None and m.title else column
 
 
+def _values(df: pd.DataFrame, column: str) -> pd.Series:
+    if column == ABS_DRIFT:
+        return df[DRIFT].astype(float).abs()
+    return df[column].astype(float)
+
+
 def cell_table(df: pd.DataFrame, column: str, how: str = "median") -> pd.DataFrame:
     """One row per (step size, init scale): the ``how`` of ``column`` over the cell's members (finite values;
-    diverged members are left out except for the ``diverged`` column), and the cell's first run (lowest seed)."""
-    value = df[column].astype(float)
+    diverged members are left out except for the ``diverged`` column), and the cell's representative run: the
+    member whose value is closest to the cell's median (the lowest seed when none has a finite value)."""
+    value = _values(df, column)
     if column != "diverged":
         value = value.where((df["state"] != "diverged") & np.isfinite(value))
     frame = df.assign(_v=value).sort_values([Y, X, "seed"] if "seed" in df else [Y, X])
-    grouped = frame.groupby([Y, X], sort=True)
-    return pd.DataFrame(
-        {"value": grouped["_v"].agg(how), "run": grouped["run"].first(), "n": grouped.size()}
-    ).reset_index()
+    rows = []
+    for (y, x), g in frame.groupby([Y, X], sort=True):
+        v = g["_v"].dropna()
+        centre = v.median() if len(v) else math.nan
+        run = g.loc[(v - centre).abs().idxmin(), "run"] if len(v) else g["run"].iloc[0]
+        rows.append({Y: y, X: x, "value": v.agg(how) if len(v) else math.nan, "run": run, "n": len(g)})
+    return pd.DataFrame(rows, columns=[Y, X, "value", "run", "n"])
 
 
 def heatmap_figure(df: pd.DataFrame, column: str) -> go.Figure:
@@ -81,7 +95,7 @@ def heatmap_figure(df: pd.DataFrame, column: str) -> go.Figure:
         runs[i, j] = c.run
         if math.isfinite(v):
             z[i, j] = math.log10(abs(v)) if log and v != 0 else (np.nan if log else v)
-            shown[i, j] = f"{v:.3g}"
+            shown[i, j] = f"{v:+.3g}" if column == DRIFT else f"{v:.3g}"
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -93,7 +107,7 @@ def heatmap_figure(df: pd.DataFrame, column: str) -> go.Figure:
             customdata=runs,
             hoverinfo="skip",  # the markers below answer hover and click
             colorbar={"title": {"text": f"log10 |{_short(column)}|" if log else _short(column), "side": "right"}},
-            **({"zmin": 0.0, "zmax": 1.0} if column == "diverged" else {}),
+            **({"zmin": 0.0, "zmax": 1.0} if column == "diverged" else {"zmid": 0.0} if column == DRIFT else {}),
         )
     )
     # Invisible markers on the cells: Streamlit reports clicks on points (not on heat-map cells), and these carry
@@ -135,7 +149,7 @@ def drift_figure(df: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
         name = f"σ={_tick(sigma)}"
         if len(fit) and math.isfinite(fit["slope"].iloc[0]):
             f = fit.iloc[0]
-            name += f": slope {f['slope']:.3f} [{f['low']:.3f}, {f['high']:.3f}]"
+            name += f": slope {f['slope']:.3f} [{f['low']:.3f}, {f['high']:.3f}], {int(f['seeds'])} seeds"
         fig.add_trace(
             go.Scatter(
                 x=group[X],
@@ -159,12 +173,14 @@ def drift_figure(df: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
         if len(fit) and math.isfinite(fit["slope"].iloc[0]):
             f = fit.iloc[0]
             lr = np.geomspace(group[X].min(), group[X].max(), 20)
+            # the mean slope through the points' geometric centre
+            intercept = float(np.mean(np.log(group[DRIFT].abs())) - f["slope"] * np.mean(np.log(group[X])))
             fig.add_trace(
-                go.Scatter(x=lr, y=np.exp(f["intercept"]) * lr ** f["slope"], mode="lines", legendgroup=name,
+                go.Scatter(x=lr, y=np.exp(intercept) * lr ** f["slope"], mode="lines", legendgroup=name,
                            line={"color": colour, "width": 1.5}, showlegend=False, hoverinfo="skip")
             )  # fmt: skip
     fig.update_layout(
-        title={"text": f"final |{laws.METRICS[DRIFT].title}| against the step size", "font": {"size": 14}},
+        title={"text": f"|{laws.METRICS[DRIFT].title}| against the step size", "font": {"size": 14}},
         xaxis={"title": LABELS[X], "type": "log"},
         yaxis={"title": f"|{laws.METRICS[DRIFT].plain()}|", "type": "log", "exponentformat": "power"},
         margin={"l": 60, "r": 10, "t": 40, "b": 50},

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 from harness import ARTIFACTS, Server, launch, save_screenshot, serve, wait_idle
 
+from balance.claims import CLAIMS
+
 pytestmark = pytest.mark.browser
 
 BUDGET_S = 60  # the bound for the whole page's experiments on the 2-core machine, cold
@@ -51,7 +53,7 @@ def test_cold_page_within_budget(server: Server, browser: object) -> None:
     (ARTIFACTS / "claims-cold-seconds.txt").write_text(f"{took:.1f}\n")
     wait_idle(page)
     assert_no_exception(page)
-    assert page.get_by_test_id("stExpander").count() == 11  # the status box and 10 claims
+    assert page.get_by_test_id("stExpander").count() == len(CLAIMS) + 1  # the status box and every claim
     assert took <= BUDGET_S, f"the Claims page took {took:.1f} s cold (budget {BUDGET_S} s)"
     page.close()
 
@@ -67,7 +69,7 @@ def test_open_one_claim(server: Server, browser: object, size: tuple[int, int]) 
         page.wait_for_selector(DONE, timeout=180_000)
         page.goto(server.url + "/claims")
         wait_idle(page)
-    assert page.get_by_test_id("stExpander").count() == 10  # the claims, nothing left to train
+    assert page.get_by_test_id("stExpander").count() == len(CLAIMS)  # the claims, nothing left to train
     shoot(page, "claims")
     summary = page.locator("summary").filter(has_text="3. Discrete steps")  # not the status box's progress bar
     claim = page.get_by_test_id("stExpander").filter(has=summary)

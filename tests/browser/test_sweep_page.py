@@ -59,7 +59,7 @@ def test_clicking_a_cell_opens_its_run_in_explore(stored: tuple[Server, list[str
         wait_idle(page, 60_000)
         page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=60_000)
         assert page.locator('[data-testid="stException"]').count() == 0
-        assert page.locator(".js-plotly-plot").count() == 5
+        assert page.locator(".js-plotly-plot").count() == 6  # 5 heat maps (|drift|, signed drift, ...) and the fit
         time.sleep(1)  # let Plotly finish laying out before the picture and the click
         page.screenshot(path=str(ARTIFACTS / "sweeps-full-1280.png"), full_page=True)
         for width, height in ((1024, 768), (1280, 800)):  # the README's sizes; the click below at 1280 x 800
