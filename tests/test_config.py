@@ -298,6 +298,11 @@ def valid_configs(draw: st.DrawFn) -> RunConfig:
     if flat["model.layer_scales"]:
         n = 2 if model_name == "mf" else depth
         flat["model.layer_scales"] = tuple(draw(_values(FIELDS["data.noise"])) for _ in range(n))
+    if flat["optim.layer_lrs"]:
+        n = 2 if model_name == "mf" else depth
+        lrs = _values(FIELDS["optim.layer_lrs"]).filter(bool)
+        flat["optim.layer_lrs"] = tuple(draw(lrs)[0] for _ in range(n))
+    flat["data.channels"] = draw(st.sampled_from([1, 3]))
     if model_name == "mf":
         flat["model.rank"] = draw(st.integers(0, min(d1, d2)))
     else:

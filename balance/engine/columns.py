@@ -110,7 +110,9 @@ METRICS: dict[str, Metric] = {
         text="||∂L/∂W{h}||", title="gradient norm",
     ),
     "gap": Metric(
-        "pair", "measured", "G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2", r"G_{h}", "weight²", _GAP_SIGN,
+        "pair", "measured",
+        "G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2; with per-layer step sizes eta_h = eta m_h the eta-weighted "
+        "||W_{h+1}||^2/m_{h+1} - (||W_h||^2 + ||b_h||^2)/m_h", r"G_{h}", "weight²", _GAP_SIGN,
         text="G{h}", title="gap", definition=r"G_{h} = \|W_{n}\|_F^2 - \|W_{h}\|_F^2 - \|b_{h}\|^2", signed=True,
         chart=False,
     ),

@@ -34,7 +34,7 @@ from balance.engine.networks import Networks
 from balance.engine.optim import HYPER, RULES, Flow, Members, Optimizer, inner
 from balance.engine.sharpness import step_advice
 from balance.engine.status import RunStatus
-from balance.engine.theory import GapLaw, pair_matrix
+from balance.engine.theory import GapLaw, pair_matrix, param_scale
 
 __all__ = ["DENSE_STEPS", "DIVERGENCE_FACTOR", "DTYPES", "PER_MEMBER", "Engine", "RunStatus", "engine_key",
            "layout_of", "should_log", "why_not_together"]  # fmt: skip
@@ -76,6 +76,8 @@ class Engine:
         self.metrics = [name for name, m in laws.METRICS.items() if self.layout.indices(m)]
         self.columns = laws.columns(self.layout)
         self.P = pair_matrix(self.model)  # [L-1, n_params]
+        self.scale = param_scale(self.model, first.optim.layer_lrs)  # [n_params] step-size multipliers m_p
+        self.P_gap = self.P / self.scale  # the (eta-weighted) gap G = sq @ P_gap.T
         self.weight_index = np.array([layer.weight for layer in self.model.layers])
         self.bias_index = np.array([layer.bias for layer in self.model.layers if layer.bias is not None], dtype=int)
         self._slots = self._row_slots()
@@ -90,9 +92,10 @@ class Engine:
         self.problem = self._problem(family, models, rule.linear)
         self.invariant = not self.hyper["regularizer"].any()
         if rule.update is None:
-            self.optimizer: Optimizer | Flow = Flow(self.params, first.optim.rtol, self.problem.gradient)
+            flow = Flow(self.params, first.optim.rtol, self.problem.gradient, self.scale)
+            self.optimizer: Optimizer | Flow = flow
         else:
-            self.optimizer = Optimizer(self.name, self.params, self.hyper)
+            self.optimizer = Optimizer(self.name, self.params, self.hyper, self.scale)
         self.steps, self.log_every = first.steps, first.log_every
         self.members = np.arange(len(configs))  # stack row -> index into configs
         self.status = [RunStatus("running", 0) for _ in configs]
@@ -104,7 +107,7 @@ class Engine:
         snap = Snapshot(self)
         self.gap0 = snap.gaps
         self.balance0, self.matrix0 = snap.balances, snap.matrices
-        self.law = GapLaw(self.name, self.P, self.gap0, not laws.why_no_law(first))
+        self.law = GapLaw(self.name, self.P, self.gap0, not laws.why_no_law(first), self.scale)
 
     def _problem(self, family: str, models: list[HomogeneousModel], linear: bool) -> Subspace | Full | Networks:
         first = self.configs[0]

@@ -106,6 +106,12 @@ class Law:
     Delta<x, y> = <x_{h+1}, y_{h+1}> - <x_h, y_h> (biases on the h side); g_k is the gradient the step used (the
     mini-batch's for SGD), E_k = Delta<theta_k, g_k> (0 for a rescaling-invariant objective; MF's balancing
     regulariser makes it nonzero and is carried exactly).
+
+    Per-layer step sizes eta_h = eta m_h (``optim.layer_lrs``, Kunin et al. 2024): the gap becomes the eta-weighted
+    G_h = ||W_{h+1}||^2 / m_{h+1} - (||W_h||^2 + ||b_h||^2) / m_h (eta times ||W_{h+1}||^2/eta_{h+1} - ...), and
+    every recursion holds unchanged with Delta of the optimiser's buffers weighted by m: Delta||g||^2 =
+    m_{h+1} ||g_{h+1}||^2 - m_h ||g_h||^2 (E_k stays unweighted). Exact for lambda = 0 (per-layer decay factors
+    differ); flow conserves the weighted gap.
     """
 
     recursion: str  # plain text, one line per state variable
@@ -126,7 +132,7 @@ class Optimizer:
         return self.law is not None
 
 
-_STEP = ("optim.lr", "optim.weight_decay", "optim.schedule")
+_STEP = ("optim.lr", "optim.weight_decay", "optim.schedule", "optim.layer_lrs")
 _GD_LAW = Law(
     "G_{k+1} = (1 - eta lambda)^2 G_k - 2 eta (1 - eta lambda) E_k + eta^2 Delta||g_k||^2",
     r"G_{k+1} = (1-\eta\lambda)^2 G_k - 2\eta(1-\eta\lambda)E_k + \eta^2 \Delta\|g_k\|^2",
@@ -164,7 +170,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
     ),
     "flow": Optimizer(
         "gradient flow, integrated by an adaptive ODE solver",
-        ("optim.lr", "optim.rtol"),
+        ("optim.lr", "optim.rtol", "optim.layer_lrs"),
         Law("G(t) = G(0)", r"G(t) = G(0)"),
         batches=False,
     ),
@@ -196,6 +202,10 @@ MODEL_NO_LAW = {
         "(the per-neuron law still holds for batch norm's own scale and shift)"
     ),
     "flow_regularized": "gradient flow with the balancing regulariser has no closed-form gap: nothing to predict",
+    "layer_lrs_decay": (
+        "per-layer step sizes with weight decay shrink each layer by its own factor (1 - eta_h lambda): the "
+        "eta-weighted gap has no closed recursion"
+    ),
 }
 NO_LAW = {  # every reason by key, as ``balance.engine.laws.NO_LAW`` has always offered them
     "tanh": ACTIVATIONS["tanh"].no_law,
@@ -216,6 +226,8 @@ def why_no_law(config: Any) -> str:
         return OPTIMIZERS[o.name].no_law
     if o.name == "flow" and m.regularizer:
         return MODEL_NO_LAW["flow_regularized"]
+    if any(m != 1 for m in o.layer_lrs) and o.weight_decay:
+        return MODEL_NO_LAW["layer_lrs_decay"]
     return ""
 
 

@@ -69,8 +69,9 @@ class Snapshot:
 
     @cached_property
     def gaps(self) -> np.ndarray:
-        """G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2, [K, L-1] (the pair matrix P has exactly those signs)."""
-        return self.sq @ self.engine.P.T
+        """G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2, [K, L-1] (the pair matrix P has exactly those signs); with
+        per-layer step-size multipliers m the eta-weighted ||W_{h+1}||^2/m_{h+1} - (||W_h||^2 + ||b_h||^2)/m_h."""
+        return self.sq @ self.engine.P_gap.T
 
     def incoming(self) -> list[np.ndarray]:
         """||w_in,i||^2 per hidden layer, [K, n_h]."""

@@ -99,7 +99,7 @@ def _task(config: RunConfig) -> tuple[int, int, int]:
     if d.name == "teacher":
         return d.samples, d.image_size**2 if images else d.input_dim, d.output_dim
     if d.name == "images":
-        return d.samples, d.image_size**2, IMAGE_CLASSES
+        return d.samples, d.channels * d.image_size**2, IMAGE_CLASSES
     if d.name == "csv":
         return CSV_ROWS, CSV_FEATURES, 256 if d.loss == "cross_entropy" else 1
     return d.samples, 2, 1  # the 2-D sets
@@ -113,7 +113,8 @@ def _shape(config: RunConfig) -> _Shape:
     samples, inputs, outputs = _task(config)
     widths = m.hidden_widths()
     if m.name == "cnn":
-        layers, hidden, c_in, side = [], [], 1, d.image_size
+        layers, hidden, side = [], [], d.image_size
+        c_in = d.channels if d.name == "images" else 1
         for c in widths:
             layers.append(_Layer(c, c_in * 9, side * side, m.bias))
             hidden.append(c * side * side)
