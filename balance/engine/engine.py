@@ -27,6 +27,7 @@ from balance.config import RunConfig
 from balance.engine import laws
 from balance.engine.data import make_task
 from balance.engine.grouping import PER_MEMBER, engine_key, layout_of, why_not_together
+from balance.engine.identities import UnitLaw, unit_law_applies
 from balance.engine.metrics import COMPUTE, Snapshot
 from balance.engine.mf import Full, Subspace
 from balance.engine.models import MODELS, HomogeneousModel, build_model
@@ -108,6 +109,7 @@ class Engine:
         self.gap0 = snap.gaps
         self.balance0, self.matrix0 = snap.balances, snap.matrices
         self.law = GapLaw(self.name, self.P, self.gap0, not laws.why_no_law(first), self.scale)
+        self.units = UnitLaw(self.model, self.balance0, unit_law_applies(first), self.name == "flow")
 
     def _problem(self, family: str, models: list[HomogeneousModel], linear: bool) -> Subspace | Full | Networks:
         first = self.configs[0]
@@ -262,6 +264,10 @@ class Engine:
         if not self.invariant:  # Delta<theta, g> before the update moves theta; 0 where the objective is invariant
             theta_grad = inner(self.params, self.grads)
             theta_grad[self.hyper["regularizer"] == 0] = 0.0
+        grads = [g.detach().numpy() for g in self.grads]
+        next_logged = should_log(k + 1, self.steps, self.log_every)
+        reg = self.hyper["regularizer"] != 0
+        self.units.update(lr, self.hyper["weight_decay"], self.problem.arrays, grads, reg, next_logged)
         try:
             extras = self.optimizer.step(self.grads, lr)
         except FloatingPointError as exc:  # the gradient-flow solver gave up (e.g. stuck on a ReLU kink)
@@ -299,5 +305,6 @@ class Engine:
         self.problem.select(index)
         self.optimizer.select(index, self.params, self.hyper)  # type: ignore[union-attr]
         self.law.select(keep)
+        self.units.select(keep)
         self.balance0 = [b[keep] for b in self.balance0]
         self.matrix0 = {h: D[keep] for h, D in self.matrix0.items()}

@@ -129,6 +129,10 @@ COMPUTE: dict[str, Callable[[Snapshot], Any]] = {
     "neuron_drift_mean": lambda s: s.neuron_drift.sum(1) / s.neuron_drift.shape[1],
     "matrix_inv": lambda s: _matrix(s, False),
     "matrix_drift": lambda s: _matrix(s, True),
+    "pred_neuron_drift_max": lambda s: s.engine.units.drift().max(1),
+    "pred_neuron_drift_mean": lambda s: s.engine.units.drift().mean(1),
+    "identity_residual": lambda s: s.engine.units.residual(s.balances),
+    "matrix_residual": lambda s: s.engine.units.matrix_residual(s.matrices),
     # neuron scope: one [K, n_h] array per hidden layer
     "in_sqnorm": Snapshot.incoming,
     "out_sqnorm": Snapshot.outgoing,
