@@ -127,6 +127,7 @@ def test_mf_csv_columns_and_exact_numbers(capsys: pytest.CaptureFixture[str], tm
         "step", "t", "lr", "loss", "sqnorm_1", "sqnorm_2", "grad_norm_1", "grad_norm_2", "gap_1", "gap_drift_1",
         "pred_gap_drift_1", "ratio_1", "neuron_drift_max", "neuron_drift_mean", "pred_neuron_drift_max",
         "pred_neuron_drift_mean", "identity_residual", "matrix_inv_1", "matrix_drift_1", "matrix_residual_1",
+        "sharpness", "stability_bound",
     ]  # fmt: skip
     assert list(df["step"]) == list(range(41))
     # the file holds every float64 exactly: the same as the in-memory run

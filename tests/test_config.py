@@ -57,7 +57,7 @@ def _shown(value: Any) -> str:
 def test_schema_is_complete() -> None:
     assert len(KEYS) == len(set(KEYS))
     own = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
-    assert len(own) + 5 == len(KEYS)  # run fields: steps, dtype, seed, log_every, max_seconds
+    assert len(own) + 6 == len(KEYS)  # run fields: steps, dtype, seed, log_every, max_seconds, sharpness_every
     for key, f in SCHEMA:
         assert f.metadata["help"], key
         if (key, f) in NUMERIC:

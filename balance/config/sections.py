@@ -200,6 +200,20 @@ class OptimConfig(_Validated):
         max=100_000,
         applies=lambda v: laws.reads("optim.batch_size")(v) and v["data.name"] != "lowrank",
     )
+    rho: float = _spec(
+        0.05,
+        "SAM's radius rho: the gradient is taken at theta + rho g / ||g||",
+        min=0.0,
+        max=10.0,
+        applies=laws.reads("optim.rho"),
+    )
+    label_noise: float = _spec(
+        0.1,
+        "standard deviation of the fresh Gaussian noise added to every target at every step (label-noise GD)",
+        min=0.0,
+        max=10.0,
+        applies=laws.reads("optim.label_noise"),
+    )
     layer_lrs: tuple[float, ...] = _spec(
         (),
         "per-layer step-size multipliers, input side first (eta_h = eta m_h; empty: all 1)",
@@ -219,7 +233,7 @@ class OptimConfig(_Validated):
     def _check(self) -> None:
         if self.name == "sgd" and self.batch_size == 0:
             self._fail("batch_size", 0, "sgd needs a mini-batch size of at least 1 (or use gd for full batch)")
-        if self.name in ("gd", "flow") and self.batch_size:
+        if self.batch_size and "optim.batch_size" not in laws.OPTIMIZERS[self.name].settings:
             self._fail("batch_size", self.batch_size, f"{self.name} is full-batch; use sgd for mini-batches")
         if self.name == "flow" and (self.weight_decay or self.schedule != "constant"):
             self._fail("name", self.name, "gradient flow takes no weight decay and no schedule")

@@ -41,6 +41,7 @@ from balance.config.codecs import (
 )
 from balance.config.fields import DTYPES, _check_field, _spec, _Validated
 from balance.config.sections import ACTIVATIONS, DataConfig, ModelConfig, OptimConfig
+from balance.engine import laws
 
 __all__ = [
     "ACTIVATIONS",
@@ -70,6 +71,12 @@ class RunConfig(_Validated):
         1, "log every n-th step (long runs thin further, keeping about 20,000 rows)", min=1, max=10**6
     )
     max_seconds: float = _spec(3600.0, "wall-time limit of the run", min=0.1, max=7 * 86400.0)
+    sharpness_every: int = _spec(
+        0,
+        "log the sharpness (largest Hessian eigenvalue, against 2/eta) every n-th step; 0: off (it costs)",
+        min=0,
+        max=10**8,
+    )
 
     def __post_init__(self) -> None:
         for name in ("data", "model", "optim"):
@@ -92,6 +99,13 @@ class RunConfig(_Validated):
             raise ConfigError(f"optim.batch_size = {o.batch_size}: the lowrank matrix has no samples to batch")
         if o.batch_size > d.samples and d.name not in ("lowrank", "csv"):
             raise ConfigError(f"optim.batch_size = {o.batch_size}: larger than data.samples = {d.samples}")
+        if o.name == "label_noise":
+            loss = laws.DATASETS[d.name].default_loss if d.loss == "auto" else d.loss
+            if d.name == "lowrank" or loss != "squared":
+                raise ConfigError(
+                    f"optim.name = 'label_noise' with data.name = {d.name!r}: label noise needs a regression set of "
+                    "samples (squared loss), e.g. teacher"
+                )
         layers = 2 if m.name == "mf" else m.depth
         if o.layer_lrs and len(o.layer_lrs) != layers:
             raise ConfigError(

@@ -169,6 +169,16 @@ METRICS: dict[str, Metric] = {
         r"\|D_{h}(k) - \hat D_{h}(k \mid k-1)\|_F", "weight²", "", "linear",
         text="||D{h}(k) − D̂{h}(k | k−1)||_F", title="matrix identity residual", chart=False,
     ),
+    "sharpness": Metric(
+        "scalar", "measured",
+        "lambda_max of the full-batch loss's Hessian (Lanczos on Hessian-vector products, warm-started; every "
+        "sharpness_every-th step, NaN otherwise)", r"\lambda_{\max}(\nabla^2 L)", "curvature", text="λ_max(∇²L)",
+        title="sharpness", chart=False,
+    ),
+    "stability_bound": Metric(
+        "scalar", "predicted", "2 / eta_k: a GD minimum is linearly stable only if its sharpness is at most this",
+        r"2 / \eta_k", "curvature", text="2/η_k", title="stability bound", predicts="sharpness", chart=False,
+    ),
     "in_sqnorm": Metric(
         "neuron", "measured", "||w_in,i||^2: row i of W_h and b_h[i] (or BatchNorm's gamma_i, beta_i)",
         r"\|w_{\mathrm{in},i}\|^2", "weight²", text="||w_in||² (+ b²)", title="incoming",

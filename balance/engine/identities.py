@@ -28,7 +28,7 @@ from balance.engine.invariants import matrix_invariant
 if TYPE_CHECKING:
     from balance.engine.models import HomogeneousModel
 
-UNIT_LAWS = ("gd", "sgd", "flow")  # optimisers whose per-unit and matrix one-step laws are carried
+UNIT_LAWS = ("gd", "sgd", "label_noise", "flow")  # optimisers whose per-unit and matrix one-step laws are carried
 
 
 def unit_law_applies(config: Any) -> bool:

@@ -162,6 +162,27 @@ OPTIMIZERS: dict[str, Optimizer] = {
             ("uu", "uv"),
         ),
     ),
+    "label_noise": Optimizer(
+        "full-batch GD on labels with fresh Gaussian noise at every step (label-noise SGD)",
+        (*_STEP, "optim.label_noise"),
+        Law(
+            _GD_LAW.recursion + "  (g_k: the gradient on this step's noisy labels; for the scalar chain f = u w x: "
+            "Phi_{k+1} = (1 - eta^2 s_k^2) Phi_k, s_k = mean_i r_i x_i)",
+            _GD_LAW.tex,
+        ),
+    ),
+    "sam": Optimizer(
+        "sharpness-aware minimisation: the step uses the gradient at theta + rho g / ||g||",
+        (*_STEP, "optim.rho"),
+        Law(
+            "G_{k+1} = (1 - eta lambda)^2 G_k + 2 eta (1 - eta lambda) rho Delta<g^_k, g~_k> + eta^2 Delta||g~_k||^2  "
+            "(g~ = grad L(theta + rho g^), g^ = g / ||g||; Euler's identity at the perturbed point: "
+            "Delta<theta, g~> = -rho Delta<g^, g~>)",
+            r"G_{k+1} = (1-\eta\lambda)^2 G_k + 2\eta(1-\eta\lambda)\rho\,\Delta\langle\hat g_k, \tilde g_k\rangle"
+            r" + \eta^2 \Delta\|\tilde g_k\|^2",
+            ("tt", "tg"),
+        ),
+    ),
     "adam": Optimizer(
         "Adam (coordinate-wise: breaks the invariant)",
         (*_STEP, "optim.momentum", "optim.beta2", "optim.eps", "optim.batch_size"),
@@ -202,6 +223,9 @@ MODEL_NO_LAW = {
         "(the per-neuron law still holds for batch norm's own scale and shift)"
     ),
     "flow_regularized": "gradient flow with the balancing regulariser has no closed-form gap: nothing to predict",
+    "sam_regularized": (
+        "SAM with the balancing regulariser: Euler's identity fails at the perturbed point, nothing to predict"
+    ),
     "layer_lrs_decay": (
         "per-layer step sizes with weight decay shrink each layer by its own factor (1 - eta_h lambda): the "
         "eta-weighted gap has no closed recursion"
@@ -226,6 +250,8 @@ def why_no_law(config: Any) -> str:
         return OPTIMIZERS[o.name].no_law
     if o.name == "flow" and m.regularizer:
         return MODEL_NO_LAW["flow_regularized"]
+    if o.name == "sam" and m.regularizer:
+        return MODEL_NO_LAW["sam_regularized"]
     if any(m != 1 for m in o.layer_lrs) and o.weight_decay:
         return MODEL_NO_LAW["layer_lrs_decay"]
     return ""

@@ -133,6 +133,8 @@ COMPUTE: dict[str, Callable[[Snapshot], Any]] = {
     "pred_neuron_drift_mean": lambda s: s.engine.units.drift().mean(1),
     "identity_residual": lambda s: s.engine.units.residual(s.balances),
     "matrix_residual": lambda s: s.engine.units.matrix_residual(s.matrices),
+    "sharpness": lambda s: s.engine.curvature.values(s.engine),
+    "stability_bound": lambda s: 2.0 / s.engine.lr_at(s.engine.step_index),
     # neuron scope: one [K, n_h] array per hidden layer
     "in_sqnorm": Snapshot.incoming,
     "out_sqnorm": Snapshot.outgoing,

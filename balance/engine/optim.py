@@ -78,6 +78,7 @@ class Step:
     neg_lr: list[Tensor]  # -lr m_p shaped like each parameter
     k: int
     scale: tuple[float, ...] = ()  # per-parameter step-size multipliers m_p (empty: all 1)
+    gradient: Callable[[], list[Tensor]] | None = None  # the gradient at the current (possibly shifted) weights
 
     def per(self, name: str, p: Tensor) -> Tensor:
         return self.hyper.like(name, p)
@@ -145,9 +146,29 @@ def _adam(s: Step) -> Extras:
     return {}
 
 
+def _sam(s: Step) -> Extras:
+    """g~ = grad L(theta + rho g / ||g||) (||g|| over all of a member's parameters), then the GD update with g~:
+    theta <- theta - eta (g~ + lambda theta) (Foret et al. 2021). Returns ||g~_p||^2 ('tt') and
+    rho <g_p, g~_p> / ||g|| ('tg'), [K, n_params], what SAM's law reads."""
+    assert s.gradient is not None, "SAM needs the gradient at a shifted point"
+    norm = np.sqrt(inner(s.grads, s.grads).sum(1))  # [K]
+    step = np.where(norm > 0, s.hyper["rho"] / np.where(norm > 0, norm, 1.0), 0.0)
+    shifts = [g * torch.tensor(step, dtype=g.dtype).reshape(-1, *[1] * (g.ndim - 1)) for g in s.grads]
+    with torch.no_grad():
+        torch._foreach_add_(s.params, shifts)
+    tilde = s.gradient()
+    with torch.no_grad():
+        torch._foreach_sub_(s.params, shifts)
+    extras = {"tt": inner(tilde, tilde), "tg": inner(s.grads, tilde) * step[:, None]}
+    _gd(Step(s.params, tilde, s.buffers, s.hyper, s.lr, s.neg_lr, s.k, s.scale))
+    return extras
+
+
 RULES: dict[str, Rule] = {
     "gd": Rule((), _gd),
     "sgd": Rule((), _gd),
+    "label_noise": Rule((), _gd),  # the noise is in the gradient: the problem draws it (``balance.engine.networks``)
+    "sam": Rule((), _sam),
     "momentum": Rule(("v",), _heavy_ball),
     "nesterov": Rule(("v",), _nesterov),
     "adam": Rule(("m", "v"), _adam, linear=False),
@@ -159,6 +180,8 @@ HYPER = {  # per-member settings the updates read, by their name in OptimConfig
     "momentum": 0.9,
     "beta2": 0.999,
     "eps": 1e-8,
+    "rho": 0.05,
+    "label_noise": 0.1,
 }
 
 
@@ -175,8 +198,9 @@ class Optimizer:
         self.k = 0
         self._neg_lr: tuple[np.ndarray | None, list[Tensor]] = (None, [])
 
-    def step(self, grads: list[Tensor], lr: np.ndarray) -> Extras:
-        """Update the weights in place with step sizes ``lr`` [K]; returns what the gap law reads."""
+    def step(self, grads: list[Tensor], lr: np.ndarray, gradient: Callable[[], list[Tensor]] | None = None) -> Extras:
+        """Update the weights in place with step sizes ``lr`` [K]; returns what the gap law reads. ``gradient``: the
+        gradient at the current weights (SAM evaluates it at a shifted point)."""
         self.k += 1
         if self._neg_lr[0] is not lr:  # a constant step size is the same array every step: build once
             shape = [(-1, *[1] * (p.ndim - 1)) for p in self.params]
@@ -186,7 +210,7 @@ class Optimizer:
                 [torch.tensor(-lr * m, dtype=p.dtype).reshape(s) for p, s, m in zip(self.params, shape, scale)],
             )
         assert self.rule.update is not None
-        step = Step(self.params, grads, self.buffers, self.hyper, lr, self._neg_lr[1], self.k, self.scale)
+        step = Step(self.params, grads, self.buffers, self.hyper, lr, self._neg_lr[1], self.k, self.scale, gradient)
         if self.params[0].requires_grad:  # autograd leaves (stacked networks): update outside the graph
             with torch.no_grad():
                 return self.rule.update(step)
@@ -246,7 +270,7 @@ class Flow:
             return -self.scale * self._flat(self.gradient())
 
     @torch.no_grad()
-    def step(self, grads: Sequence[Tensor], lr: float | np.ndarray) -> Extras:
+    def step(self, grads: Sequence[Tensor], lr: float | np.ndarray, gradient: object = None) -> Extras:
         if self.solver is None:
             y0 = self._flat(self.params)
             rtol = self.rtol

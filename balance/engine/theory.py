@@ -73,6 +73,7 @@ class LawStep:
     E: np.ndarray | float
     delta: Callable[[str], np.ndarray]
     plain: bool = False  # lambda = 0 and E = 0 for every member (saves a few array operations per step)
+    raw: Callable[[str], np.ndarray] | None = None  # Delta without the per-layer weights m (SAM's first-order term)
 
 
 def _gd(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +95,14 @@ def _nesterov(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.
     return G_next, beta * B + lam * G + s.E - eta * s.delta("uv")
 
 
+def _sam(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.ndarray]:
+    """E = Delta<theta, g~> = -rho Delta<g^, g~> (Euler's identity at the perturbed point), so
+    G_{k+1} = (1 - eta lambda)^2 G_k + 2 eta (1 - eta lambda) rho Delta<g^, g~> + eta^2 Delta||g~||^2."""
+    assert s.raw is not None
+    decay = 1 - s.eta * s.lam
+    return decay**2 * G + 2 * s.eta * decay * s.raw("tg") + s.eta**2 * s.delta("tt"), B
+
+
 def _constant(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.ndarray]:
     return G, B
 
@@ -102,6 +111,8 @@ def _constant(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.
 RECURSIONS: dict[str, Callable[[np.ndarray, np.ndarray, LawStep], tuple[np.ndarray, np.ndarray]]] = {
     "gd": _gd,
     "sgd": _gd,
+    "label_noise": _gd,
+    "sam": _sam,
     "momentum": _heavy_ball,
     "nesterov": _nesterov,
     "flow": _constant,
@@ -149,7 +160,11 @@ class GapLaw:
         E = 0.0 if theta_grad is None else theta_grad @ P.T
         lam = hyper["weight_decay"]
         plain = theta_grad is None and not hyper.any("weight_decay")
-        step = LawStep(lr[:, None], lam[:, None], hyper["momentum"][:, None], E, delta, plain)
+
+        def raw(name: str) -> np.ndarray:
+            return extras[name] @ P.T
+
+        step = LawStep(lr[:, None], lam[:, None], hyper["momentum"][:, None], E, delta, plain, raw)
         self.G, self.B = self.recursion(self.G, self.B, step)
 
     def select(self, keep: np.ndarray) -> None:
