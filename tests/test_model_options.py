@@ -117,3 +117,12 @@ def test_new_settings_reach_an_mlp_on_rgb_images() -> None:
     )
     assert Engine([config]).model.input_dim == 48
     assert isinstance(OptimConfig().layer_lrs, tuple)
+
+
+def test_estimates_count_sam_and_the_sharpness() -> None:
+    base = make_config(RELU_BIAS, steps=1000)
+    sam = base.replace(**{"optim.name": "sam"})
+    sharp = base.replace(sharpness_every=10)
+    assert estimate(sam).seconds > 1.3 * estimate(base).seconds
+    assert estimate(sam).memory > estimate(base).memory
+    assert estimate(sharp).seconds > 3 * estimate(base).seconds and estimate(sharp).memory > estimate(base).memory
