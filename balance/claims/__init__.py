@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from balance.claims import initial, networks, report, steps
+from balance.claims import initial, mechanisms, networks, report, steps
 from balance.claims.base import OUTCOMES, Claim, Finding, Verdict
 from balance.engine.status import ENDED
 from balance.runs.record import RunRecord
@@ -141,6 +141,7 @@ CLAIMS: tuple[Claim, ...] = (
         "ratio, and (||u|| − ||v||)² against the stability bound 2/η − 2μ.",
         steps.large_lr_configs, steps.large_lr_analyse,
     ),
+    mechanisms.CLAIM,
 )  # fmt: skip
 
 
