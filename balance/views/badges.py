@@ -63,10 +63,10 @@ def bound_badge(df: pd.DataFrame) -> str:
     return f"{RESPECTED if r <= 1 + 1e-9 else EXCEEDED} · λ_max η/2 = {r:.2f}"
 
 
-def add_badge(fig: go.Figure, text: str, y: float = 1.0) -> go.Figure:
-    """The badge in the chart's top-right corner (modifies ``fig``)."""
+def add_badge(fig: go.Figure, text: str, y: float = 0.98) -> go.Figure:
+    """The badge boxed inside the chart's top-right corner (modifies ``fig``); nothing for ''."""
     if text:
-        fig.add_annotation(text=style.literal(text), x=1.0, y=y, xref="paper", yref="paper", xanchor="right",
-                           yanchor="bottom", showarrow=False, font={"size": 11, "color": style.INK},
+        fig.add_annotation(text=style.literal(text), x=0.99, y=y, xref="x domain", yref="y domain", xanchor="right",
+                           yanchor="top", showarrow=False, font={"size": 11, "color": style.INK},
                            bgcolor="rgba(255, 255, 255, 0.85)", bordercolor=style.INK, borderwidth=1)  # fmt: skip
     return fig

@@ -224,7 +224,7 @@ def balance_figure(
     ]
     fig = go.Figure([*gaps, *ratios], layout=spec)
     _no_prediction_note(fig, d, no_law)
-    return whole_steps(fig)
+    return add_badge(whole_steps(fig), "" if no_law else law_badge(df))  # in the left panel; from every row
 
 
 def matrix_figure(

@@ -88,7 +88,7 @@ def mechanisms_figure(frames: Mapping[str, pd.DataFrame], h: int = 1) -> go.Figu
     if known:
         worst = max(known)
         kind = EXACT if worst <= EXACT_TOL else FIRST_ORDER if worst <= FIRST_ORDER_TOL else NOT_PREDICTED
-        note(fig, f"laws: {kind}<br>(residual ≤ {worst:.0e})", xref="x domain", yref="y domain", y=0.8)
+        note(fig, kind.replace(" to ", " to<br>", 1), xref="x domain", yref="y domain", y=0.8)  # the runs' worst
     if bounds:
         note(fig, f"{sum(bounds)} of {len(bounds)}:<br>{RESPECTED}", xref="x3 domain", yref="y3 domain")
     return present(fig).update_layout(margin={"t": 36})
