@@ -146,3 +146,17 @@ def test_the_setting_is_validated_and_travels_in_links() -> None:
     assert "optim.layer_lrs" in query
     assert RunConfig.from_query(query)[0] == config
     assert RunConfig.from_toml(config.to_toml()) == config
+
+
+def test_the_command_line_takes_per_layer_rates_and_the_new_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from balance.cli.core import main
+
+    argv = ["run", "--model", "mlp", "--dataset", "teacher", "--depth", "3", "--width", "4", "--steps", "5",
+            "--layer-lrs", "1,2,0.5", "--bias", "--bias-init", "weights", "--sharpness-every", "5", "--dtype",
+            "float64"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("finished: 5 steps")
+    assert main([*argv[:-4], "--layer-lrs", "1,2"]) == 2  # one multiplier per layer, else a one-line error
+    err = capsys.readouterr().err
+    assert "one step-size multiplier per weight layer (3)" in err and len(err.strip().splitlines()) == 1
