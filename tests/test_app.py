@@ -129,7 +129,10 @@ def test_widgets_come_from_the_schema_and_only_what_applies_is_shown(home: Path)
         {"model.name": "cnn", "data.name": "images", "optim.name": "momentum", "optim.schedule": "step"},
         {"model.name": "mlp", "data.name": "csv", "optim.name": "flow", "csv": uploads.save_upload(home, CSV)},
         {"optim.schedule": "theorem"},
-    ]:
+        {"model.name": "mlp", "data.name": "teacher", "model.bias": "true", "model.batch_norm": "true",
+         "optim.name": "sam"},
+        {"model.name": "linear", "data.name": "teacher", "optim.name": "label_noise"},
+    ]:  # fmt: skip
         at = app(query)
         assert not at.exception
         config = sidebar_config(at)

@@ -125,7 +125,9 @@ def test_mf_csv_columns_and_exact_numbers(capsys: pytest.CaptureFixture[str], tm
     df = pd.read_csv(path)
     assert list(df.columns) == [
         "step", "t", "lr", "loss", "sqnorm_1", "sqnorm_2", "grad_norm_1", "grad_norm_2", "gap_1", "gap_drift_1",
-        "pred_gap_drift_1", "ratio_1", "neuron_drift_max", "neuron_drift_mean", "matrix_inv_1", "matrix_drift_1",
+        "pred_gap_drift_1", "ratio_1", "neuron_drift_max", "neuron_drift_mean", "pred_neuron_drift_max",
+        "pred_neuron_drift_mean", "identity_residual", "matrix_inv_1", "matrix_drift_1", "matrix_residual_1",
+        "sharpness", "stability_bound",
     ]  # fmt: skip
     assert list(df["step"]) == list(range(41))
     # the file holds every float64 exactly: the same as the in-memory run
@@ -138,6 +140,9 @@ def test_mf_csv_columns_and_exact_numbers(capsys: pytest.CaptureFixture[str], tm
     # the identity can be checked from the file: measured gap drift = the exact per-step prediction
     assert (df["gap_drift_1"] - df["pred_gap_drift_1"]).abs().max() < 1e-10
     assert df["gap_drift_1"].abs().max() > 1e-4  # a real drift, not 0 = 0
+    # ... and per unit, and one step at a time (the residuals are round-off)
+    assert (df["neuron_drift_max"] - df["pred_neuron_drift_max"]).abs().max() < 1e-10
+    assert df["identity_residual"].iloc[1:].max() < 1e-12 and df["matrix_residual_1"].iloc[1:].max() < 1e-12
 
 
 def test_mlp_csv_columns(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def _shown(value: Any) -> str:
 def test_schema_is_complete() -> None:
     assert len(KEYS) == len(set(KEYS))
     own = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
-    assert len(own) + 5 == len(KEYS)  # run fields: steps, dtype, seed, log_every, max_seconds
+    assert len(own) + 6 == len(KEYS)  # run fields: steps, dtype, seed, log_every, max_seconds, sharpness_every
     for key, f in SCHEMA:
         assert f.metadata["help"], key
         if (key, f) in NUMERIC:
@@ -298,6 +298,11 @@ def valid_configs(draw: st.DrawFn) -> RunConfig:
     if flat["model.layer_scales"]:
         n = 2 if model_name == "mf" else depth
         flat["model.layer_scales"] = tuple(draw(_values(FIELDS["data.noise"])) for _ in range(n))
+    if flat["optim.layer_lrs"]:
+        n = 2 if model_name == "mf" else depth
+        lrs = _values(FIELDS["optim.layer_lrs"]).filter(bool)
+        flat["optim.layer_lrs"] = tuple(draw(lrs)[0] for _ in range(n))
+    flat["data.channels"] = draw(st.sampled_from([1, 3]))
     if model_name == "mf":
         flat["model.rank"] = draw(st.integers(0, min(d1, d2)))
     else:

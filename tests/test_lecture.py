@@ -73,7 +73,7 @@ def figures_of(at: AppTest) -> list[dict]:
 
 
 def test_eight_steps_each_with_text_formula_and_demo() -> None:
-    assert N == 8
+    assert N == 9
     assert [s.number for s in lecture.STEPS] == list(range(1, N + 1))
     assert len({s.key for s in lecture.STEPS}) == N
     for s in lecture.STEPS:
@@ -232,8 +232,8 @@ def test_warm_up_trains_ahead_in_the_executor_and_the_page_never_waits(tmp_path:
             assert len(s.list_runs()) == len(queued)
         finally:
             runner.shutdown()
-    assert lecture.warm_order(4) == [4, 5, 3, 1, 2, 6, 7, 8]
-    assert lecture.warm_order(8) == [8, 7, 1, 2, 3, 4, 5, 6]
+    assert lecture.warm_order(4) == [4, 5, 3, 1, 2, 6, 7, 8, 9]
+    assert lecture.warm_order(9) == [9, 8, 1, 2, 3, 4, 5, 6, 7]
 
 
 # --- the page: every step under AppTest ----------------------------------------------------------------------------

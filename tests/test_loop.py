@@ -159,7 +159,11 @@ def _until(check, timeout: float = WAIT):
     return value
 
 
-@pytest.mark.parametrize("config", [MF, MLP], ids=["mf-gd", "mlp-momentum"])
+# the settings added for issue 14.6: per-layer step sizes (a live change scales every layer's), drawn biases
+MLP_NEW = MLP.replace(**{"optim.layer_lrs": (1.0, 2.0, 0.5), "model.bias": True, "model.bias_init": "weights"})
+
+
+@pytest.mark.parametrize("config", [MF, MLP, MLP_NEW], ids=["mf-gd", "mlp-momentum", "mlp-layer-lrs"])
 def test_a_run_whose_step_size_changed_twice_replays_to_the_same_numbers(
     config: RunConfig, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -148,7 +148,7 @@ def test_dropping_a_member_leaves_the_others_as_if_alone(name: str) -> None:
 
 def test_registry() -> None:
     """Every optimiser of the registry has its update, every law its recursion, keyed by the same names."""
-    assert list(laws.OPTIMIZERS) == ["gd", "sgd", "momentum", "nesterov", "adam", "flow"]
+    assert list(laws.OPTIMIZERS) == ["gd", "sgd", "momentum", "nesterov", "label_noise", "sam", "adam", "flow"]
     assert set(RULES) == set(laws.OPTIMIZERS)
     assert {n for n, e in laws.OPTIMIZERS.items() if not e.exact_theory} == {"adam"}
     assert set(RECURSIONS) == {n for n, e in laws.OPTIMIZERS.items() if e.law is not None}

@@ -35,6 +35,7 @@ from balance.runs.store import ACTIVE as STORE_ACTIVE
 from balance.runs.store import RunStore, StoreError
 from balance.views import figures as plots
 from balance.views import style
+from balance.views.mechanisms import SHARPNESS_CAPTION, sharpness_figure
 from balance.views.neurons import neuron_figure
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -228,6 +229,8 @@ def run_figures(
     if of_metric(df.columns, "matrix_drift"):
         fn, caption = plots.FIGURES["matrix"]
         out.append(("matrix", fn(df, layer_names=names, log_x=log_x, max_points=max_points), caption))
+    if "sharpness" in df.columns and df["sharpness"].notna().any():  # logged only when asked (it costs)
+        out.append(("sharpness", sharpness_figure(df, log_x=log_x, max_points=max_points), SHARPNESS_CAPTION))
     for metric in plots.more_metrics(df.columns):  # a registered metric no chart above draws: one of its own
         figure = plots.metric_figure(df, metric, names, log_x=log_x, max_points=max_points)
         out.append((f"metric.{metric}", figure, plots.metric_caption(metric)))

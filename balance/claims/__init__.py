@@ -15,7 +15,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from balance.claims import figure1, initial, networks, report, smoothness, steps, theorems
+from balance.claims import figure1, initial, mechanisms, networks, report, smoothness, steps, theorems
 from balance.claims.base import KINDS, OUTCOMES, SIDES, Claim, Finding, Verdict, side, who
 from balance.engine.status import ENDED
 from balance.runs.record import RunRecord
@@ -261,6 +261,7 @@ CLAIMS: tuple[Claim, ...] = (
         paper="balanced iterates have a small local smoothness modulus",
         favours={"supported": "both"},
     ),
+    mechanisms.CLAIM,
 )  # fmt: skip
 
 

@@ -27,6 +27,9 @@ POINTS: tuple[Point, ...] = (
     Point(R1, "Lines 160-163: balance is said to explain convergence", (1, 12, 13),
           "a constant difference alone did not balance an unbalanced start (claim 1); from small starts the theorems' "
           "step sizes converge (claim 12) and the constant-step rate is the balanced minimum's (claim 13)"),
+    Point(R1, "Nothing in Theorems 2.1 and 2.3 says that the weights will adjust and balance", (1, 15),
+          "claim 1: the flow only conserves the gap; claim 15: SGD noise, large steps, SAM and weight decay move it, "
+          "each at its exact law's rate, where plain GD barely does"),
     Point(R1, "Gaussian initialisation is not needed; a hypercube would do", (2,)),
     Point(R1, "'With high probability' is not quantified (is 3/4 high? how to choose eps/poly(d)?)", (11,)),
     Point(R1, "'Balancing implies smoothness': a smoothness modulus along runs", (14,),

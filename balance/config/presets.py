@@ -8,6 +8,7 @@ meaning of a setting. Figure 1's exact sizes are not in the paper; these use the
 from __future__ import annotations
 
 from balance.config.settings import DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.engine.mechanisms import MECHANISMS, config_changes
 
 _FIG1 = DataConfig(name="lowrank", d1=100, d2=25, rank=5)
 
@@ -118,6 +119,18 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
         _small_target(1e-3, ()),
     ),
 }
+
+# What actually balances (issue 16): one preset per mechanism, all from the same unbalanced start
+# (``balance.engine.mechanisms``); the sharpness is logged every 100 steps, against 2/eta.
+PRESETS.update(
+    {
+        f"balances-{name.replace('_', '-')}": (
+            f"What balances: {m.title}, from the common unbalanced start",
+            RunConfig().replace(**config_changes(name)),
+        )
+        for name, m in MECHANISMS.items()
+    }
+)
 
 
 def preset(name: str) -> RunConfig:

@@ -20,8 +20,6 @@ round trips (floats are written with ``repr``, which round-trips every float64).
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +32,6 @@ from balance.config.codecs import (
     ConfigError,
     clip,
     coerce,
-    field_kind,
     flatten,
     loads_toml,
     parse_text,
@@ -42,280 +39,21 @@ from balance.config.codecs import (
     to_text,
     unflatten,
 )
+from balance.config.fields import DTYPES, _check_field, _spec, _Validated
+from balance.config.sections import ACTIVATIONS, DataConfig, ModelConfig, OptimConfig
 from balance.engine import laws
 
-__all__ = ["MAX_MESSAGE", "MAX_TEXT", "ConfigError", "clip", "loads_toml"]  # re-exported for balance.config
-
-
-def _spec(default: Any, help: str, **meta: Any) -> Any:
-    return field(default=default, metadata={"help": help, **meta})
-
-
-def _is(key: str, *values: str) -> Callable[[Mapping[str, Any]], bool]:
-    return lambda flat: flat[key] in values
-
-
-def _data(*names: str) -> Callable[[Mapping[str, Any]], bool]:
-    return _is("data.name", *names)
-
-
-def _not_data(*names: str) -> Callable[[Mapping[str, Any]], bool]:
-    return lambda flat: flat["data.name"] not in names
-
-
-def _model(*names: str) -> Callable[[Mapping[str, Any]], bool]:
-    return _is("model.name", *names)
-
-
-def _not_model(*names: str) -> Callable[[Mapping[str, Any]], bool]:
-    return lambda flat: flat["model.name"] not in names
-
-
-def _datasets() -> tuple[str, ...]:
-    return tuple(laws.DATASETS)
-
-
-def _models() -> tuple[str, ...]:
-    return tuple(laws.MODELS)
-
-
-def _optimizers() -> tuple[str, ...]:
-    return tuple(laws.OPTIMIZERS)
-
-
-def _schedules() -> tuple[str, ...]:
-    return tuple(laws.SCHEDULES)
-
-
-# The choices and which optimiser settings apply come from the torch-free registry: adding an optimiser, an
-# activation, a model family or a dataset there is what makes the config (and so the CLI, the URL, the sidebar)
-# offer it.
-ACTIVATIONS = tuple(laws.ACTIVATIONS)
-INITS = ("gaussian", "uniform", "orthogonal")
-LOSSES = ("auto", "squared", "logistic", "cross_entropy")
-DTYPES = ("float32", "float64")
-
-
-class _Validated:
-    """Checks every field against its metadata on construction, then the class's own ``_check``."""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            _check_field(self._section, f, getattr(self, f.name))  # type: ignore[attr-defined]
-        self._check()
-
-    def _check(self) -> None:
-        pass
-
-    def _fail(self, name: str, value: Any, why: str) -> typing.NoReturn:
-        raise ConfigError(f"{self._section}.{name} = {show(value)}: {why}")  # type: ignore[attr-defined]
-
-
-def _check_field(section: str, f: dataclasses.Field, value: Any) -> None:
-    meta = f.metadata
-    where = f"{section}.{f.name} = {show(value)}"
-    kind = field_kind(f)
-    items = value if kind in (tuple, "inttuple") else (value,)
-    base = float if kind is tuple else int if kind == "inttuple" else kind
-    if kind in (tuple, "inttuple") and not isinstance(value, tuple):
-        raise ConfigError(f"{where}: expected a list of numbers")
-    for v in items:
-        if base is bool:
-            if not isinstance(v, bool):
-                raise ConfigError(f"{where}: expected true or false")
-            continue
-        if base is int and (isinstance(v, bool) or not isinstance(v, int)):
-            raise ConfigError(f"{where}: expected a whole number")
-        if base is float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{where}: expected a number")
-            if not math.isfinite(v):
-                raise ConfigError(f"{where}: expected a finite number")
-        if base is str and not isinstance(v, str):
-            raise ConfigError(f"{where}: expected text")
-        if base is str and len(v) > MAX_TEXT:
-            raise ConfigError(f"{where}: longer than {MAX_TEXT} characters")
-        lo, hi = meta.get("min"), meta.get("max")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ConfigError(f"{where}: out of range, allowed {lo} to {hi}")
-    choices = meta.get("choices")
-    if choices is not None:
-        allowed = choices() if callable(choices) else choices
-        if value not in allowed:
-            raise ConfigError(f"{where}: not one of {', '.join(allowed)}")
-
-
-@dataclass(frozen=True)
-class DataConfig(_Validated):
-    """What to fit. ``lowrank`` is the paper's matrix M* = A diag(s) B^T; the rest are sample sets."""
-
-    _section = "data"
-    name: str = _spec("lowrank", "dataset", choices=_datasets, cli="--dataset")
-    d1: int = _spec(100, "rows of the target matrix M (lowrank)", min=1, max=2000, applies=_data("lowrank"))
-    d2: int = _spec(25, "columns of the target matrix M (lowrank)", min=1, max=2000, applies=_data("lowrank"))
-    rank: int = _spec(5, "rank r of the target matrix (lowrank)", min=1, max=500, applies=_data("lowrank"))
-    singular_values: tuple[float, ...] = _spec(
-        (), "singular values of M, largest first (default r, r-1, ..., 1)", min=0.0, max=1e6, applies=_data("lowrank")
-    )
-    samples: int = _spec(
-        256, "number of samples (sample sets)", min=4, max=100_000, applies=_not_data("lowrank", "csv")
-    )
-    input_dim: int = _spec(10, "input dimension (teacher)", min=1, max=4096, applies=_data("teacher"))
-    output_dim: int = _spec(1, "output dimension (teacher)", min=1, max=256, applies=_data("teacher"))
-    teacher_width: int = _spec(
-        16, "hidden width of the teacher network (teacher)", min=1, max=1024, applies=_data("teacher")
-    )
-    noise: float = _spec(
-        0.1, "label noise (teacher) or point jitter (2-D sets)", min=0.0, max=10.0, applies=_not_data("lowrank", "csv")
-    )
-    image_size: int = _spec(8, "side of the generated square images (images)", min=4, max=32, applies=_data("images"))
-    csv_path: str = _spec(
-        "", "path of a CSV file: numeric features and a target column (csv)", applies=_data("csv"), link=False
-    )
-    target: str = _spec("", "target column of the CSV (default: the last)", applies=_data("csv"))
-    loss: str = _spec(
-        "auto",
-        "loss; auto picks squared error or logistic / cross-entropy",
-        choices=LOSSES,
-        applies=_not_data("lowrank"),
-    )
-    seed: int = _spec(0, "seed of the data (separate from the run seed)", min=0, max=2**31 - 1, cli="--data-seed")
-
-    def _check(self) -> None:
-        if self.name == "lowrank" and self.rank > min(self.d1, self.d2):
-            self._fail("rank", self.rank, f"the rank cannot exceed min(d1, d2) = {min(self.d1, self.d2)}")
-        if self.singular_values and len(self.singular_values) != self.rank:
-            self._fail("singular_values", self.singular_values, f"give exactly rank = {self.rank} values")
-        if self.name == "csv" and not self.csv_path:
-            self._fail("csv_path", self.csv_path, "the csv dataset needs a file path (--dataset csv:PATH)")
-
-
-@dataclass(frozen=True)
-class ModelConfig(_Validated):
-    """The network and its initialisation. Layer 1 is the input side; for ``mf`` layer 1 is V and layer 2 is U."""
-
-    _section = "model"
-    name: str = _spec("mf", "model family", choices=_models, cli="--model")
-    depth: int = _spec(
-        3, "number of weight layers (linear, mlp; cnn: conv layers + head)", min=2, max=32, applies=_not_model("mf")
-    )
-    width: int = _spec(32, "hidden width (linear, mlp) or channels (cnn)", min=1, max=4096, applies=_not_model("mf"))
-    widths: tuple[int, ...] = _spec(
-        (), "hidden widths, one per hidden layer (overrides width)", min=1, max=4096, applies=_not_model("mf")
-    )
-    rank: int = _spec(
-        0,
-        "factor rank of U and V (mf; 0: the target's rank)",
-        min=0,
-        max=2000,
-        cli="--factor-rank",
-        applies=_model("mf"),
-    )
-    activation: str = _spec(
-        "relu", "activation of hidden layers (mlp, cnn)", choices=ACTIVATIONS, applies=_model("mlp", "cnn")
-    )
-    negative_slope: float = _spec(
-        0.1,
-        "slope of leaky_relu for negative inputs",
-        min=0.0,
-        max=1.0,
-        applies=lambda v: v["model.name"] in ("mlp", "cnn") and v["model.activation"] == "leaky_relu",
-    )
-    bias: bool = _spec(False, "hidden and output layers have biases", applies=_not_model("mf"))
-    batch_norm: bool = _spec(False, "BatchNorm after every hidden linear layer (mlp)", applies=_model("mlp"))
-    regularizer: float = _spec(
-        0.0, "lambda of the balancing term lambda/8 ||U^T U - V^T V||_F^2 (mf)", min=0.0, max=1e3, applies=_model("mf")
-    )
-    init: str = _spec("gaussian", "initial weight distribution (same standard deviation)", choices=INITS)
-    init_scale: float = _spec(0.1, "standard deviation of each initial weight", min=1e-8, max=100.0, log=True)
-    layer_scales: tuple[float, ...] = _spec(
-        (), "per-layer multipliers on the init scale, input side first", min=0.0, max=1e6
-    )
-
-    def hidden_widths(self) -> tuple[int, ...]:
-        """Widths of the hidden layers (linear, mlp, cnn): ``widths`` if given, else ``width`` repeated."""
-        return self.widths or (self.width,) * (self.depth - 1)
-
-    def _check(self) -> None:
-        if self.widths and len(self.widths) != self.depth - 1:
-            self._fail("widths", self.widths, f"give depth - 1 = {self.depth - 1} hidden widths")
-        n_layers = 2 if self.name == "mf" else self.depth
-        if self.layer_scales and len(self.layer_scales) != n_layers:
-            self._fail("layer_scales", self.layer_scales, f"give one multiplier per layer ({n_layers})")
-        if self.batch_norm and self.name != "mlp":
-            self._fail("batch_norm", self.batch_norm, "batch norm is available for mlp only")
-        if self.regularizer and self.name != "mf":
-            self._fail("regularizer", self.regularizer, "the balancing regulariser applies to mf only")
-
-
-@dataclass(frozen=True)
-class OptimConfig(_Validated):
-    """How to step. ``flow`` integrates gradient flow with an adaptive ODE solver; t advances by lr per step."""
-
-    _section = "optim"
-    name: str = _spec("gd", "optimiser", choices=_optimizers, cli="--optimizer")
-    lr: float = _spec(0.01, "step size eta (flow: time per step)", min=1e-8, max=100.0, log=True)
-    momentum: float = _spec(
-        0.9,
-        "momentum beta (momentum, nesterov; adam: beta1)",
-        min=0.0,
-        max=0.9999,
-        applies=laws.reads("optim.momentum"),
-    )
-    beta2: float = _spec(0.999, "adam's second-moment decay", min=0.0, max=0.999999, applies=laws.reads("optim.beta2"))
-    eps: float = _spec(1e-8, "adam's epsilon", min=1e-16, max=1.0, log=True, applies=laws.reads("optim.eps"))
-    weight_decay: float = _spec(
-        0.0,
-        "coupled L2 weight decay lambda (gradient + lambda * W)",
-        min=0.0,
-        max=10.0,
-        applies=laws.reads("optim.weight_decay"),
-    )
-    schedule: str = _spec("constant", "step-size schedule", choices=_schedules, applies=laws.reads("optim.schedule"))
-    decay_power: float = _spec(
-        0.25,
-        "delta of the theorem schedule eta0 (k+1)^-(1/2+delta)",
-        min=0.0,
-        max=0.5,
-        applies=laws.reads("optim.decay_power"),
-    )
-    decay_every: int = _spec(
-        1000,
-        "steps between step-decay drops",
-        min=1,
-        max=10**8,
-        applies=laws.reads("optim.decay_every"),
-    )
-    decay_factor: float = _spec(
-        0.5,
-        "factor of each step-decay drop",
-        min=1e-6,
-        max=1.0,
-        applies=laws.reads("optim.decay_factor"),
-    )
-    batch_size: int = _spec(
-        0,
-        "mini-batch size (0: full batch)",
-        min=0,
-        max=100_000,
-        applies=lambda v: laws.reads("optim.batch_size")(v) and v["data.name"] != "lowrank",
-    )
-    rtol: float = _spec(
-        1e-10,
-        "relative tolerance of the gradient-flow solver",
-        min=1e-14,
-        max=1e-2,
-        log=True,
-        applies=laws.reads("optim.rtol"),
-    )
-
-    def _check(self) -> None:
-        if self.name == "sgd" and self.batch_size == 0:
-            self._fail("batch_size", 0, "sgd needs a mini-batch size of at least 1 (or use gd for full batch)")
-        if self.name in ("gd", "flow") and self.batch_size:
-            self._fail("batch_size", self.batch_size, f"{self.name} is full-batch; use sgd for mini-batches")
-        if self.name == "flow" and (self.weight_decay or self.schedule != "constant"):
-            self._fail("name", self.name, "gradient flow takes no weight decay and no schedule")
+__all__ = [
+    "ACTIVATIONS",
+    "MAX_MESSAGE",
+    "MAX_TEXT",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "clip",
+    "loads_toml",
+]  # re-exported for balance.config
 
 
 @dataclass(frozen=True)
@@ -333,6 +71,12 @@ class RunConfig(_Validated):
         1, "log every n-th step (long runs thin further, keeping about 20,000 rows)", min=1, max=10**6
     )
     max_seconds: float = _spec(3600.0, "wall-time limit of the run", min=0.1, max=7 * 86400.0)
+    sharpness_every: int = _spec(
+        0,
+        "log the sharpness (largest Hessian eigenvalue, against 2/eta) every n-th step; 0: off (it costs)",
+        min=0,
+        max=10**8,
+    )
 
     def __post_init__(self) -> None:
         for name in ("data", "model", "optim"):
@@ -355,6 +99,18 @@ class RunConfig(_Validated):
             raise ConfigError(f"optim.batch_size = {o.batch_size}: the lowrank matrix has no samples to batch")
         if o.batch_size > d.samples and d.name not in ("lowrank", "csv"):
             raise ConfigError(f"optim.batch_size = {o.batch_size}: larger than data.samples = {d.samples}")
+        if o.name == "label_noise":
+            loss = laws.DATASETS[d.name].default_loss if d.loss == "auto" else d.loss
+            if d.name == "lowrank" or loss != "squared":
+                raise ConfigError(
+                    f"optim.name = 'label_noise' with data.name = {d.name!r}: label noise needs a regression set of "
+                    "samples (squared loss), e.g. teacher"
+                )
+        layers = 2 if m.name == "mf" else m.depth
+        if o.layer_lrs and len(o.layer_lrs) != layers:
+            raise ConfigError(
+                f"optim.layer_lrs = {show(o.layer_lrs)}: give one step-size multiplier per weight layer ({layers})"
+            )
 
     # --- round trips ---------------------------------------------------------------------------------------
 

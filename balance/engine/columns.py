@@ -110,7 +110,9 @@ METRICS: dict[str, Metric] = {
         text="||∂L/∂W{h}||", title="gradient norm",
     ),
     "gap": Metric(
-        "pair", "measured", "G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2", r"G_{h}", "weight²", _GAP_SIGN,
+        "pair", "measured",
+        "G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2; with per-layer step sizes eta_h = eta m_h the eta-weighted "
+        "||W_{h+1}||^2/m_{h+1} - (||W_h||^2 + ||b_h||^2)/m_h", r"G_{h}", "weight²", _GAP_SIGN,
         text="G{h}", title="gap", definition=r"G_{h} = \|W_{n}\|_F^2 - \|W_{h}\|_F^2 - \|b_{h}\|^2", signed=True,
         chart=False,
     ),
@@ -136,6 +138,23 @@ METRICS: dict[str, Metric] = {
         "scalar", "measured", "mean_i |B_i(k) - B_i(0)| over hidden units", r"\mathrm{mean}_i |B_i(k) - B_i(0)|",
         "weight²", _B_SIGN, text="mean_i |B_i(k) − B_i(0)|", title="mean neuron drift", chart=False,
     ),
+    "pred_neuron_drift_max": Metric(
+        "scalar", "predicted", "max_i |B^_i(k) - B_i(0)| by the per-unit law (GD, SGD, flow; NaN otherwise)",
+        r"\max_i |\hat B_i(k) - B_i(0)|", "weight²", _B_SIGN, text="max_i |B̂_i(k) − B_i(0)|",
+        title="predicted largest neuron drift", predicts="neuron_drift_max", chart=False,
+    ),
+    "pred_neuron_drift_mean": Metric(
+        "scalar", "predicted", "mean_i |B^_i(k) - B_i(0)| by the per-unit law",
+        r"\mathrm{mean}_i |\hat B_i(k) - B_i(0)|", "weight²", _B_SIGN, text="mean_i |B̂_i(k) − B_i(0)|",
+        title="predicted mean neuron drift",
+        predicts="neuron_drift_mean", chart=False,
+    ),
+    "identity_residual": Metric(
+        "scalar", "measured",
+        "max over hidden units i of every layer of |B_i(k) - B^_i(k | k-1)|: the identity's residual over one step",
+        r"\max_{h,i} |B_i(k) - \hat B_i(k \mid k-1)|", "weight²", "0 up to round-off where the law is exact",
+        text="max |B_i(k) − B̂_i(k | k−1)|", title="identity residual", chart=False,
+    ),
     "matrix_inv": Metric(
         "pair", "measured", "||D_h||_F, D_h = W_{h+1}^T W_{h+1} - [W_h b_h][W_h b_h]^T (linear hidden units)",
         r"\|D_{h}\|_F", "weight²", "tr D_h = G_h", "linear", text="||D{h}||_F", title="matrix invariant",
@@ -144,6 +163,21 @@ METRICS: dict[str, Metric] = {
     "matrix_drift": Metric(
         "pair", "measured", "||D_h(k) - D_h(0)||_F", r"\|D_{h}(k) - D_{h}(0)\|_F", "weight²", "", "linear",
         text="||D{h}(k) − D{h}(0)||_F", title="matrix drift",
+    ),
+    "matrix_residual": Metric(
+        "pair", "measured", "||D_h(k) - D^_h(k | k-1)||_F: the matrix identity's residual over one step (linear units)",
+        r"\|D_{h}(k) - \hat D_{h}(k \mid k-1)\|_F", "weight²", "", "linear",
+        text="||D{h}(k) − D̂{h}(k | k−1)||_F", title="matrix identity residual", chart=False,
+    ),
+    "sharpness": Metric(
+        "scalar", "measured",
+        "lambda_max of the full-batch loss's Hessian (Lanczos on Hessian-vector products, warm-started; every "
+        "sharpness_every-th step, NaN otherwise)", r"\lambda_{\max}(\nabla^2 L)", "curvature", text="λ_max(∇²L)",
+        title="sharpness", chart=False,
+    ),
+    "stability_bound": Metric(
+        "scalar", "predicted", "2 / eta_k: a GD minimum is linearly stable only if its sharpness is at most this",
+        r"2 / \eta_k", "curvature", text="2/η_k", title="stability bound", predicts="sharpness", chart=False,
     ),
     "in_sqnorm": Metric(
         "neuron", "measured", "||w_in,i||^2: row i of W_h and b_h[i] (or BatchNorm's gamma_i, beta_i)",

@@ -25,32 +25,24 @@ from torch import Tensor
 
 from balance.config import RunConfig
 from balance.engine import laws
+from balance.engine.curvature import Sharpness
 from balance.engine.data import make_task
 from balance.engine.grouping import PER_MEMBER, engine_key, layout_of, why_not_together
+from balance.engine.identities import UnitLaw, unit_law_applies
 from balance.engine.metrics import COMPUTE, Snapshot
 from balance.engine.mf import Full, Subspace
 from balance.engine.models import MODELS, HomogeneousModel, build_model
 from balance.engine.networks import Networks
 from balance.engine.optim import HYPER, RULES, Flow, Members, Optimizer, inner
 from balance.engine.sharpness import step_advice
-from balance.engine.status import RunStatus
-from balance.engine.theory import GapLaw, pair_matrix
+from balance.engine.status import DENSE_STEPS, RunStatus, should_log
+from balance.engine.theory import GapLaw, pair_matrix, param_scale
 
 __all__ = ["DENSE_STEPS", "DIVERGENCE_FACTOR", "DTYPES", "PER_MEMBER", "Engine", "RunStatus", "engine_key",
            "layout_of", "should_log", "why_not_together"]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-DENSE_STEPS = 10_000  # every step logged up to here; then about 4,500 rows per decade
 DIVERGENCE_FACTOR = 1e8  # a loss this many times its start (or 1) counts as exploding
-
-
-def should_log(k: int, last: int, log_every: int = 1) -> bool:
-    """Row budget: every ``log_every``-th step for the first 10^4 steps, then a stride of 2 * 10^(d-3) in the decade
-    [10^d, 10^(d+1)), so 10^6 steps keep about 19,000 rows; the first and last step always."""
-    if k == 0 or k == last:
-        return True
-    stride = log_every if k < DENSE_STEPS else log_every * 2 * 10 ** (int(math.log10(k)) - 3)
-    return k % stride == 0
 
 
 class Engine:
@@ -76,6 +68,8 @@ class Engine:
         self.metrics = [name for name, m in laws.METRICS.items() if self.layout.indices(m)]
         self.columns = laws.columns(self.layout)
         self.P = pair_matrix(self.model)  # [L-1, n_params]
+        self.scale = param_scale(self.model, first.optim.layer_lrs)  # [n_params] step-size multipliers m_p
+        self.P_gap = self.P / self.scale  # the (eta-weighted) gap G = sq @ P_gap.T
         self.weight_index = np.array([layer.weight for layer in self.model.layers])
         self.bias_index = np.array([layer.bias for layer in self.model.layers if layer.bias is not None], dtype=int)
         self._slots = self._row_slots()
@@ -90,9 +84,10 @@ class Engine:
         self.problem = self._problem(family, models, rule.linear)
         self.invariant = not self.hyper["regularizer"].any()
         if rule.update is None:
-            self.optimizer: Optimizer | Flow = Flow(self.params, first.optim.rtol, self.problem.gradient)
+            flow = Flow(self.params, first.optim.rtol, self.problem.gradient, self.scale)
+            self.optimizer: Optimizer | Flow = flow
         else:
-            self.optimizer = Optimizer(self.name, self.params, self.hyper)
+            self.optimizer = Optimizer(self.name, self.params, self.hyper, self.scale)
         self.steps, self.log_every = first.steps, first.log_every
         self.members = np.arange(len(configs))  # stack row -> index into configs
         self.status = [RunStatus("running", 0) for _ in configs]
@@ -104,13 +99,16 @@ class Engine:
         snap = Snapshot(self)
         self.gap0 = snap.gaps
         self.balance0, self.matrix0 = snap.balances, snap.matrices
-        self.law = GapLaw(self.name, self.P, self.gap0, not laws.why_no_law(first))
+        self.law = GapLaw(self.name, self.P, self.gap0, not laws.why_no_law(first), self.scale)
+        self.curvature = Sharpness(first.sharpness_every)
+        self.units = UnitLaw(self.model, self.balance0, unit_law_applies(first), self.name == "flow")
 
     def _problem(self, family: str, models: list[HomogeneousModel], linear: bool) -> Subspace | Full | Networks:
         first = self.configs[0]
         if family != "mf":
             seeds = [c.seed for c in self.configs]
-            return Networks(family, models, self.tasks, seeds, first.optim.batch_size)
+            noise = self.hyper["label_noise"] if self.name == "label_noise" else None
+            return Networks(family, models, self.tasks, seeds, first.optim.batch_size, noise)
         Vt, U = (torch.stack([m.params[i].detach() for m in models]) for i in range(2))
         shared = all(t is self.tasks[0] for t in self.tasks)
         targets = self.tasks[0].targets if shared else torch.stack([t.targets for t in self.tasks])
@@ -259,8 +257,12 @@ class Engine:
         if not self.invariant:  # Delta<theta, g> before the update moves theta; 0 where the objective is invariant
             theta_grad = inner(self.params, self.grads)
             theta_grad[self.hyper["regularizer"] == 0] = 0.0
+        grads = [g.detach().numpy() for g in self.grads]
+        next_logged = should_log(k + 1, self.steps, self.log_every)
+        reg = self.hyper["regularizer"] != 0
+        self.units.update(lr, self.hyper["weight_decay"], self.problem.arrays, grads, reg, next_logged)
         try:
-            extras = self.optimizer.step(self.grads, lr)
+            extras = self.optimizer.step(self.grads, lr, lambda: self.problem.evaluate()[1])
         except FloatingPointError as exc:  # the gradient-flow solver gave up (e.g. stuck on a ReLU kink)
             for i, member in enumerate(self.members):
                 self.status[member] = RunStatus("failed", k, f"failed at step {k} (t = {self.t[i]:.4g}): {exc}")
@@ -296,5 +298,6 @@ class Engine:
         self.problem.select(index)
         self.optimizer.select(index, self.params, self.hyper)  # type: ignore[union-attr]
         self.law.select(keep)
+        self.units.select(keep)
         self.balance0 = [b[keep] for b in self.balance0]
         self.matrix0 = {h: D[keep] for h, D in self.matrix0.items()}

@@ -25,6 +25,8 @@ PER_MEMBER = (
     "optim.momentum",
     "optim.beta2",
     "optim.eps",
+    "optim.rho",
+    "optim.label_noise",
     "optim.weight_decay",
     "optim.schedule",
     "optim.decay_power",

@@ -47,6 +47,7 @@ from balance.engine.columns import (
     plain,
     prediction_of,
 )
+from balance.engine.families import DATASETS, MODELS, DataSet, Family
 from balance.engine.symmetries import (  # the entries for watching any model (balance.watch)
     BREAKS,
     NOT_HOMOGENEOUS,
@@ -106,6 +107,12 @@ class Law:
     Delta<x, y> = <x_{h+1}, y_{h+1}> - <x_h, y_h> (biases on the h side); g_k is the gradient the step used (the
     mini-batch's for SGD), E_k = Delta<theta_k, g_k> (0 for a rescaling-invariant objective; MF's balancing
     regulariser makes it nonzero and is carried exactly).
+
+    Per-layer step sizes eta_h = eta m_h (``optim.layer_lrs``, Kunin et al. 2024): the gap becomes the eta-weighted
+    G_h = ||W_{h+1}||^2 / m_{h+1} - (||W_h||^2 + ||b_h||^2) / m_h (eta times ||W_{h+1}||^2/eta_{h+1} - ...), and
+    every recursion holds unchanged with Delta of the optimiser's buffers weighted by m: Delta||g||^2 =
+    m_{h+1} ||g_{h+1}||^2 - m_h ||g_h||^2 (E_k stays unweighted). Exact for lambda = 0 (per-layer decay factors
+    differ); flow conserves the weighted gap.
     """
 
     recursion: str  # plain text, one line per state variable
@@ -126,7 +133,7 @@ class Optimizer:
         return self.law is not None
 
 
-_STEP = ("optim.lr", "optim.weight_decay", "optim.schedule")
+_STEP = ("optim.lr", "optim.weight_decay", "optim.schedule", "optim.layer_lrs")
 _GD_LAW = Law(
     "G_{k+1} = (1 - eta lambda)^2 G_k - 2 eta (1 - eta lambda) E_k + eta^2 Delta||g_k||^2",
     r"G_{k+1} = (1-\eta\lambda)^2 G_k - 2\eta(1-\eta\lambda)E_k + \eta^2 \Delta\|g_k\|^2",
@@ -156,6 +163,27 @@ OPTIMIZERS: dict[str, Optimizer] = {
             ("uu", "uv"),
         ),
     ),
+    "label_noise": Optimizer(
+        "full-batch GD on labels with fresh Gaussian noise at every step (label-noise SGD)",
+        (*_STEP, "optim.label_noise"),
+        Law(
+            _GD_LAW.recursion + "  (g_k: the gradient on this step's noisy labels; for the scalar chain f = u w x: "
+            "Phi_{k+1} = (1 - eta^2 s_k^2) Phi_k, s_k = mean_i r_i x_i)",
+            _GD_LAW.tex,
+        ),
+    ),
+    "sam": Optimizer(
+        "sharpness-aware minimisation: the step uses the gradient at theta + rho g / ||g||",
+        (*_STEP, "optim.rho"),
+        Law(
+            "G_{k+1} = (1 - eta lambda)^2 G_k + 2 eta (1 - eta lambda) rho Delta<g^_k, g~_k> + eta^2 Delta||g~_k||^2  "
+            "(g~ = grad L(theta + rho g^), g^ = g / ||g||; Euler's identity at the perturbed point: "
+            "Delta<theta, g~> = -rho Delta<g^, g~>)",
+            r"G_{k+1} = (1-\eta\lambda)^2 G_k + 2\eta(1-\eta\lambda)\rho\,\Delta\langle\hat g_k, \tilde g_k\rangle"
+            r" + \eta^2 \Delta\|\tilde g_k\|^2",
+            ("tt", "tg"),
+        ),
+    ),
     "adam": Optimizer(
         "Adam (coordinate-wise: breaks the invariant)",
         (*_STEP, "optim.momentum", "optim.beta2", "optim.eps", "optim.batch_size"),
@@ -164,7 +192,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
     ),
     "flow": Optimizer(
         "gradient flow, integrated by an adaptive ODE solver",
-        ("optim.lr", "optim.rtol"),
+        ("optim.lr", "optim.rtol", "optim.layer_lrs"),
         Law("G(t) = G(0)", r"G(t) = G(0)"),
         batches=False,
     ),
@@ -196,6 +224,13 @@ MODEL_NO_LAW = {
         "(the per-neuron law still holds for batch norm's own scale and shift)"
     ),
     "flow_regularized": "gradient flow with the balancing regulariser has no closed-form gap: nothing to predict",
+    "sam_regularized": (
+        "SAM with the balancing regulariser: Euler's identity fails at the perturbed point, nothing to predict"
+    ),
+    "layer_lrs_decay": (
+        "per-layer step sizes with weight decay shrink each layer by its own factor (1 - eta_h lambda): the "
+        "eta-weighted gap has no closed recursion"
+    ),
 }
 NO_LAW = {  # every reason by key, as ``balance.engine.laws.NO_LAW`` has always offered them
     "tanh": ACTIVATIONS["tanh"].no_law,
@@ -216,48 +251,11 @@ def why_no_law(config: Any) -> str:
         return OPTIMIZERS[o.name].no_law
     if o.name == "flow" and m.regularizer:
         return MODEL_NO_LAW["flow_regularized"]
+    if o.name == "sam" and m.regularizer:
+        return MODEL_NO_LAW["sam_regularized"]
+    if any(m != 1 for m in o.layer_lrs) and o.weight_decay:
+        return MODEL_NO_LAW["layer_lrs_decay"]
     return ""
-
-
-# --- model families and datasets (names, help, what they need; their torch side: engine.models, engine.data) ------
-
-
-@dataclass(frozen=True)
-class Family:
-    help: str
-    image_input: bool = False  # asks the data for [N, C, s, s] inputs
-
-
-MODELS: dict[str, Family] = {
-    "mf": Family("asymmetric matrix factorisation U V^T (the paper's problems (7) and (9))"),
-    "linear": Family("deep linear network"),
-    "mlp": Family("fully connected network (relu, leaky_relu, linear or the tanh control)"),
-    "cnn": Family("small convolutional network, conv + activation blocks then a linear head", image_input=True),
-}
-
-
-@dataclass(frozen=True)
-class DataSet:
-    help: str
-    default_loss: str
-    losses: tuple[str, ...]
-    images: bool = False  # can give [N, 1, s, s] inputs to a CNN
-
-
-_LOSSES = ("squared", "logistic", "cross_entropy")
-_PLANAR = ("logistic", ("logistic", "squared"))
-DATASETS: dict[str, DataSet] = {
-    "lowrank": DataSet("low-rank matrix M* = A diag(s) B^T (the paper's (7))", "squared", ("squared",)),
-    "teacher": DataSet(
-        "regression on a random 2-layer ReLU teacher, Gaussian inputs", "squared", ("squared",), images=True
-    ),
-    "moons": DataSet("two interleaved half circles, 2-D", *_PLANAR),
-    "circles": DataSet("two concentric circles, 2-D", *_PLANAR),
-    "spiral": DataSet("two interleaved spiral arms, 2-D", *_PLANAR),
-    "xor": DataSet("label = sign(x1 x2): the four quadrants", *_PLANAR),
-    "images": DataSet("small images of 4 shapes (-, |, square, X)", "cross_entropy", ("cross_entropy",), images=True),
-    "csv": DataSet("your CSV file: numeric feature columns and a target column", "squared", _LOSSES),
-}
 
 
 def reads(setting: str) -> Callable[[Any], bool]:

@@ -69,8 +69,9 @@ class Snapshot:
 
     @cached_property
     def gaps(self) -> np.ndarray:
-        """G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2, [K, L-1] (the pair matrix P has exactly those signs)."""
-        return self.sq @ self.engine.P.T
+        """G_h = ||W_{h+1}||^2 - ||W_h||^2 - ||b_h||^2, [K, L-1] (the pair matrix P has exactly those signs); with
+        per-layer step-size multipliers m the eta-weighted ||W_{h+1}||^2/m_{h+1} - (||W_h||^2 + ||b_h||^2)/m_h."""
+        return self.sq @ self.engine.P_gap.T
 
     def incoming(self) -> list[np.ndarray]:
         """||w_in,i||^2 per hidden layer, [K, n_h]."""
@@ -128,6 +129,12 @@ COMPUTE: dict[str, Callable[[Snapshot], Any]] = {
     "neuron_drift_mean": lambda s: s.neuron_drift.sum(1) / s.neuron_drift.shape[1],
     "matrix_inv": lambda s: _matrix(s, False),
     "matrix_drift": lambda s: _matrix(s, True),
+    "pred_neuron_drift_max": lambda s: s.engine.units.drift().max(1),
+    "pred_neuron_drift_mean": lambda s: s.engine.units.drift().mean(1),
+    "identity_residual": lambda s: s.engine.units.residual(s.balances),
+    "matrix_residual": lambda s: s.engine.units.matrix_residual(s.matrices),
+    "sharpness": lambda s: s.engine.curvature.values(s.engine),
+    "stability_bound": lambda s: 2.0 / s.engine.lr_at(s.engine.step_index),
     # neuron scope: one [K, n_h] array per hidden layer
     "in_sqnorm": Snapshot.incoming,
     "out_sqnorm": Snapshot.outgoing,

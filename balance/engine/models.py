@@ -80,6 +80,10 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[float], Callable[[Tensor], Tensor]]] =
 }
 
 
+# 2x2 pooling by the config's name (``model.pooling``): both positively homogeneous, so the laws hold.
+POOLS: dict[str, Callable[[Tensor, int], Tensor]] = {"avg": F.avg_pool2d, "max": F.max_pool2d}
+
+
 def _activation(name: str, slope: float) -> Callable[[Tensor], Tensor]:
     return ACTIVATION_FUNCTIONS[name](slope)
 
@@ -142,14 +146,16 @@ class MLP(HomogeneousModel):
         negative_slope: float = 0.1,
         bias: bool = False,
         batch_norm: bool = False,
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         dims = (input_dim, *widths, output_dim)
+        self.bn_eps = bn_eps
         self.input_dim = input_dim
         self.homogeneous = ACTIVATIONS[activation].homogeneous
         self.phi = _activation(activation, negative_slope)
         self.linears = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in itertools.pairwise(dims))
-        norms = (nn.BatchNorm1d(w, track_running_stats=False) for w in widths)
+        norms = (nn.BatchNorm1d(w, eps=bn_eps, track_running_stats=False) for w in widths)
         self.norms = nn.ModuleList(norms) if batch_norm else None
         index = {id(p): i for i, p in enumerate(self.parameters())}
         self.layers = tuple(
@@ -175,13 +181,13 @@ class MLP(HomogeneousModel):
         for lin, bn in zip(hidden, norms):
             z = _affine(z, lin.weight, lin.bias)
             if bn is not None:
-                z = _batch_norm(z, bn.weight, bn.bias, bn.eps)
+                z = _batch_norm(z, bn.weight, bn.bias, self.bn_eps)
             z = self.phi(z)
         return _affine(z, last.weight, last.bias)
 
 
 class CNN(HomogeneousModel):
-    """x [N, C, s, s] -> (conv 3x3 -> phi -> avg-pool 2) x (depth-1) -> flatten -> linear head -> [N, out].
+    """x [N, C, s, s] -> (conv 3x3 -> phi -> pool 2) x (depth-1) -> flatten -> linear head -> [N, out].
 
     Average pooling is linear and max pooling positively homogeneous, so neither breaks the invariant.
     """
@@ -194,9 +200,11 @@ class CNN(HomogeneousModel):
         activation: str = "relu",
         negative_slope: float = 0.1,
         bias: bool = False,
+        pooling: str = "avg",
     ) -> None:
         super().__init__()
         c_in, side = input_shape[0], input_shape[-1]
+        self.pool = POOLS[pooling]
         self.homogeneous = ACTIVATIONS[activation].homogeneous
         self.phi = _activation(activation, negative_slope)
         self.convs = nn.ModuleList()
@@ -229,7 +237,7 @@ class CNN(HomogeneousModel):
         for conv, pool in zip(self.convs, self.pools):
             z = self.phi(conv(z))
             if pool:
-                z = F.avg_pool2d(z, 2)
+                z = self.pool(z, 2)
         return self.head(z.flatten(1))  # channel-major flatten: the head's columns group by channel
 
 
@@ -245,12 +253,13 @@ def _linear(cfg: ModelConfig, task: Task) -> HomogeneousModel:
 
 def _mlp(cfg: ModelConfig, task: Task) -> HomogeneousModel:
     dim = math.prod(task.input_shape)
-    return MLP(dim, cfg.hidden_widths(), task.output_dim, cfg.activation, cfg.negative_slope, cfg.bias, cfg.batch_norm)
+    widths = cfg.hidden_widths()
+    return MLP(dim, widths, task.output_dim, cfg.activation, cfg.negative_slope, cfg.bias, cfg.batch_norm, cfg.bn_eps)
 
 
 def _cnn(cfg: ModelConfig, task: Task) -> HomogeneousModel:
     shape = task.input_shape if len(task.input_shape) == 3 else (1, *task.input_shape)
-    return CNN(shape, cfg.hidden_widths(), task.output_dim, cfg.activation, cfg.negative_slope, cfg.bias)
+    return CNN(shape, cfg.hidden_widths(), task.output_dim, cfg.activation, cfg.negative_slope, cfg.bias, cfg.pooling)
 
 
 @dataclass(frozen=True)
@@ -298,8 +307,9 @@ def initialise(model: HomogeneousModel, cfg: ModelConfig, generator: torch.Gener
 
     gaussian: N(0, sigma_h^2); uniform: U(-sqrt(3) sigma_h, sqrt(3) sigma_h) (same variance); orthogonal: a
     (semi-)orthogonal matrix times sigma_h sqrt(max(n_out, fan_in)), whose entries then have variance sigma_h^2.
-    Biases start at 0, BatchNorm at gamma = 1, beta = 0. Drawn in float64 so float32 runs start from the same
-    numbers rounded.
+    Biases start at 0 (``bias_init`` 'zero') or are drawn like their layer's weights, N(0, sigma_h^2) or
+    U(-sqrt(3) sigma_h, sqrt(3) sigma_h) (orthogonal: Gaussian), after every weight ('weights'); BatchNorm starts at
+    gamma = 1, beta = 0. Drawn in float64 so float32 runs start from the same numbers rounded.
     """
     params = model.params
     for h, layer in enumerate(model.layers):
@@ -319,3 +329,15 @@ def initialise(model: HomogeneousModel, cfg: ModelConfig, generator: torch.Gener
         W.copy_(values.reshape(W.shape))
         if layer.bias is not None:
             params[layer.bias].zero_()
+    if cfg.bias_init == "weights":  # after the weights, so a zero-bias run and this one share their weights
+        for h, layer in enumerate(model.layers):
+            if layer.bias is not None:
+                params[layer.bias].copy_(_draw(cfg, params[layer.bias].shape, h, generator))
+
+
+def _draw(cfg: ModelConfig, shape: torch.Size, h: int, generator: torch.Generator) -> Tensor:
+    """Entries of standard deviation sigma_h from the weights' distribution (orthogonal: Gaussian), float64."""
+    sigma = cfg.init_scale * (cfg.layer_scales[h] if cfg.layer_scales else 1.0)
+    if cfg.init == "uniform":
+        return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * (sigma * math.sqrt(3))
+    return torch.randn(shape, generator=generator, dtype=torch.float64) * sigma

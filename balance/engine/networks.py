@@ -82,11 +82,36 @@ class Batches:
         self.pending = [p for p, k in zip(self.pending, keep) if k]
 
 
+class LabelNoise:
+    """Fresh Gaussian label noise sigma_k xi, xi ~ N(0, 1), for every target at every evaluation, per member from its
+    own generator (seeded with its run seed + 2): label-noise GD (Blanc et al. 2020; Ziyin et al. 2023)."""
+
+    def __init__(self, seeds: Sequence[int], sigma: np.ndarray) -> None:
+        self.generators = [torch.Generator().manual_seed(s + 2) for s in seeds]
+        self.sigma = np.asarray(sigma, dtype=float)
+
+    def add(self, y: Tensor) -> Tensor:
+        """y [N, out] (shared) or [K, N, out] -> y + sigma xi, [K, N, out]."""
+        shape = y.shape[-2:]
+        xi = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in self.generators]).to(y.dtype)
+        return y + torch.tensor(self.sigma, dtype=y.dtype).reshape(-1, 1, 1) * xi
+
+    def select(self, keep: np.ndarray) -> None:
+        self.generators = [g for g, k in zip(self.generators, keep) if k]
+        self.sigma = self.sigma[keep]
+
+
 class Networks:
     """The members' weights (``params``, stacked [K, ...] in ``model.params`` order), data and loss."""
 
     def __init__(
-        self, family: str, models: Sequence[HomogeneousModel], tasks: Sequence[Task], seeds: Sequence[int], batch: int
+        self,
+        family: str,
+        models: Sequence[HomogeneousModel],
+        tasks: Sequence[Task],
+        seeds: Sequence[int],
+        batch: int,
+        label_noise: np.ndarray | None = None,
     ) -> None:
         self.model = models[0]
         self.names = [name for name, _ in self.model.named_parameters()]
@@ -110,6 +135,7 @@ class Networks:
             self.inputs = torch.stack([prepare(t.inputs) for t in tasks])
             self.targets = torch.stack([t.targets for t in tasks])
         self.batches = Batches(seeds, tasks[0].samples, batch) if batch else None
+        self.noise = LabelNoise(seeds, label_noise) if label_noise is not None else None
 
     def _holding(self, params: list[Tensor]) -> HomogeneousModel:
         """A copy of the model whose parameters are the stacked tensors ``params`` (plain attributes)."""
@@ -145,6 +171,8 @@ class Networks:
         """Each member's loss [K] on this step's data (its mini-batch, if any), gradients in ``params`` order, and
         ||g_p||^2 [K, n_params] summed in float64."""
         x, y, stacked = self._data(None if self.batches is None else self.batches.draw())
+        if self.noise is not None:  # this step's noisy labels; the logged loss is the clean one (``row_loss``)
+            y = self.noise.add(y)
         with torch.enable_grad():
             losses = member_losses(self._outputs(x, stacked), y, self.kind)
             if self.single:
@@ -158,7 +186,7 @@ class Networks:
 
     def row_loss(self, loss: np.ndarray) -> np.ndarray:
         """The loss on the whole training set (a mini-batch run's step loss is its batch's)."""
-        if self.batches is None:
+        if self.batches is None and self.noise is None:
             return loss
         x, y, stacked = self._data(None)
         with torch.no_grad():
@@ -181,3 +209,5 @@ class Networks:
             self.inputs, self.targets = self.inputs.index_select(0, index), self.targets.index_select(0, index)
         if self.batches is not None:
             self.batches.select(keep)
+        if self.noise is not None:
+            self.noise.select(keep)

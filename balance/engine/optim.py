@@ -75,8 +75,10 @@ class Step:
     buffers: dict[str, list[Tensor]]
     hyper: Members
     lr: np.ndarray  # [K]
-    neg_lr: list[Tensor]  # -lr shaped like each parameter
+    neg_lr: list[Tensor]  # -lr m_p shaped like each parameter
     k: int
+    scale: tuple[float, ...] = ()  # per-parameter step-size multipliers m_p (empty: all 1)
+    gradient: Callable[[], list[Tensor]] | None = None  # the gradient at the current (possibly shifted) weights
 
     def per(self, name: str, p: Tensor) -> Tensor:
         return self.hyper.like(name, p)
@@ -101,7 +103,7 @@ class Rule:
 
 def _gd(s: Step) -> Extras:
     """theta <- theta - eta (g + lambda theta). Mini-batch SGD is the same update on a batch gradient."""
-    if len(s.lr) == 1:  # one run: one fused kernel per parameter with a scalar step size
+    if len(s.lr) == 1 and not s.scale:  # one run: one fused kernel per parameter with a scalar step size
         torch._foreach_add_(s.params, s.decayed(), alpha=-float(s.lr[0]))
         return {}
     for p, d, a in zip(s.params, s.decayed(), s.neg_lr):
@@ -133,19 +135,40 @@ def _adam(s: Step) -> Extras:
     """torch.optim.Adam with coupled L2 decay: bias-corrected m / (sqrt(v) + eps), beta1 = ``momentum``."""
     b1, b2 = s.hyper["momentum"], s.hyper["beta2"]
     c1, c2 = 1 - b1**s.k, 1 - b2**s.k  # [K]
-    for p, m, v, d in zip(s.params, s.buffers["m"], s.buffers["v"], s.decayed()):
+    scale = s.scale or (1.0,) * len(s.params)
+    for p, m, v, d, mult in zip(s.params, s.buffers["m"], s.buffers["v"], s.decayed(), scale):
         beta1, beta2 = s.per("momentum", p), s.per("beta2", p)
         m.mul_(beta1).add_(d * (1 - beta1))
         v.mul_(beta2).addcmul_(d * (1 - beta2), d)
         shape = (-1, *[1] * (p.ndim - 1))
         denom = (v.sqrt() / torch.tensor(np.sqrt(c2), dtype=p.dtype).reshape(shape)).add_(s.per("eps", p))
-        p.addcdiv_(m * torch.tensor(-s.lr / c1, dtype=p.dtype).reshape(shape), denom)
+        p.addcdiv_(m * torch.tensor(-s.lr * mult / c1, dtype=p.dtype).reshape(shape), denom)
     return {}
+
+
+def _sam(s: Step) -> Extras:
+    """g~ = grad L(theta + rho g / ||g||) (||g|| over all of a member's parameters), then the GD update with g~:
+    theta <- theta - eta (g~ + lambda theta) (Foret et al. 2021). Returns ||g~_p||^2 ('tt') and
+    rho <g_p, g~_p> / ||g|| ('tg'), [K, n_params], what SAM's law reads."""
+    assert s.gradient is not None, "SAM needs the gradient at a shifted point"
+    norm = np.sqrt(inner(s.grads, s.grads).sum(1))  # [K]
+    step = np.where(norm > 0, s.hyper["rho"] / np.where(norm > 0, norm, 1.0), 0.0)
+    shifts = [g * torch.tensor(step, dtype=g.dtype).reshape(-1, *[1] * (g.ndim - 1)) for g in s.grads]
+    with torch.no_grad():
+        torch._foreach_add_(s.params, shifts)
+    tilde = s.gradient()
+    with torch.no_grad():
+        torch._foreach_sub_(s.params, shifts)
+    extras = {"tt": inner(tilde, tilde), "tg": inner(s.grads, tilde) * step[:, None]}
+    _gd(Step(s.params, tilde, s.buffers, s.hyper, s.lr, s.neg_lr, s.k, s.scale))
+    return extras
 
 
 RULES: dict[str, Rule] = {
     "gd": Rule((), _gd),
     "sgd": Rule((), _gd),
+    "label_noise": Rule((), _gd),  # the noise is in the gradient: the problem draws it (``balance.engine.networks``)
+    "sam": Rule((), _sam),
     "momentum": Rule(("v",), _heavy_ball),
     "nesterov": Rule(("v",), _nesterov),
     "adam": Rule(("m", "v"), _adam, linear=False),
@@ -157,28 +180,37 @@ HYPER = {  # per-member settings the updates read, by their name in OptimConfig
     "momentum": 0.9,
     "beta2": 0.999,
     "eps": 1e-8,
+    "rho": 0.05,
+    "label_noise": 0.1,
 }
 
 
 class Optimizer:
     """``RULES[name]`` over the stacked weights ``params`` with per-member settings ``hyper`` (``Members`` holding
-    at least ``HYPER``'s names)."""
+    at least ``HYPER``'s names) and per-parameter step-size multipliers ``scale`` (eta_p = eta m_p; None: all 1)."""
 
-    def __init__(self, name: str, params: list[Tensor], hyper: Members) -> None:
+    def __init__(self, name: str, params: list[Tensor], hyper: Members, scale: Sequence[float] | None = None) -> None:
         self.rule = RULES[name]
         self.params, self.hyper = params, hyper
+        uniform = scale is None or all(m == 1.0 for m in scale)
+        self.scale: tuple[float, ...] = () if uniform else tuple(float(m) for m in scale)  # type: ignore[union-attr]
         self.buffers = {b: [torch.zeros_like(p) for p in params] for b in self.rule.buffers}
         self.k = 0
         self._neg_lr: tuple[np.ndarray | None, list[Tensor]] = (None, [])
 
-    def step(self, grads: list[Tensor], lr: np.ndarray) -> Extras:
-        """Update the weights in place with step sizes ``lr`` [K]; returns what the gap law reads."""
+    def step(self, grads: list[Tensor], lr: np.ndarray, gradient: Callable[[], list[Tensor]] | None = None) -> Extras:
+        """Update the weights in place with step sizes ``lr`` [K]; returns what the gap law reads. ``gradient``: the
+        gradient at the current weights (SAM evaluates it at a shifted point)."""
         self.k += 1
         if self._neg_lr[0] is not lr:  # a constant step size is the same array every step: build once
             shape = [(-1, *[1] * (p.ndim - 1)) for p in self.params]
-            self._neg_lr = (lr, [torch.tensor(-lr, dtype=p.dtype).reshape(s) for p, s in zip(self.params, shape)])
+            scale = self.scale or (1.0,) * len(self.params)
+            self._neg_lr = (
+                lr,
+                [torch.tensor(-lr * m, dtype=p.dtype).reshape(s) for p, s, m in zip(self.params, shape, scale)],
+            )
         assert self.rule.update is not None
-        step = Step(self.params, grads, self.buffers, self.hyper, lr, self._neg_lr[1], self.k)
+        step = Step(self.params, grads, self.buffers, self.hyper, lr, self._neg_lr[1], self.k, self.scale, gradient)
         if self.params[0].requires_grad:  # autograd leaves (stacked networks): update outside the graph
             with torch.no_grad():
                 return self.rule.update(step)
@@ -195,7 +227,8 @@ FLOAT32_RTOL = 1e-6  # asking float32 gradients for more makes the flow solver's
 
 
 class Flow:
-    """Gradient flow: d theta/dt = -grad L(theta), integrated by SciPy's DOP853 at rtol (atol = rtol / 100).
+    """Gradient flow: d theta/dt = -grad L(theta) (per-layer rates: d theta_p/dt = -m_p g_p), integrated by SciPy's
+    DOP853 at rtol (atol = rtol / 100).
 
     One run (the weights may be stacked with K = 1: the solver sees one flat vector). One integrator lives across
     steps, taking its own adaptive steps; each optimiser "step" advances the time by ``lr`` and reads the state there
@@ -203,8 +236,16 @@ class Flow:
     Restarting ``solve_ivp`` every step cost about 37 evaluations a step.
     """
 
-    def __init__(self, params: Sequence[Tensor], rtol: float, gradient: Callable[[], list[Tensor]]) -> None:
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        rtol: float,
+        gradient: Callable[[], list[Tensor]],
+        scale: Sequence[float] | None = None,
+    ) -> None:
         self.params = list(params)
+        ms = scale if scale is not None else [1.0] * len(self.params)
+        self.scale = np.concatenate([np.full(p.numel(), float(m)) for p, m in zip(self.params, ms)])
         self.rtol = rtol
         self.gradient = gradient  # gradient at the current params
         self.solver: DOP853 | None = None
@@ -226,10 +267,10 @@ class Flow:
     def _rhs(self, _t: float, y: np.ndarray) -> np.ndarray:
         self._set(y)
         with torch.enable_grad():
-            return -self._flat(self.gradient())
+            return -self.scale * self._flat(self.gradient())
 
     @torch.no_grad()
-    def step(self, grads: Sequence[Tensor], lr: float | np.ndarray) -> Extras:
+    def step(self, grads: Sequence[Tensor], lr: float | np.ndarray, gradient: object = None) -> Extras:
         if self.solver is None:
             y0 = self._flat(self.params)
             rtol = self.rtol

@@ -18,13 +18,15 @@ LANCZOS_STEPS = 60
 Operator = Callable[[torch.Tensor], torch.Tensor]  # v [n] -> H v [n]
 
 
-def extreme_eigenvalues(
-    hvp: Operator, n: int, dtype: torch.dtype = torch.float64, steps: int = LANCZOS_STEPS, seed: int = 0
-) -> tuple[float, float]:
-    """(smallest, largest) eigenvalue of the symmetric n x n operator ``hvp`` (v [n] -> H v [n])."""
+def _lanczos(
+    hvp: Operator, n: int, dtype: torch.dtype, steps: int, seed: int, start: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eigenvalues [m], Ritz vectors [m, n]) of the Lanczos tridiagonal after at most ``steps`` products, started
+    from ``start`` (a warm start: the previous top eigenvector) or a seeded random vector."""
     k = min(steps, n)
-    q = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    q /= torch.linalg.vector_norm(q)
+    if start is None or start.numel() != n or not bool(torch.linalg.vector_norm(start) > 0):
+        start = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    q = start.to(dtype) / torch.linalg.vector_norm(start)
     basis, alpha, beta = [], [], []
     for j in range(k):
         basis.append(q)
@@ -42,8 +44,25 @@ def extreme_eigenvalues(
     if len(alpha) > 1:
         off = torch.tensor(beta[: len(alpha) - 1], dtype=torch.float64)
         T += torch.diag(off, 1) + torch.diag(off, -1)
-    ev = torch.linalg.eigvalsh(T)
+    ev, vectors = torch.linalg.eigh(T)
+    return ev, vectors.T.to(dtype) @ torch.stack(basis)
+
+
+def extreme_eigenvalues(
+    hvp: Operator, n: int, dtype: torch.dtype = torch.float64, steps: int = LANCZOS_STEPS, seed: int = 0
+) -> tuple[float, float]:
+    """(smallest, largest) eigenvalue of the symmetric n x n operator ``hvp`` (v [n] -> H v [n])."""
+    ev, _ = _lanczos(hvp, n, dtype, steps, seed, None)
     return float(ev[0]), float(ev[-1])
+
+
+def top_eigenpair(
+    hvp: Operator, n: int, start: torch.Tensor | None = None, steps: int = LANCZOS_STEPS, seed: int = 0
+) -> tuple[float, torch.Tensor]:
+    """(lambda_max, its unit eigenvector [n]) of ``hvp`` in float64, warm-started from ``start`` (e.g. the vector of
+    the previous logged step: the top eigenvector moves little between them, so Lanczos needs few products)."""
+    ev, ritz = _lanczos(hvp, n, torch.float64, steps, seed, start)
+    return float(ev[-1]), ritz[-1]
 
 
 def hessian_operator(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple[Operator, int]:

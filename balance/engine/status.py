@@ -1,4 +1,4 @@
-"""The one vocabulary of run states, and the status every layer passes around (torch-free).
+"""The one vocabulary of run states, the status every layer passes around, and the row budget (torch-free).
 
 A run is ``queued`` (waiting for a worker), ``running`` or ``paused`` while it is active; it ends ``finished`` (its
 last step), ``diverged`` (its loss exploded), ``stopped`` (by its user or a wall-time limit), ``failed`` (an error,
@@ -8,6 +8,7 @@ executor, the store, the archive, reuse and the pages all use these names and no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 STATES = ("queued", "running", "paused", "finished", "diverged", "stopped", "failed", "interrupted")
@@ -23,3 +24,15 @@ class RunStatus:
     state: str
     step: int
     message: str = ""
+
+
+DENSE_STEPS = 10_000  # every step logged up to here; then about 4,500 rows per decade
+
+
+def should_log(k: int, last: int, log_every: int = 1) -> bool:
+    """Row budget: every ``log_every``-th step for the first 10^4 steps, then a stride of 2 * 10^(d-3) in the decade
+    [10^d, 10^(d+1)), so 10^6 steps keep about 19,000 rows; the first and last step always."""
+    if k == 0 or k == last:
+        return True
+    stride = log_every if k < DENSE_STEPS else log_every * 2 * 10 ** (int(math.log10(k)) - 3)
+    return k % stride == 0

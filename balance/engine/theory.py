@@ -46,6 +46,21 @@ def pair_matrix(model: HomogeneousModel) -> np.ndarray:
     return P
 
 
+def param_scale(model: HomogeneousModel, layer_lrs: Sequence[float]) -> np.ndarray:
+    """m_p [n_params]: the step-size multiplier of each parameter, layer h's ``layer_lrs[h]`` on W_h, b_h and the
+    BatchNorm parameters of the units W_h feeds (all 1 when ``layer_lrs`` is empty)."""
+    m = np.ones(len(model.params))
+    if not layer_lrs:
+        return m
+    for h, layer in enumerate(model.layers):
+        for index in (layer.weight, layer.bias):
+            if index is not None:
+                m[index] = layer_lrs[h]
+    for group in model.neurons:
+        m[list(group.incoming)] = layer_lrs[group.layer]
+    return m
+
+
 @dataclass
 class LawStep:
     """One step's inputs to a gap recursion, per member: eta, lambda, beta [K, 1]; E = Delta<theta_k, g_k> [K, L-1]
@@ -58,6 +73,7 @@ class LawStep:
     E: np.ndarray | float
     delta: Callable[[str], np.ndarray]
     plain: bool = False  # lambda = 0 and E = 0 for every member (saves a few array operations per step)
+    raw: Callable[[str], np.ndarray] | None = None  # Delta without the per-layer weights m (SAM's first-order term)
 
 
 def _gd(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +95,14 @@ def _nesterov(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.
     return G_next, beta * B + lam * G + s.E - eta * s.delta("uv")
 
 
+def _sam(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.ndarray]:
+    """E = Delta<theta, g~> = -rho Delta<g^, g~> (Euler's identity at the perturbed point), so
+    G_{k+1} = (1 - eta lambda)^2 G_k + 2 eta (1 - eta lambda) rho Delta<g^, g~> + eta^2 Delta||g~||^2."""
+    assert s.raw is not None
+    decay = 1 - s.eta * s.lam
+    return decay**2 * G + 2 * s.eta * decay * s.raw("tg") + s.eta**2 * s.delta("tt"), B
+
+
 def _constant(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.ndarray]:
     return G, B
 
@@ -87,6 +111,8 @@ def _constant(G: np.ndarray, B: np.ndarray, s: LawStep) -> tuple[np.ndarray, np.
 RECURSIONS: dict[str, Callable[[np.ndarray, np.ndarray, LawStep], tuple[np.ndarray, np.ndarray]]] = {
     "gd": _gd,
     "sgd": _gd,
+    "label_noise": _gd,
+    "sam": _sam,
     "momentum": _heavy_ball,
     "nesterov": _nesterov,
     "flow": _constant,
@@ -95,11 +121,16 @@ RECURSIONS: dict[str, Callable[[np.ndarray, np.ndarray, LawStep], tuple[np.ndarr
 
 class GapLaw:
     """The predicted gaps G [K, L-1] of K runs (and the momentum state B = Delta<theta, v>), advanced step by step by
-    ``RECURSIONS[name]``; NaN where no law applies (``predicts`` False)."""
+    ``RECURSIONS[name]``; NaN where no law applies (``predicts`` False). With per-parameter step-size multipliers
+    ``scale`` (m_p) the gaps are the eta-weighted ones and Delta of the optimiser's buffers is weighted by m
+    (``balance.engine.laws.Law``); E stays unweighted."""
 
-    def __init__(self, name: str, pairs: np.ndarray, gap0: np.ndarray, predicts: bool = True) -> None:
+    def __init__(
+        self, name: str, pairs: np.ndarray, gap0: np.ndarray, predicts: bool = True, scale: np.ndarray | None = None
+    ) -> None:
         self.recursion = RECURSIONS.get(name) if predicts else None
         self.P = pairs
+        self.P_step = pairs if scale is None else pairs * scale  # Delta weighted by m_p
         self.gap0 = np.array(gap0, dtype=float)
         self.G = self.gap0.copy() if self.recursion is not None else np.full_like(self.gap0, np.nan)
         self.B = np.zeros_like(self.G)
@@ -124,12 +155,16 @@ class GapLaw:
         P = self.P
 
         def delta(name: str) -> np.ndarray:
-            return (grad_sq if name == "gg" else extras[name]) @ P.T
+            return (grad_sq if name == "gg" else extras[name]) @ self.P_step.T
 
         E = 0.0 if theta_grad is None else theta_grad @ P.T
         lam = hyper["weight_decay"]
         plain = theta_grad is None and not hyper.any("weight_decay")
-        step = LawStep(lr[:, None], lam[:, None], hyper["momentum"][:, None], E, delta, plain)
+
+        def raw(name: str) -> np.ndarray:
+            return extras[name] @ P.T
+
+        step = LawStep(lr[:, None], lam[:, None], hyper["momentum"][:, None], E, delta, plain, raw)
         self.G, self.B = self.recursion(self.G, self.B, step)
 
     def select(self, keep: np.ndarray) -> None:

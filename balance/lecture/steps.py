@@ -41,6 +41,7 @@ from balance.runs.record import RunRecord
 from balance.runs.reuse import cached_runs, submit
 from balance.runs.store import RunStore
 from balance.views import lecture as figures
+from balance.views.mechanisms import mechanisms_figure
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,7 +95,9 @@ class Step:
         return demo.show or self.show
 
 
-FIGURE_KINDS = ("rescale", "neurons", "balance", "step-sizes", "figure-1", "breaks", "difference", "summary")
+FIGURE_KINDS = (
+    "rescale", "neurons", "balance", "step-sizes", "figure-1", "breaks", "difference", "mechanisms", "summary"
+)  # fmt: skip
 
 
 def _demo(raw: Mapping[str, Any]) -> Demo:
@@ -307,6 +310,8 @@ def demo_figure(
         return figures.breaks_figure(frames)
     if kind == "difference":
         return figures.difference_figure(frames)
+    if kind == "mechanisms":
+        return mechanisms_figure(frames)
     return None
 
 

@@ -60,6 +60,7 @@ ROW_SECONDS = 40e-6  # fixed cost of a logged row of metrics ...
 ROW_LAYER_SECONDS = 25e-6  # ... and per weight layer
 FLOW_EVALUATIONS = 24  # gradients per step of the gradient-flow solver (DOP853: 12 per solver step)
 FLOW_STATE = 20  # float64 vectors of the parameters' size that DOP853 keeps (13 stages, y, f, dense output)
+LANCZOS_STEPS = 60  # as balance.engine.sharpness (torch-free here)
 DENSE_STEPS = 10_000  # as balance.engine.trainer: every step logged up to here, then about 4,500 rows per decade
 CSV_ROWS, CSV_FEATURES = 100_000, 100  # a CSV is estimated at the size its file cap allows (50 MB of text)
 IMAGE_CLASSES = 4  # as balance.engine.data
@@ -99,7 +100,7 @@ def _task(config: RunConfig) -> tuple[int, int, int]:
     if d.name == "teacher":
         return d.samples, d.image_size**2 if images else d.input_dim, d.output_dim
     if d.name == "images":
-        return d.samples, d.image_size**2, IMAGE_CLASSES
+        return d.samples, d.channels * d.image_size**2, IMAGE_CLASSES
     if d.name == "csv":
         return CSV_ROWS, CSV_FEATURES, 256 if d.loss == "cross_entropy" else 1
     return d.samples, 2, 1  # the 2-D sets
@@ -113,7 +114,8 @@ def _shape(config: RunConfig) -> _Shape:
     samples, inputs, outputs = _task(config)
     widths = m.hidden_widths()
     if m.name == "cnn":
-        layers, hidden, c_in, side = [], [], 1, d.image_size
+        layers, hidden, side = [], [], d.image_size
+        c_in = d.channels if d.name == "images" else 1
         for c in widths:
             layers.append(_Layer(c, c_in * 9, side * side, m.bias))
             hidden.append(c * side * side)
@@ -169,7 +171,7 @@ def estimate(config: RunConfig) -> Estimate:
     params = weights + sum(L.n_out for L in shape.layers if L.bias)
     params += 2 * sum(config.model.hidden_widths()) if config.model.batch_norm else 0
     data_peak, data_kept = _data_bytes(config, shape)
-    optimiser = {"momentum": 1, "nesterov": 2, "adam": 3}.get(o.name, 0) * params * b
+    optimiser = {"momentum": 1, "nesterov": 2, "adam": 3, "sam": 2}.get(o.name, 0) * params * b  # SAM: shift, g~
     if o.name == "flow":
         optimiser = (FLOW_STATE + 2) * params * 8
     if config.model.name == "mf":
@@ -188,6 +190,8 @@ def estimate(config: RunConfig) -> Estimate:
     largest = max(L.n_out * L.fan_in for L in shape.layers)
     init = largest * 8 * (3 if config.model.init == "orthogonal" else 1)
     matrices = sum(n * n for n, _ in shape.linear) * 8  # each linear layer's initial matrix invariant, float64
+    if config.sharpness_every:  # Lanczos: its float64 basis, a float64 model copy, the double-backward graph
+        matrices += (LANCZOS_STEPS + 2) * params * 8 + 2 * saved * 8 // b
     widest_matrix = max((n for n, _ in shape.linear), default=0)
     transient = max(transient, 3 * widest_matrix**2 * 8, 2 * largest * 8, init)
     parts = (
@@ -239,6 +243,8 @@ def _seconds(config: RunConfig, shape: _Shape, params: int, batch: int) -> tuple
     step += 10.0 * params  # the update and the gradients' norms
     if config.optim.name == "flow":
         step *= FLOW_EVALUATIONS
+    if config.optim.name == "sam":  # a second gradient, at the perturbed point
+        step *= 2
     row = 12.0 * params + sum(2.0 * n * n * fan for n, fan in shape.linear)
     if config.optim.batch_size:
         row += 2.0 * shape.samples * sum(L.n_out * L.fan_in * L.positions for L in shape.layers)
@@ -247,6 +253,11 @@ def _seconds(config: RunConfig, shape: _Shape, params: int, batch: int) -> tuple
     start = (start if config.model.init == "orthogonal" else 0.0) + 2.0 * shape.samples * shape.inputs * 64
     seconds = config.steps * (step / rate + STEP_SECONDS + LAYER_SECONDS * layers)
     seconds += rows * (row / rate + ROW_SECONDS + ROW_LAYER_SECONDS * layers) + start / rate
+    if config.optim.name == "sam":  # the second evaluation's fixed costs
+        seconds += config.steps * (STEP_SECONDS + LAYER_SECONDS * layers)
+    if config.sharpness_every:  # each value: up to LANCZOS_STEPS Hessian-vector products of ~2 gradients each
+        values = min(rows, config.steps // config.sharpness_every + 2)
+        seconds += values * LANCZOS_STEPS * (2 * step / rate + STEP_SECONDS + LAYER_SECONDS * layers)
     return step, seconds
 
 

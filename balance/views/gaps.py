@@ -19,6 +19,7 @@ from balance.engine.laws import (
     prediction_of,
 )
 from balance.engine.theory import predicted_ratio
+from balance.views.badges import add_badge, law_badge
 from balance.views.frames import indices, metric_columns, named, pair_label, present, rows
 from balance.views.style import (
     FLOW_COLOUR,
@@ -157,7 +158,8 @@ def gaps_figure(
     fig = figure(_gap_traces(d, x, layer_names, no_law))
     _no_prediction_note(fig, d, no_law)
     title = f"{METRICS[DRIFT].title}: measured vs predicted"
-    return style(fig, title, x, METRICS[DRIFT].plain(), log_x).update_layout(legend=LEGEND_BELOW)
+    fig = style(fig, title, x, METRICS[DRIFT].plain(), log_x).update_layout(legend=LEGEND_BELOW)
+    return add_badge(fig, "" if no_law else law_badge(df))  # the residual over every row, not the decimated ones
 
 
 def ratios_figure(
@@ -222,7 +224,7 @@ def balance_figure(
     ]
     fig = go.Figure([*gaps, *ratios], layout=spec)
     _no_prediction_note(fig, d, no_law)
-    return whole_steps(fig)
+    return add_badge(whole_steps(fig), "" if no_law else law_badge(df))  # in the left panel; from every row
 
 
 def matrix_figure(
