@@ -594,3 +594,32 @@ def test_balance_run_trains_small_models_on_one_thread(monkeypatch: pytest.Monke
         assert cli._set_threads(big) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_no_process_outlives_a_sweep_on_two_workers(tmp_path: Path) -> None:
+    """The pool's children once lingered after ``balance sweep`` exited; with the exit by ``os._exit`` nothing of
+    the command's process group (its workers, the resource tracker) may be left behind either."""
+    import os
+
+    argv = ["sweep", "--home", str(tmp_path), "--d1", "6", "--d2", "5", "--rank", "2", "--lr", "0.01,0.02",
+            "--seeds", "0-1", "--steps", "20", "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "balance", *argv], start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "4 finished" in out, err[-2000:]
+
+    def group() -> list[str]:
+        left = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            if int(stat[2]) == proc.pid:  # the process group the command led
+                left.append(entry)
+        return left
+
+    deadline = time.monotonic() + 5  # a child told to exit may take a moment: then it must be gone
+    while group() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert group() == []
