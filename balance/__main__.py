@@ -1,5 +1,5 @@
 """``python -m balance``: the command line."""
 
-from balance.cli.core import entry
+from balance.cli import entry
 
 entry()

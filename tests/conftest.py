@@ -50,13 +50,19 @@ SERIAL = {
     "tests/test_sweep.py::test_a_dead_ray_address_fails_at_once": "wall time",
     "tests/browser/test_claims_page.py::test_cold_page_within_budget": "wall time of a cold page",
     "tests/browser/test_start_stop.py::test_start_then_stop_50_times": "every stop shown within 1 s",
+    "tests/browser/test_dashboard.py::test_the_buttons_follow_every_pause_and_resume": "waits of 30 s per click",
     "tests/test_runner.py::test_every_stop_takes_effect_within_a_second_under_load": "wall time",
 }
 
 
+# Modules whose tests rely on what earlier tests of the module left in the (per-process) store: the lecture's
+# pages show a demo's figure once an earlier test has trained it (the page never waits). Kept on one worker, in order.
+IN_ORDER = ("tests/test_lecture.py",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the ``SERIAL`` tests; keep each browser module on one xdist worker (``--dist loadgroup``), so its
-    module-scoped server and browser start once."""
+    """Mark the ``SERIAL`` tests; keep each browser module (its module-scoped server and browser start once) and
+    each ``IN_ORDER`` module on one xdist worker (``--dist loadgroup``)."""
     matched, files = set(), set()
     for item in items:
         file = item.nodeid.split("::")[0]
@@ -65,7 +71,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if key in SERIAL:
             item.add_marker(pytest.mark.serial)
             matched.add(key)
-        if "/browser/" in file:
+        if "/browser/" in file or file in IN_ORDER:
             item.add_marker(pytest.mark.xdist_group(file))
     missing = [key for key in SERIAL if key.split("::")[0] in files and key not in matched]
     if missing:
