@@ -34,12 +34,13 @@ endif
 	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.fileWatcherType none \
 	  --browser.gatherUsageStats false $(if $(filter $(HOST),$(LOOPBACK)),,--client.showErrorDetails type)
 
-# The suite on two pytest-xdist workers (each browser module on one worker, so its server starts once), then alone
-# the tests that measure wall time, memory or threads (tests/conftest.py SERIAL), so load never makes them flaky.
+# The suite on two pytest-xdist workers, each module on one worker in order (a browser module's server starts once;
+# --dist loadgroup reordered a module's tests), then alone the tests that measure wall time, memory or threads
+# (tests/conftest.py SERIAL), so load never makes them flaky.
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -n 2 --dist loadgroup -m "not serial"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
 	$(BIN)/pytest -m serial
 
 lint: $(STAMP)

@@ -55,25 +55,19 @@ SERIAL = {
 }
 
 
-# Modules whose tests rely on what earlier tests of the module left in the (per-process) store: the lecture's
-# pages show a demo's figure once an earlier test has trained it (the page never waits). Kept on one worker, in order.
-IN_ORDER = ("tests/test_lecture.py",)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark the ``SERIAL`` tests. (``make test`` gives each module to one xdist worker, in order, ``--dist loadfile``:
+    a browser module's server starts once, and the lecture's page tests find the demos its earlier tests trained.)"""
+    file = item.nodeid.split("::")[0]
+    if f"{file}::{getattr(item, 'originalname', item.name)}" in SERIAL:
+        item.add_marker(pytest.mark.serial)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the ``SERIAL`` tests; keep each browser module (its module-scoped server and browser start once) and
-    each ``IN_ORDER`` module on one xdist worker (``--dist loadgroup``)."""
-    matched, files = set(), set()
-    for item in items:
-        file = item.nodeid.split("::")[0]
-        files.add(file)
-        key = f"{file}::{item.originalname}"
-        if key in SERIAL:
-            item.add_marker(pytest.mark.serial)
-            matched.add(key)
-        if "/browser/" in file or file in IN_ORDER:
-            item.add_marker(pytest.mark.xdist_group(file))
-    missing = [key for key in SERIAL if key.split("::")[0] in files and key not in matched]
+    """A ``SERIAL`` key that names no test of a collected file fails the run (a renamed test)."""
+    files = {item.nodeid.split("::")[0] for item in items}
+    names = {f"{item.nodeid.split('::')[0]}::{getattr(item, 'originalname', item.name)}" for item in items}
+    missing = [key for key in SERIAL if key.split("::")[0] in files and key not in names]
     if missing:
         raise pytest.UsageError(f"tests/conftest.py SERIAL names tests that do not exist: {missing}")
 
