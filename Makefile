@@ -34,16 +34,20 @@ endif
 	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.fileWatcherType none \
 	  --browser.gatherUsageStats false $(if $(filter $(HOST),$(LOOPBACK)),,--client.showErrorDetails type)
 
+# The suite on two pytest-xdist workers, each module on one worker in order (a browser module's server starts once;
+# --dist loadgroup reordered a module's tests), then alone the tests that measure wall time, memory or threads
+# (tests/conftest.py SERIAL), so load never makes them flaky.
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_trainer.py
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,5 +1,5 @@
 """``python -m balance``: the command line."""
 
-from balance.cli import main
+from balance.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -15,7 +15,12 @@ per member). Runs alternate and the median of ``--repeats`` is reported. Times a
 (wall seconds in brackets): on a shared machine wall times of identical runs varied 2x while CPU times held. Both
 sides run with ``batching.tune_allocator()`` (glibc keeps freed memory: no page faults for large stacked tensors).
 
-    python benchmarks/bench_sweep.py [--repeats 3] [--json benchmarks/results/sweep.json]
+Then the fixed cost around the training: ``balance sweep`` of the 64 MF configs as a whole process (one worker),
+profiled: imports, set-up (specs, configs, the members' rows in the store), training (of which metric rows and
+neuron snapshots), result assembly, the store's writes, the summary and the output files, and start-up plus exit
+(the whole process's wall time less all of the above).
+
+    python benchmarks/bench_sweep.py [--repeats 3] [--json benchmarks/results/sweep.json] [--breakdown-only]
 """
 
 from __future__ import annotations
@@ -125,11 +130,70 @@ def mlp_flops(config: RunConfig) -> float:
     return forward + weight_grads + input_grads
 
 
+_BREAKDOWN = r"""
+import cProfile, json, os, pstats, sys, time
+start = time.perf_counter()
+import torch
+import balance.cli.core, balance.cli.sweep, balance.runs.loop, balance.runs.store, balance.runs.sweep, pandas
+imported = time.perf_counter() - start
+profile = cProfile.Profile()
+profile.enable()
+code = balance.cli.core.main(sys.argv[1:])
+profile.disable()
+ran = time.perf_counter() - start - imported
+stats = pstats.Stats(profile).stats
+def cum(file, name):
+    return sum(v[3] for (f, _, n), v in stats.items() if f.endswith(file) and n == name)
+parts = {
+    "training": cum("runs/sweep.py", "train_chunk"),
+    "  metric rows": cum("engine/engine.py", "rows"),
+    "  neuron snapshots": cum("engine/engine.py", "neuron_tables"),
+    "  result assembly": cum("runs/loop.py", "results"),
+    "set-up (configs, members stored)": cum("runs/sweep.py", "configs") + cum("runs/store.py", "create_run"),
+    "store writes (results)": cum("runs/store.py", "save_result"),
+    "summary": cum("runs/sweep.py", "summary"),
+    "outputs (csv, parquet, toml)": cum("cli/sweep.py", "_write_outputs"),
+}
+print(json.dumps({"code": code, "imports": imported, "main": ran, "parts": parts}), flush=True)
+os._exit(0)  # as the balance command ends: no interpreter teardown
+"""
+
+
+def breakdown(n: int = 64, steps: int = 2000) -> None:
+    """Where the time of a whole ``balance sweep`` process goes (wall seconds; see the module's docstring)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    lrs = ",".join(f"{0.002 * (1 + i % 8):g}" for i in range(8))
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["sweep", "--home", f"{tmp}/home", "--out", f"{tmp}/out", "--d1", "50", "--d2", "50", "--rank", "5",
+                "--init-scale", "0.1", "--lr", lrs, "--seeds", f"0-{n // 8 - 1}", "--steps", str(steps),
+                "--log-every", "10", "--workers", "1", "--dtype", "float64"]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _BREAKDOWN, *argv], capture_output=True, text=True)
+        total = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    got = json.loads(done.stdout.splitlines()[-1])
+    print(f"\nbalance sweep, {n} MF configs x {steps} steps, one worker, as a whole process: {total:.2f} s wall")
+    rows = {"imports (torch, pandas, balance)": got["imports"], **got["parts"]}
+    rows["start-up and exit (the rest)"] = total - got["imports"] - got["main"]
+    counted = sum(v for k, v in rows.items() if not k.startswith("  "))
+    rows["other (argument parsing, unaccounted)"] = total - counted
+    for name, seconds in rows.items():
+        print(f"  {name:<40} {seconds:7.3f} s  {seconds / total:5.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    parser.add_argument("--breakdown-only", action="store_true", help="only the whole-process breakdown")
     args = parser.parse_args()
+    if args.breakdown_only:
+        breakdown()
+        return
     torch.set_num_threads(1)
     print(f"allocator tuned: {tune_allocator()}")
     peak = matmul_peak()
@@ -183,6 +247,7 @@ def main() -> None:
               f"dense-equivalent {rate:.2f} GFLOP/s = {rate / peak:.1%} of peak")  # fmt: skip
         out["saturation"][k] = {"us_per_model_step": t * 1e6, "speedup": single / t}
     print(f"  (one single run: {single * 1e6:.1f} us per step)")
+    breakdown()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 

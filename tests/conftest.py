@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -27,6 +28,48 @@ def pytest_configure(config: object) -> None:
     """No test reads or writes the user's run store: the default home is a fresh directory (tests that need their
     own set BALANCE_HOME themselves; spawned workers inherit this one)."""
     os.environ["BALANCE_HOME"] = tempfile.mkdtemp(prefix="balance-tests-")
+
+
+# Tests that measure wall time, memory or thread counts, or need the whole machine: ``make test`` runs them alone,
+# after the rest has run on two pytest-xdist workers (``-m serial``), so a busy neighbour never makes them flaky.
+# Keyed by "file::test name" (every parametrisation); a key that matches nothing fails the run (a renamed test).
+SERIAL = {
+    "tests/test_limits.py::test_estimates_agree_with_real_runs": "peak memory and CPU time of real runs",
+    "tests/test_runner.py::test_rows_stream_within_half_a_second_and_a_cursor_reads_only_new_rows": "wall time",
+    "tests/test_runner.py::test_200_start_stop_cycles_leak_nothing_and_shutdown_cleans_up": "threads and processes",
+    "tests/test_runner.py::test_thread_backend_shutdown_leaves_no_threads": "thread count",
+    "tests/test_archive.py::test_the_issues_small_archive_that_decoded_to_800_mb_is_refused_at_once": "wall time",
+    "tests/test_archive.py::test_per_neuron_import_is_linear_and_keeps_what_a_live_run_keeps": "wall time",
+    "tests/test_archive.py::test_a_worker_import_is_ended_past_its_memory_or_time": "memory and wall time",
+    "tests/test_lecture.py::test_a_rerun_with_a_new_seed_takes_under_ten_seconds": "wall time",
+    "tests/test_lecture.py::test_warm_up_trains_ahead_in_the_executor_and_the_page_never_waits": "wall time, threads",
+    "tests/test_data.py::test_csv_columns_and_cells_are_counted_before_parsing": "wall time",
+    "tests/test_store.py::test_a_corrupt_file_is_a_clear_error_fast": "wall time",
+    "tests/test_store.py::test_a_locked_store_fails_after_its_timeout_not_never": "wall time",
+    "tests/test_sweep.py::test_an_address_that_is_not_ray_fails_within_the_limit": "wall time",
+    "tests/test_sweep.py::test_a_dead_ray_address_fails_at_once": "wall time",
+    "tests/browser/test_claims_page.py::test_cold_page_within_budget": "wall time of a cold page",
+    "tests/browser/test_start_stop.py::test_start_then_stop_50_times": "every stop shown within 1 s",
+    "tests/browser/test_dashboard.py::test_the_buttons_follow_every_pause_and_resume": "waits of 30 s per click",
+    "tests/test_runner.py::test_every_stop_takes_effect_within_a_second_under_load": "wall time",
+}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark the ``SERIAL`` tests. (``make test`` gives each module to one xdist worker, in order, ``--dist loadfile``:
+    a browser module's server starts once, and the lecture's page tests find the demos its earlier tests trained.)"""
+    file = item.nodeid.split("::")[0]
+    if f"{file}::{getattr(item, 'originalname', item.name)}" in SERIAL:
+        item.add_marker(pytest.mark.serial)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``SERIAL`` key that names no test of a collected file fails the run (a renamed test)."""
+    files = {item.nodeid.split("::")[0] for item in items}
+    names = {f"{item.nodeid.split('::')[0]}::{getattr(item, 'originalname', item.name)}" for item in items}
+    missing = [key for key in SERIAL if key.split("::")[0] in files and key not in names]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SERIAL names tests that do not exist: {missing}")
 
 
 # The tensors here are tiny: intra-op threads only add synchronisation (100x slower on a busy 2-core machine).

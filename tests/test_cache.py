@@ -157,3 +157,23 @@ def test_a_trained_run_is_reused_only_if_its_stored_config_is_the_one_asked_for(
     other = TINY.replace(seed=5)
     store._conn.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(other.to_dict()), a.run_id))
     assert cache.find_cached(store, [TINY]) == [None]  # the name says TINY, the config does not
+
+
+def test_without_a_runner_missing_configs_of_one_shape_train_as_one_engine(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line's claims and handout: before, each missing config trained alone, one after another; now
+    one engine per shape (as the executor's jobs), each recorded whole with its single run's numbers."""
+    import balance.runs.loop as loop
+
+    sizes, real = [], loop.train
+    monkeypatch.setattr(loop, "train", lambda configs, *a, **k: sizes.append(len(configs)) or real(configs, *a, **k))
+    other = TINY.replace(**{"data.d1": 7})  # another shape: its own engine
+    configs = [TINY, TINY.replace(seed=1), other, TINY.replace(**{"optim.lr": 0.04})]
+    calls = []
+    got = cache.cached_runs(configs, "test", store, on_done=lambda d, n: calls.append((d, n)))
+    assert sorted(sizes) == [1, 3] and calls[0] == (0, 4) and calls[-1] == (4, 4)
+    for config, record in zip(configs, got):
+        assert record.config == config and record.status.state == "finished"
+        np.testing.assert_array_equal(record.metrics.to_numpy(), run(config).metrics.to_numpy())
+    assert cache.find_cached(store, configs) == [r.run_id for r in got]

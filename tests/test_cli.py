@@ -279,7 +279,7 @@ def test_progress_bar_only_on_a_terminal(capsys: pytest.CaptureFixture[str], mon
 
 def test_console_script_and_module(tmp_path: Path) -> None:
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "balance"]
-    assert script.value == "balance.cli:main"
+    assert script.value == "balance.cli:entry"  # main, then os._exit once the output is flushed
     path = tmp_path / "mf.csv"
     argv = [sys.executable, "-m", "balance", "run", *DIVERGES, "--out", str(path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
@@ -509,3 +509,122 @@ def test_a_spec_with_a_list_as_preset_is_bad_input(capsys: pytest.CaptureFixture
     spec = tmp_path / "spec.toml"
     spec.write_text("preset = [1]\n")  # was TypeError: unhashable type: 'list'
     assert "preset [1] is not one of" in _one_line_error(capsys, "sweep", "--config", str(spec))
+
+
+# --- start-up: what a command that does not train imports, and how the program exits -----------------------------
+
+_PROBE = (
+    "import contextlib, io, json, sys\n"
+    "from balance.cli.core import main\n"
+    "with contextlib.redirect_stdout(io.StringIO()):\n"
+    "    code = main(sys.argv[1:])\n"
+    "print(json.dumps([code, sorted(m for m in ('torch', 'scipy', 'pandas') if m in sys.modules)]))\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "allowed"),
+    [
+        (["--help"], []),
+        (["presets"], []),
+        (["presets", "--show", "fig1-small"], []),
+        (["run", "--help"], []),
+        (["config", "--preset", "fig1-small"], []),
+        (["runs", "list"], ["pandas"]),  # the store reads its tables with pandas; never torch
+    ],
+)
+def test_commands_that_do_not_train_never_import_torch(tmp_path: Path, argv: list[str], allowed: list[str]) -> None:
+    """``balance --help`` took 2.0-2.7 s: building the parser imported pandas, and the presets' validation torch
+    and scipy. Now only the command being run builds its options, and none of these loads torch or scipy."""
+    import json
+    import os
+
+    env = {**os.environ, "BALANCE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code, loaded = json.loads(done.stdout.splitlines()[-1])
+    assert code == 0 and [m for m in loaded if m not in allowed] == [], loaded
+
+
+def test_the_help_table_matches_what_each_command_registers() -> None:
+    """``balance --help`` lists the commands with their own module from ``EXTENSIONS`` without importing them."""
+    import argparse
+
+    parser = cli.build_parser()  # every command, every module imported
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    registered = {c.dest: c.help for c in sub._choices_actions}
+    assert {name: help for name, (_, help) in cli.EXTENSIONS.items()} == {n: registered[n] for n in cli.EXTENSIONS}
+    lazy = cli.build_parser(["--help"])
+    (lazy_sub,) = [a for a in lazy._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {c.dest: c.help for c in lazy_sub._choices_actions} == registered  # the same list, in the same order
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "out"),
+    [
+        (["presets"], 0, "fig1-small  "),
+        (["config", "--steps", "nope"], 2, ""),
+        (["run", *MF], 0, "finished: 40 steps"),
+        (["run", *DIVERGES], 3, "diverged"),
+    ],
+)
+def test_the_program_keeps_its_exit_codes_and_output(tmp_path: Path, argv: list[str], code: int, out: str) -> None:
+    """``python -m balance`` ends with ``os._exit`` once its output is flushed (no interpreter teardown): every
+    line still arrives, through a pipe too, and the exit code is the command's."""
+    import os
+
+    env = {**os.environ, "BALANCE_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "balance", *argv], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == code, done.stderr[-2000:]
+    assert (out in done.stdout and done.stdout.endswith("\n")) if out else done.stdout == ""
+    assert "Traceback" not in done.stderr
+
+
+def test_balance_run_trains_small_models_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two torch threads cost a 1000-step MF run 2.9x the wall and 2.75x the CPU on a busy machine; large models
+    keep torch's default (there the second core pays)."""
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cli._set_threads(preset("fig1-small")) == 1
+        torch.set_num_threads(2)
+        big = RunConfig().replace(
+            **{"model.name": "mlp", "data.name": "teacher", "model.width": 512, "model.depth": 6, "data.samples": 512}
+        )
+        assert cli._set_threads(big) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_no_process_outlives_a_sweep_on_two_workers(tmp_path: Path) -> None:
+    """The pool's children once lingered after ``balance sweep`` exited; with the exit by ``os._exit`` nothing of
+    the command's process group (its workers, the resource tracker) may be left behind either."""
+    import os
+
+    argv = ["sweep", "--home", str(tmp_path), "--d1", "6", "--d2", "5", "--rank", "2", "--lr", "0.01,0.02",
+            "--seeds", "0-1", "--steps", "20", "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "balance", *argv], start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "4 finished" in out, err[-2000:]
+
+    def group() -> list[str]:
+        left = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            if int(stat[2]) == proc.pid:  # the process group the command led
+                left.append(entry)
+        return left
+
+    deadline = time.monotonic() + 5  # a child told to exit may take a moment: then it must be gone
+    while group() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert group() == []

@@ -59,7 +59,7 @@ def test_every_preset_and_claim_fits_a_small_machines_limits():
 
 # --- estimates against real runs --------------------------------------------------------------------------------
 
-# One process measures every config, smallest first: the peak resident size (VmHWM, reset before each config) and
+# A process measures a config: the peak resident size (VmHWM, reset before each measurement) and
 # the CPU time per step (one torch thread, as a worker; CPU time, so other processes on the machine do not count).
 _MEASURE = r"""
 import gc, json, sys, time
@@ -72,8 +72,7 @@ Trainer(RunConfig(steps=2)).step()
 def peak():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
 
-out = []
-for raw in json.loads(sys.argv[1]):
+def measure(raw):
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     trainer = Trainer(RunConfig.from_dict(raw))
@@ -82,9 +81,16 @@ for raw in json.loads(sys.argv[1]):
     while n < 100 and time.process_time() - start < 1.5:
         trainer.step()
         n += 1
-    out.append({"peak": peak(), "step": (time.process_time() - start) / n})
+    got = {"peak": peak(), "step": (time.process_time() - start) / n}
     del trainer
     gc.collect()  # a trainer held in a reference cycle would still count in the next config's peak
+    return got
+
+# the lower of two measurements: glibc's fragmentation only adds (the MLP's peak ranged 744-941 MiB between runs)
+out = []
+for raw in json.loads(sys.argv[1]):
+    a, b = measure(raw), measure(raw)
+    out.append({"peak": min(a["peak"], b["peak"]), "step": min(a["step"], b["step"])})
 print(json.dumps(out))
 """
 
@@ -117,10 +123,11 @@ def test_estimates_agree_with_real_runs():
 
     The allocator's peak differs between machines (the CNN's: 485 MiB here, 558 MiB on CI's machine), hence -20 %.
     """
-    raw = json.dumps([c.to_dict() for c in MEASURED])
-    done = subprocess.run([sys.executable, "-c", _MEASURE, raw], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    for config, got in zip(MEASURED, json.loads(done.stdout)):
+    for config in MEASURED:  # a fresh process each: what an earlier config left in the heap is not this one's peak
+        raw = json.dumps([config.to_dict()])
+        done = subprocess.run([sys.executable, "-c", _MEASURE, raw], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        (got,) = json.loads(done.stdout)
         cost = estimate(config.replace(steps=1000))
         per_step = cost.seconds / 1000
         assert 0.8 <= cost.memory / got["peak"] <= 1.5, (config.model.name, cost.memory, got)

@@ -139,6 +139,8 @@ def test_the_wall_time_limit_and_a_failing_step() -> None:
 
 def test_a_member_the_sink_cannot_take_stops_and_the_others_go_on() -> None:
     class Forgetful(MemorySink):
+        next_save = 0.0  # due at every step, as a store sink is once its flush interval has passed
+
         def tick(self, now: float, engine: Engine, state: str, note: str, force: bool = False) -> set[int]:
             return {0} if engine.step_index == 20 else set()
 

@@ -11,9 +11,11 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -332,22 +334,24 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = open(tmp_path_factory.mktemp("ray") / "ray.log", "w")  # noqa: SIM115 - closed below
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    temp = tmp_path_factory.mktemp("ray-tmp")
+    # Ray's socket paths (temp/session_<date>_<pid>/sockets/plasma_store) must fit AF_UNIX's 107 bytes: under
+    # pytest-xdist the base temp gains "popen-gw1/" and ray start exited 1, so a short folder under /tmp
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
            str(port), "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats",
            "--temp-dir", str(temp)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited with {proc.returncode}")
-            time.sleep(0.5)
-    try:
+    try:  # a head that fails to start is cleaned up too (its open log leaked into the next test as a warning)
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"ray start exited with {proc.returncode}: {log.name}")
+                time.sleep(0.5)
         yield address
     finally:
         import signal
@@ -359,6 +363,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_address_sends_chunks_to_the_cluster(ray_cluster: str, store: RunStore) -> None:

@@ -1,5 +1,6 @@
-"""The ``balance`` command: ``main`` parses and dispatches (``balance.cli.core``); one module per subcommand."""
+"""The ``balance`` command: ``main`` parses and dispatches (``balance.cli.core``); one module per subcommand.
+``entry`` is the program (the console script and ``python -m balance``): ``main``, then a fast exit."""
 
-from balance.cli.core import main
+from balance.cli.core import entry, main
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]

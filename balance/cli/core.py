@@ -24,12 +24,13 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from balance.config import ConfigError, RunConfig, choices_of, clip, loads_toml, parse_value, schema
 from balance.files import FileRefused, read_text_limited, write_atomic
+
+if TYPE_CHECKING:  # pandas (~1 s to import) only where metrics are written: --help and presets never load it
+    import pandas as pd
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 EXIT_BY_STATE = {
@@ -216,11 +217,12 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from balance.runs.loop import run
-
     config = config_from_args(args)
     if args.out is not None:
         check_output(args.out)
+    _set_threads(config)
+    from balance.runs.loop import run
+
     with _CtrlC() as ctrl_c, _progress(config.steps) as on_step:
         result = run(config, on_step, lambda: ctrl_c.pressed)  # stop: after a Ctrl-C
         # the rows so far are kept whatever happened: recorded, written, then the exit code says how it ended
@@ -232,6 +234,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
             write_metrics(result.metrics, args.out)
     print(summary(result.metrics, result.status.state, result.status.step, result.status.message))
     return EXIT_BY_STATE[result.status.state]
+
+
+# Below this many FLOPs a step (~2 ms of one core) a second torch thread only adds synchronisation: a 1000-step MF
+# run took 2.9x the wall and 2.75x the CPU time with torch's default of 2 threads on a busy 2-core machine.
+ONE_THREAD_FLOPS = 2e8
+
+
+def _set_threads(config: RunConfig) -> int:
+    """Train small models on one torch thread, as the dashboard's workers do; returns the thread count used.
+    ``OMP_NUM_THREADS`` in the environment, where set, decides instead."""
+    import torch
+
+    from balance.runs.limits import estimate
+
+    if "OMP_NUM_THREADS" not in os.environ and estimate(config).flops_per_step < ONE_THREAD_FLOPS:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
 
 
 class _CtrlC:
@@ -368,8 +387,22 @@ class Command:
     epilog: str | Callable[[], str] = ""  # a function: computed when the parser is built (the registry's metrics)
 
 
-# Subcommands with their own module: each has ``register(subparsers)`` (runs, sweep, claims, lecture).
-EXTENSIONS = ("balance.cli.runs", "balance.cli.sweep", "balance.cli.claims", "balance.cli.lecture", "balance.cli.audit")
+# Subcommands with their own module (``register(subparsers)`` each) and their one-line help. Only the module of the
+# command being run is imported: the others pull in pandas, NumPy or the engine, and ``balance --help`` lists them
+# from this table (tests/test_cli.py checks it against what each module registers).
+EXTENSIONS = {
+    "runs": ("balance.cli.runs", "list, show, export, import or delete the runs in the run store"),
+    "sweep": ("balance.cli.sweep", "train a grid of configurations together (comma-separated values, --seeds 0-7)"),
+    "claims": ("balance.cli.claims", "run the reviewers' claims as experiments and write a report with the verdicts"),
+    "lecture": (
+        "balance.cli.lecture",
+        "export the lecture: a self-contained HTML handout, its figures for slides, a PDF to print",
+    ),
+    "audit": (
+        "balance.cli.audit",
+        "find the conservation laws of your own PyTorch model (FILE.py:factory) and check each in float64",
+    ),
+}
 
 COMMANDS: list[Command] = [
     Command("run", "train one config; write its metrics and print a summary", _add_run, _cmd_run, _run_epilog),
@@ -378,7 +411,9 @@ COMMANDS: list[Command] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``balance`` parser. Given the ``argv`` it will parse, only the command named there gets its options
+    built (and its module imported); the others are listed by name and help. Without ``argv``: every command."""
     from balance import __version__
 
     parser = _Parser(
@@ -391,7 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"balance {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the library's log messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = None if argv is None else _command_of(argv)
     for command in COMMANDS:
+        if argv is not None and command.name != wanted:
+            sub.add_parser(command.name, help=command.help)
+            continue
         p = sub.add_parser(
             command.name,
             help=command.help,
@@ -402,9 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_arguments(p)
         p.set_defaults(handler=command.handler)
-    for module in EXTENSIONS:
-        importlib.import_module(module).register(sub)
+    for name, (module, help) in EXTENSIONS.items():
+        if argv is None or name == wanted:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option (the top-level options take no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _fail(message: str) -> int:
@@ -416,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return the exit code."""
     try:
         try:
-            args = build_parser().parse_args(argv)
+            words = sys.argv[1:] if argv is None else argv
+            args = build_parser(words).parse_args(words)
         except SystemExit as exc:  # --help and --version
             return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.verbose:
@@ -431,5 +479,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def entry() -> NoReturn:
+    """The ``balance`` program: ``main``, then once every output is flushed, exit without the interpreter's teardown
+    (with pandas or torch loaded it costs ~0.7 s of CPU, and nothing is left to clean up). If a child process is
+    still alive (a worker that did not stop) the usual exit runs, so its clean-up still happens."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (balance runs list | head): nothing more to say
+            code = code or 1
+    import multiprocessing
+
+    if multiprocessing.active_children():
+        sys.exit(code)
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -82,13 +82,7 @@ def submit(
     missing = [i for i, run_id in enumerate(found) if run_id is None]
     if runner is None or not missing:
         return found
-    from balance.runs.batching import batch_key  # the engine's shapes: imports torch, only to start runs
-
-    jobs: dict[object, list[int]] = {}
-    for i in missing:
-        key = batch_key(configs[i])
-        jobs.setdefault(key if key is not None else ("single", i), []).append(i)
-    for members in jobs.values():
+    for members in _shapes(configs, missing):
         started = runner.submit(
             [configs[i] for i in members], [f"{label} #{cache_key(configs[i])}" for i in members], label,
             priority=priority,
@@ -96,6 +90,19 @@ def submit(
         for i, run_id in zip(members, started):
             found[i] = run_id
     return found
+
+
+def _shapes(configs: Sequence[RunConfig], indices: Sequence[int]) -> list[list[int]]:
+    """``indices`` grouped by the engine's batch shape (in order); a config that cannot batch is a group alone."""
+    if not indices:
+        return []
+    from balance.runs.batching import batch_key  # the engine's shapes: imports torch, only to train
+
+    groups: dict[object, list[int]] = {}
+    for i in indices:
+        key = batch_key(configs[i])
+        groups.setdefault(key if key is not None else ("single", i), []).append(i)
+    return list(groups.values())
 
 
 def wait(store: RunStore, run_id: str, runner: Any = None, timeout: float = WAIT_SECONDS) -> str:
@@ -133,6 +140,13 @@ def cached_runs(
     done = sum(run_id is not None and store.get_run(run_id).state in REUSABLE for run_id in found)
     if on_done is not None:
         on_done(done, total)
+    if runner is None:  # here: the missing configs of one shape train together (one engine, stacked)
+        for group in _shapes(configs, [i for i, run_id in enumerate(found) if run_id is None]):
+            for i, run_id in zip(group, _train_and_record_all(store, [configs[i] for i in group], label)):
+                found[i] = run_id
+            done += len(group)
+            if on_done is not None:
+                on_done(done, total)
     for i, run_id in enumerate(found):
         if run_id is not None and store.get_run(run_id).state in REUSABLE:
             continue
@@ -147,6 +161,15 @@ def cached_runs(
         if on_done is not None:
             on_done(done, total)
     return [load(store, run_id) for run_id in found]  # type: ignore[arg-type]
+
+
+def _train_and_record_all(store: RunStore, configs: Sequence[RunConfig], label: str) -> list[str]:
+    """Train ``configs`` (one batch shape) here as one engine, through the one loop, each recorded whole in its own
+    transaction: the numbers of each are its single run's (the executor's jobs stack the same way)."""
+    from balance.runs.loop import train
+
+    results = train(configs)
+    return [store.record(r, name=f"{label} #{cache_key(c)}", sweep=label) for c, r in zip(configs, results)]
 
 
 def _train_and_record(store: RunStore, config: RunConfig, label: str) -> str:
