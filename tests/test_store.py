@@ -23,6 +23,7 @@ import pytest
 
 import balance
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.runs.stamp import code_hash, stamp
 from balance.runs.store import NEURON_SNAPSHOTS, RunStore, StoreError, owner_alive, owner_token
 
 TINY = RunConfig(
@@ -286,6 +287,9 @@ def test_export_import_round_trip(store, result, tmp_path):
     store.save_neurons(run_id, 40, {"layer": np.array([1]), "neuron": np.array([0]), "in_sqnorm": np.array([0.7])})
     path = tmp_path / "run.zip"
     store.export_run(run_id, path)
+    with zipfile.ZipFile(path) as zf:  # issue 14.7: every export says what wrote it
+        written = json.loads(zf.read("stamp.json"))
+    assert written == stamp() and written["code"] == code_hash() and written["torch"]
     with RunStore(tmp_path / "elsewhere") as other:
         new_id = other.import_run(path)
         assert new_id == run_id  # a free id is kept

@@ -8,6 +8,8 @@ Members (nothing else is accepted; nothing is unpickled or evaluated)::
     events.json      [{"step", "time", "kind", "value", "text"}, ...]                      (optional)
                      kind "lr": the step size from that step on, a config version (``balance.runs.record``)
     neurons.parquet  step, then the per-neuron columns; one block of rows per snapshot     (optional)
+    stamp.json       what wrote it: balance version, git commit, code hash, torch / NumPy / Python versions
+                     (``balance.runs.stamp``; optional, for the reader: an import ignores it)
 
 Reading never lets the file decide how much memory or time it takes:
 
@@ -44,6 +46,7 @@ import numpy as np
 from balance.config import RunConfig
 from balance.files import write_atomic
 from balance.runs import unpack
+from balance.runs.stamp import stamp
 from balance.runs.store import StoreError
 from balance.runs.unpack import FORMAT, IMPORT_MEMORY, IMPORT_SECONDS, LIMITS, MAX_DECODED, VERSION  # noqa: F401
 
@@ -74,6 +77,7 @@ def write_archive(store: RunStore, run_id: str, path: Path) -> None:
         "run.json": json.dumps(manifest, indent=1, allow_nan=False).encode(),
         "metrics.parquet": _parquet_bytes(pq, metrics),
         "events.json": json.dumps(event_list, allow_nan=False).encode(),
+        "stamp.json": json.dumps(stamp(), indent=1).encode(),
     }
     if snapshots and len({tuple(s.columns) for s in snapshots}) == 1:
         keys = list(snapshots[0].columns)

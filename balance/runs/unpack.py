@@ -32,7 +32,13 @@ from balance.runs.record import changes_from_events, versions
 from balance.runs.store import NEURON_BYTES, NEURON_SNAPSHOTS, StoreError, kept_steps
 
 FORMAT, VERSION = "balance-run", 1
-LIMITS = {"run.json": 1 << 20, "metrics.parquet": 256 << 20, "events.json": 16 << 20, "neurons.parquet": 256 << 20}
+LIMITS = {
+    "run.json": 1 << 20,
+    "metrics.parquet": 256 << 20,
+    "events.json": 16 << 20,
+    "neurons.parquet": 256 << 20,
+    "stamp.json": 64 << 10,  # who wrote it (balance.runs.stamp): for the reader, never read back
+}
 MAX_DECODED = {"metrics.parquet": 128 << 20, "neurons.parquet": 128 << 20}  # rows x columns x 8 bytes
 MAX_FOOTER = 8 << 20  # a Parquet footer (schema and row-group metadata) of at most this many bytes
 MAX_ROW_GROUPS = 10_000  # each is one read: a file of empty row groups must not take minutes
