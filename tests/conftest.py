@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import settings
@@ -20,7 +22,9 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from balance.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from balance.engine import laws
 from balance.engine.data import Task, loss_value, make_task
+from balance.engine.engine import Engine
 from balance.engine.models import CNN, MLP, MODELS, HomogeneousModel, MatrixFactorisation, build_model
 
 
@@ -276,3 +280,23 @@ def sq(t: Tensor) -> Tensor:
 
 def dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum()
+
+
+def train_frame(config: RunConfig) -> pd.DataFrame:
+    """One run of ``config`` on the engine, every logged row as a DataFrame (no loop, no store)."""
+    engine = Engine([config])
+    rows: list[np.ndarray] = []
+    while engine.running:
+        rows += engine.step().get(0, [])
+    return pd.DataFrame(np.array(rows), columns=engine.columns)
+
+
+def law_residual(df: pd.DataFrame) -> float:
+    """Largest |measured - predicted| gap drift over pairs and steps, relative to the largest drift."""
+    worst, scale = 0.0, 0.0
+    for h in laws.of_metric(df.columns, "gap_drift"):
+        drift = df[laws.column("gap_drift", h)].to_numpy()
+        worst = max(worst, float(np.abs(drift - df[laws.column("pred_gap_drift", h)].to_numpy()).max()))
+        scale = max(scale, float(np.abs(drift).max()))
+    assert scale > 0
+    return worst / scale

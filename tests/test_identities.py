@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import BATCH_NORM, FAMILIES, FAMILY_IDS, TANH, Family, make_config
+from conftest import BATCH_NORM, FAMILIES, FAMILY_IDS, TANH, Family, make_config, train_frame
 
 from balance.config import OptimConfig, RunConfig
 from balance.engine import laws
@@ -22,20 +22,12 @@ OPTIMS = {
 }
 
 
-def _train(config: RunConfig) -> pd.DataFrame:
-    engine = Engine([config])
-    rows: list[np.ndarray] = []
-    while engine.running:
-        rows += engine.step().get(0, [])
-    return pd.DataFrame(np.array(rows), columns=engine.columns)
-
-
 @pytest.mark.parametrize("optim", list(OPTIMS), ids=list(OPTIMS))
 @pytest.mark.parametrize("family", [*FAMILIES, BATCH_NORM], ids=[*FAMILY_IDS, BATCH_NORM.id])
 def test_unit_law_and_residuals_are_exact(family: Family, optim: str) -> None:
     if family.model["name"] == "mf" and optim == "sgd":
         pytest.skip("the lowrank matrix has no samples to batch")
-    df = _train(make_config(family, optim=OPTIMS[optim], steps=25, seed=3))
+    df = train_frame(make_config(family, optim=OPTIMS[optim], steps=25, seed=3))
     measured, predicted = df["neuron_drift_max"], df["pred_neuron_drift_max"]
     scale = float(measured.abs().max())
     assert scale > 0
@@ -49,7 +41,7 @@ def test_unit_law_and_residuals_are_exact(family: Family, optim: str) -> None:
 
 
 def test_the_mf_regulariser_is_carried_per_unit_but_not_as_a_matrix() -> None:
-    df = _train(RunConfig().replace(**{"model.regularizer": 1.0, "steps": 20}))
+    df = train_frame(RunConfig().replace(**{"model.regularizer": 1.0, "steps": 20}))
     assert (df["neuron_drift_max"] - df["pred_neuron_drift_max"]).abs().max() <= 1e-10 * df["neuron_drift_max"].max()
     assert df[laws.column("matrix_residual", 1)].isna().all()
 
@@ -88,6 +80,6 @@ def test_one_step_against_autograd() -> None:
     ids=["momentum", "tanh", "layer-lrs"],
 )
 def test_no_unit_prediction_where_no_law(config: RunConfig, why: str) -> None:
-    df = _train(config.replace(steps=3))
+    df = train_frame(config.replace(steps=3))
     assert df["pred_neuron_drift_max"].iloc[1:].isna().all(), why
     assert df["identity_residual"].isna().all(), why

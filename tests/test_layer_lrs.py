@@ -8,10 +8,9 @@ eta_{h+1} ||g_{h+1}||^2 - eta_h ||g_h||^2 (Euler's identity cancels the first-or
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import FAMILIES, FAMILY_IDS, Family, make_config
+from conftest import FAMILIES, FAMILY_IDS, Family, make_config, train_frame
 
 from balance.config import ConfigError, OptimConfig, RunConfig
 from balance.engine import laws
@@ -22,14 +21,6 @@ from balance.engine.networks import objective
 
 MULT = {2: (3.0, 0.5), 3: (1.0, 4.0, 0.25)}
 RELU = FAMILIES[FAMILY_IDS.index("mlp-relu-bias")]
-
-
-def _train(config: RunConfig) -> pd.DataFrame:
-    engine = Engine([config])
-    rows: list[np.ndarray] = []
-    while engine.running:
-        rows += engine.step().get(0, [])
-    return pd.DataFrame(np.array(rows), columns=engine.columns)
 
 
 def _layers(family: Family) -> int:
@@ -87,7 +78,7 @@ def test_the_engine_predicts_the_weighted_gap_to_round_off(family: Family, optim
     plain gap ||W_{h+1}||^2 - ||W_h||^2 drifts at first order."""
     mult = MULT[_layers(family)]
     base = make_config(family, optim=optim, steps=40, seed=1)
-    weighted = _train(base.replace(**{"optim.layer_lrs": mult}))
+    weighted = train_frame(base.replace(**{"optim.layer_lrs": mult}))
     for h in laws.of_metric(weighted.columns, "gap_drift"):
         drift = weighted[laws.column("gap_drift", h)].to_numpy()
         pred = weighted[laws.column("pred_gap_drift", h)].to_numpy()
@@ -102,7 +93,7 @@ def test_the_engine_predicts_the_weighted_gap_to_round_off(family: Family, optim
 
 def test_flow_conserves_the_weighted_gap() -> None:
     config = make_config(RELU, optim=OptimConfig(name="flow", lr=0.05), steps=20, seed=2)
-    df = _train(config.replace(**{"optim.layer_lrs": MULT[3]}))
+    df = train_frame(config.replace(**{"optim.layer_lrs": MULT[3]}))
     gap0 = df[laws.column("gap", 1)].abs().iloc[0]
     for h in laws.of_metric(df.columns, "gap_drift"):
         assert df[laws.column("gap_drift", h)].abs().max() <= 1e-7 * max(gap0, 1.0)
@@ -130,7 +121,7 @@ def test_the_update_is_torch_sgd_with_one_parameter_group_per_layer() -> None:
 def test_weight_decay_with_per_layer_rates_has_no_law() -> None:
     config = make_config(RELU, steps=3).replace(**{"optim.layer_lrs": MULT[3], "optim.weight_decay": 0.01})
     assert "own factor" in laws.why_no_law(config)
-    df = _train(config)
+    df = train_frame(config)
     assert df[laws.column("pred_gap_drift", 1)].iloc[1:].isna().all()
     same = make_config(RELU, steps=3).replace(**{"optim.layer_lrs": (1.0, 1.0, 1.0), "optim.weight_decay": 0.01})
     assert laws.why_no_law(same) == ""

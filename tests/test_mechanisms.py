@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAMILIES, FAMILY_IDS, Family, make_config
+from conftest import FAMILIES, FAMILY_IDS, Family, law_residual, make_config, train_frame
 
 from balance.config import OptimConfig, RunConfig
 from balance.engine import laws
@@ -18,25 +18,6 @@ from balance.engine.networks import objective
 RELU = FAMILIES[FAMILY_IDS.index("mlp-relu-bias")]
 CNN = FAMILIES[FAMILY_IDS.index("cnn-bias")]
 MF = FAMILIES[0]
-
-
-def _train(config: RunConfig) -> pd.DataFrame:
-    engine = Engine([config])
-    rows: list[np.ndarray] = []
-    while engine.running:
-        rows += engine.step().get(0, [])
-    return pd.DataFrame(np.array(rows), columns=engine.columns)
-
-
-def _law_residual(df: pd.DataFrame) -> float:
-    """max |gap drift - predicted| over pairs and steps, relative to the largest drift."""
-    worst, scale = 0.0, 0.0
-    for h in laws.of_metric(df.columns, "gap_drift"):
-        drift = df[laws.column("gap_drift", h)].to_numpy()
-        worst = max(worst, float(np.abs(drift - df[laws.column("pred_gap_drift", h)].to_numpy()).max()))
-        scale = max(scale, float(np.abs(drift).max()))
-    assert scale > 0
-    return worst / scale
 
 
 # --- SGD and label noise: the scalar chain's factor and the general identity ---------------------------------------
@@ -81,9 +62,9 @@ def _chain(optim: OptimConfig, steps: int = 3000) -> RunConfig:
 def test_noise_balances_the_chain_exactly_as_predicted(optim: OptimConfig) -> None:
     """The general (mini-batch) identity G_{k+1} = G_k + eta^2 Delta||g_k||^2 predicts every step to round-off, and
     the noise drives the gap towards 0 where full-batch GD freezes it at the optimum."""
-    noisy = _train(_chain(optim))
-    plain = _train(_chain(OptimConfig(name="gd", lr=0.1)))
-    assert _law_residual(noisy) <= 1e-10 and _law_residual(plain) <= 1e-10
+    noisy = train_frame(_chain(optim))
+    plain = train_frame(_chain(OptimConfig(name="gd", lr=0.1)))
+    assert law_residual(noisy) <= 1e-10 and law_residual(plain) <= 1e-10
     gap0 = noisy[laws.column("gap", 1)].iloc[0]
     assert abs(plain[laws.column("gap", 1)].iloc[-1] / gap0) > 0.9  # GD: conserved up to eta^2 (0.953)
     assert abs(noisy[laws.column("gap", 1)].iloc[-1] / gap0) < 0.2  # noise: balanced (0.16, 4e-9)
@@ -91,11 +72,11 @@ def test_noise_balances_the_chain_exactly_as_predicted(optim: OptimConfig) -> No
 
 def test_label_noise_is_fresh_each_step_and_seeded() -> None:
     config = make_config(RELU, optim=OptimConfig(name="label_noise", lr=0.05, label_noise=0.3), steps=20)
-    a, b = _train(config), _train(config)
+    a, b = train_frame(config), train_frame(config)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert _law_residual(a) <= 1e-10
-    clean = _train(config.replace(**{"optim.label_noise": 0.0}))
-    gd = _train(config.replace(**{"optim.name": "gd"}))
+    assert law_residual(a) <= 1e-10
+    clean = train_frame(config.replace(**{"optim.label_noise": 0.0}))
+    gd = train_frame(config.replace(**{"optim.name": "gd"}))
     pd.testing.assert_frame_equal(clean, gd, check_exact=True)  # sigma = 0 is GD
     assert not np.allclose(a["loss"], gd["loss"])
 
@@ -132,14 +113,14 @@ def test_sam_perturbed_gradient_identity(family: Family) -> None:
 @pytest.mark.parametrize("family", [RELU, CNN, MF], ids=["mlp-relu-bias", "cnn-bias", "mf"])
 def test_sam_law_is_exact_and_balances(family: Family) -> None:
     optim = OptimConfig(name="sam", lr=0.05, rho=0.2, weight_decay=0.01)
-    df = _train(make_config(family, optim=optim, steps=40, seed=3))
-    assert _law_residual(df) <= 1e-10
+    df = train_frame(make_config(family, optim=optim, steps=40, seed=3))
+    assert law_residual(df) <= 1e-10
 
 
 def test_sam_with_rho_zero_is_gd() -> None:
     """(The per-unit columns differ: SAM's per-unit law is not carried, so they are NaN.)"""
     config = make_config(RELU, optim=OptimConfig(name="sam", lr=0.05, rho=0.0), steps=10)
-    sam, gd = _train(config), _train(config.replace(**{"optim.name": "gd"}))
+    sam, gd = train_frame(config), train_frame(config.replace(**{"optim.name": "gd"}))
     unit = ["pred_neuron_drift_max", "pred_neuron_drift_mean", "identity_residual"]
     assert sam[unit].iloc[1:].isna().all().all()
     pd.testing.assert_frame_equal(sam.drop(columns=unit), gd.drop(columns=unit), check_exact=True)
@@ -198,7 +179,7 @@ def objective_at(model: torch.nn.Module, weights: dict[str, torch.Tensor], task:
 
 
 def test_sharpness_is_off_by_default() -> None:
-    df = _train(make_config(RELU, steps=3))
+    df = train_frame(make_config(RELU, steps=3))
     assert df["sharpness"].isna().all()
 
 
@@ -220,7 +201,7 @@ def test_stability_bound_on_converged_runs(lr: float) -> None:
             "sharpness_every": 4000,
         }
     )
-    df = _train(config)
+    df = train_frame(config)
     assert df["loss"].iloc[-1] < 1e-12  # converged
     last = df.dropna(subset=["sharpness"]).iloc[-1]
     assert last["sharpness"] <= last["stability_bound"] * (1 + 1e-9)

@@ -3,15 +3,12 @@ images with 1 or 3 channels; each goes through the one config into the one engin
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BATCH_NORM, FAMILIES, FAMILY_IDS, IMAGES, make_config
+from conftest import BATCH_NORM, FAMILIES, FAMILY_IDS, IMAGES, law_residual, make_config, train_frame
 
 from balance.config import ConfigError, DataConfig, OptimConfig, RunConfig
-from balance.engine import laws
 from balance.engine.data import make_task
 from balance.engine.engine import Engine
 from balance.engine.models import build_model
@@ -20,25 +17,6 @@ from balance.runs.limits import estimate
 
 RELU_BIAS = FAMILIES[FAMILY_IDS.index("mlp-relu-bias")]
 CNN = FAMILIES[FAMILY_IDS.index("cnn")]
-
-
-def _train(config: RunConfig) -> pd.DataFrame:
-    engine = Engine([config])
-    rows: list[np.ndarray] = []
-    while engine.running:
-        rows += engine.step().get(0, [])
-    return pd.DataFrame(np.array(rows), columns=engine.columns)
-
-
-def _exact(df: pd.DataFrame) -> float:
-    """Largest |measured - predicted| gap drift over pairs and steps, relative to the largest drift."""
-    worst, scale = 0.0, 0.0
-    for h in laws.of_metric(df.columns, "gap_drift"):
-        drift = df[laws.column("gap_drift", h)].to_numpy()
-        worst = max(worst, float(np.abs(drift - df[laws.column("pred_gap_drift", h)].to_numpy()).max()))
-        scale = max(scale, float(np.abs(drift).max()))
-    assert scale > 0
-    return worst / scale
 
 
 def _model(config: RunConfig) -> torch.nn.Module:
@@ -56,7 +34,7 @@ def test_biases_drawn_like_the_weights_keep_the_weights_and_the_law() -> None:
         assert m1.params[layer.bias].abs().min() > 0
     biases = torch.cat([m1.params[layer.bias].detach() for layer in m1.layers])
     assert 0.2 < float(biases.std()) < 0.7  # sigma = 0.4 over 4 + 4 + 2 entries
-    assert _exact(_train(drawn.replace(steps=30))) <= 1e-10
+    assert law_residual(train_frame(drawn.replace(steps=30))) <= 1e-10
 
 
 def test_bias_init_is_refused_where_it_cannot_apply() -> None:
@@ -89,7 +67,7 @@ def test_max_pooling_is_used_and_keeps_the_law() -> None:
         z = F.max_pool2d(F.relu(c(z)), 2)
     torch.testing.assert_close(model(task.inputs), head(z.flatten(1)))
     assert not torch.allclose(model(task.inputs), _model(config.replace(**{"model.pooling": "avg"}))[0](task.inputs))
-    assert _exact(_train(config)) <= 1e-10
+    assert law_residual(train_frame(config)) <= 1e-10
 
 
 def test_images_with_three_channels() -> None:
@@ -100,7 +78,7 @@ def test_images_with_three_channels() -> None:
     rgb = make_task(DataConfig(name="images", samples=16, image_size=6, seed=3, channels=3), torch.float64, True)
     assert rgb.inputs.shape == (16, 3, 6, 6) and rgb.input_shape == (3, 6, 6)
     config = make_config(CNN, steps=15, data={**IMAGES, "channels": 3})
-    assert _exact(_train(config)) <= 1e-10
+    assert law_residual(train_frame(config)) <= 1e-10
     assert estimate(config).memory > estimate(config.replace(**{"data.channels": 1})).memory
     with pytest.raises(ConfigError, match="1 \\(grey\\) or 3 \\(RGB\\)"):
         config.replace(**{"data.channels": 2})
