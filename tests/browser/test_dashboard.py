@@ -139,12 +139,25 @@ def test_start_watch_stop(server: Server, browser: object, size: tuple[int, int]
 
 
 def choose(page: object, label: str, option: str) -> None:
-    """Pick ``option`` in the sidebar's select box labelled ``label``."""
+    """Pick ``option`` in the sidebar's select box labelled ``label``.
+
+    A rerun of the page (the URL's settings being written back) can replace the open list under the pointer ("element
+    was detached from the DOM", seen once in a loaded run): the pick is tried again from a closed list, at most three
+    times, and must then show in the box."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = page.get_by_test_id("stSidebar").get_by_role("combobox", name=label, exact=True)
-    box.click()
-    box.fill(option)  # a click alone does not always open the list; typing filters it and does
-    page.get_by_role("option", name=option, exact=True).click()
+    for _ in range(3):
+        try:
+            box.click(timeout=10_000)
+            box.fill(option, timeout=10_000)  # a click alone does not always open the list; typing filters it and does
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            wait_idle(page)
     wait_idle(page)
+    assert box.input_value() == option, box.input_value()
 
 
 CHANGES = [("", "model", "mlp"), ("", "model", "cnn"), ("&optim.name=momentum", "optimiser", "gd")]
