@@ -202,6 +202,10 @@ def estimate(config: RunConfig) -> Estimate:
         ("activations", saved),
         ("metrics", matrices + PENDING_BYTES),
         ("temporaries", transient),
+        # glibc raises its mmap threshold (up to 32 MiB) as blocks are freed, so a step's temporaries below it come
+        # from the heap and the freed ones stay resident beside the next step's: the Adam MLP of test_limits peaked
+        # at 790-940 MiB between identical runs against 714 MiB counted without this
+        ("allocator", transient),
     )
     memory = BASE_BYTES + int(SLACK * max(sum(n for _, n in parts), data_peak))
     flops, seconds = _seconds(config, shape, params, batch)
